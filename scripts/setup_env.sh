@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Creates (or reuses) .venv in the repo root and installs the project with every extra.
+# Re-running is cheap: pip sees the pinned versions already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.installed-$(cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[hf,beam,test]" --config-settings editable_mode=compat 2>&1 | grep -v "is ignored: it is neither" || true
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi

@@ -1,0 +1,109 @@
+"""Orbax checkpoints that hold the train state and the data-iterator position together.
+
+Layout: MODEL_DIR/checkpoints/<step>/{state, data}/. `state` is the sharded {step, params, opt_state}
+pytree (StandardSave, async); `data` holds one tf.data iterator checkpoint per host, so resuming on the
+same number of hosts continues with exactly the next batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+import tensorflow as tf
+from etils import epath
+
+
+class DataIteratorHandler(ocp.CheckpointHandler):
+  """Saves each host's tf.data iterator (blocking, so the position saved is the position now)."""
+
+  def save(self, directory: epath.Path, args: 'DataIteratorSave'):
+    path = directory / _host_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    args.checkpoint.write(str(path / 'iterator'))
+
+  def restore(self, directory: epath.Path, args: 'DataIteratorRestore'):
+    path = directory / _host_dir()
+    if not (path / 'iterator.index').exists():
+      found = sorted(p.name for p in directory.iterdir())
+      raise ValueError(f'{directory} has no data-iterator state for {_host_dir()} (found {found}): '
+                       'resume with the number of hosts that wrote it')
+    args.checkpoint.read(str(path / 'iterator')).assert_consumed()
+
+
+def _host_dir() -> str:
+  return f'host_{jax.process_index()}_of_{jax.process_count()}'
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class DataIteratorSave(ocp.args.CheckpointArgs):
+  checkpoint: tf.train.Checkpoint
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class DataIteratorRestore(ocp.args.CheckpointArgs):
+  checkpoint: tf.train.Checkpoint
+
+
+def checkpoint_dir(model_dir: str) -> epath.Path:
+  return epath.Path(model_dir) / 'checkpoints'
+
+
+class Checkpointer:
+  """A CheckpointManager that saves every `save_every` steps, keeps the last `keep`."""
+
+  def __init__(self, model_dir: str, *, save_every: int, keep: Optional[int] = 3,
+               async_save: bool = True):
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=save_every, max_to_keep=keep, create=True,
+        enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(checkpoint_dir(model_dir), options=options)
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data_checkpoint: Optional[tf.train.Checkpoint],
+           force: bool = False) -> bool:
+    items = {'state': ocp.args.StandardSave(state)}
+    if data_checkpoint is not None:
+      items['data'] = DataIteratorSave(data_checkpoint)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, step: int, abstract_state: Any,
+              data_checkpoint: Optional[tf.train.Checkpoint] = None) -> Any:
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    if data_checkpoint is not None:
+      items['data'] = DataIteratorRestore(data_checkpoint)
+    return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
+
+  def reached_preemption(self, step: int) -> bool:
+    return self.manager.reached_preemption(step)
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()
+
+
+def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = None):
+  """Restores only the parameters of a run (for evaluation and export): no optimizer state is read."""
+  mngr = ocp.CheckpointManager(checkpoint_dir(model_dir))
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(model_dir)}')
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+          item={'params': abstract_params},
+          restore_args=jax.tree.map(_restore_arg, {'params': abstract_params}),
+          partial_restore=True)))
+  return restored['state']['params'], step
+
+
+def _restore_arg(a):
+  if isinstance(a, jax.ShapeDtypeStruct) and getattr(a, 'sharding', None) is not None:
+    return ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype)
+  return ocp.RestoreArgs(restore_type=None)

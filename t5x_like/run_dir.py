@@ -1,0 +1,50 @@
+"""Reading a model dir back: its model config, vocabulary and parameters (for eval, export, decoding)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import jax
+
+from t5x_like.models import DecoderConfig, EncDecConfig
+
+_FAMILIES = {'decoder': DecoderConfig, 'encdec': EncDecConfig}
+
+
+def load_model_config(model_dir: str):
+  path = os.path.join(model_dir, 'model.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {model_dir} a model dir written by t5x_like.train?')
+  with open(path) as f:
+    meta = json.load(f)
+  return _FAMILIES[meta['family']](**meta['config'])
+
+
+def load_vocabulary(model_dir: str):
+  from tasks import vocab
+  return vocab.load_vocabulary(os.path.join(model_dir, 'vocabulary'))
+
+
+def load_params(model_dir: str, step: Optional[int] = None, mesh=None):
+  """(params, step) of a run's checkpoint, sharded over `mesh` (default: all devices, data-parallel)."""
+  import flax.linen as nn
+  from t5x_like import checkpointing, partitioning
+  from t5x_like.models import build_model
+  from t5x_like.trainer import unbox
+  cfg = load_model_config(model_dir)
+  model = build_model(cfg)
+  mesh = mesh or partitioning.make_mesh(partitioning.MeshConfig())
+  batch = _dummy_batch(cfg)
+  boxed = jax.eval_shape(lambda r: model.init(r, batch)['params'], jax.random.key(0))
+  shardings = partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh)
+  abstract = partitioning.with_sharding(unbox(boxed), shardings)
+  return checkpointing.restore_params(model_dir, abstract, step)
+
+
+def _dummy_batch(cfg):
+  import jax.numpy as jnp
+  batch = {'decoder_input_tokens': jnp.zeros((1, 8), jnp.int32)}
+  if cfg.family == 'encdec':
+    batch['encoder_input_tokens'] = jnp.zeros((1, 8), jnp.int32)
+  return batch

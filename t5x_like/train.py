@@ -1,0 +1,132 @@
+"""Entry point: `python -m t5x_like.train --gin_file=... --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=100`.
+
+Parses gin (several --gin_file, --gin_bindings, T5X-style --gin.NAME=VALUE overrides), validates what it
+can before anything is compiled, then hands over to `trainer.fit`. Bad input during set-up (a misspelt
+binding, a missing gin or data file, a batch that doesn't divide the mesh) ends with one line,
+`error: ...`, and exit status 2; pass --traceback to see the whole stack.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util  # noqa: F401  (gin 0.5 looks up search paths through importlib.util)
+import os
+import re
+import sys
+from typing import Optional, Sequence
+
+import gin
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETUP_ERRORS = (ValueError, TypeError, KeyError, OSError)
+_MACRO = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
+
+
+def _import_configurables():
+  # Everything a gin file may name. Task builders register seqio tasks when gin calls them.
+  import t5x_like.data  # noqa: F401
+  import t5x_like.losses  # noqa: F401
+  import t5x_like.models  # noqa: F401
+  import t5x_like.optimizers  # noqa: F401
+  import t5x_like.partitioning  # noqa: F401
+  import t5x_like.trainer  # noqa: F401
+  import tasks  # noqa: F401
+
+
+@gin.configurable
+def train(*, model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=gin.REQUIRED,
+          train_data=gin.REQUIRED, eval_data=None, optimizer=None, loss=None, mesh=None,
+          trainer=None, on_setup_done=None):
+  """Everything a run is made of; each argument is a config object that gin builds."""
+  from t5x_like import losses, optimizers, partitioning, trainer as trainer_lib
+  return trainer_lib.fit(
+      model_dir=model_dir, train_steps=train_steps, model_config=model, train_data=train_data,
+      eval_data=eval_data, optimizer_config=optimizer or optimizers.OptimizerConfig(),
+      loss_config=loss or losses.LossConfig(), mesh_config=mesh or partitioning.MeshConfig(),
+      trainer_config=trainer or trainer_lib.TrainerConfig(), on_setup_done=on_setup_done)
+
+
+def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """`--gin.NAME=VALUE` -> gin binding `NAME = VALUE`; the rest is left to argparse."""
+  bindings, rest = [], []
+  for arg in argv:
+    if arg.startswith('--gin.'):
+      name, sep, value = arg[len('--gin.'):].partition('=')
+      if not sep:
+        raise ValueError(f'{arg}: expected --gin.NAME=VALUE')
+      bindings.append(f'{name} = {value}')
+    else:
+      rest.append(arg)
+  return bindings, rest
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]):
+  """Parses gin and checks that every macro set from the command line is used somewhere."""
+  for path in list(search_paths) + [REPO_ROOT, os.getcwd()]:
+    gin.add_config_file_search_path(path)
+  for f in gin_files:
+    if not any(os.path.exists(os.path.join(p, f)) for p in ['', *search_paths, REPO_ROOT, os.getcwd()]):
+      raise FileNotFoundError(f'gin file not found: {f}')
+  gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+  text = gin.config_str()
+  for b in bindings:
+    name = b.split('=', 1)[0].strip()
+    if _MACRO.match(name) and f'%{name}' not in text:
+      raise ValueError(f'gin macro {name} is set on the command line but no gin file uses %{name} '
+                       '(misspelt?)')
+
+
+def _one_line(e: BaseException) -> str:
+  msg = str(e).strip().splitlines()
+  first = msg[0] if msg else type(e).__name__
+  m = re.search(r"missing 1 required positional argument: 'value'", first)
+  scope = re.search(r"in scope '([^']+)'", str(e))
+  if m and scope:  # gin's way of saying a %MACRO was never set
+    return f'gin macro {scope.group(1)} is used but never set (add --gin.{scope.group(1)}=...)'
+  where = [l.strip() for l in msg[1:] if l.strip().startswith(('In file', 'In bindings'))]
+  return first + (f' ({where[0]})' if where else '')
+
+
+def make_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog='python -m t5x_like.train', description=__doc__.split('\n')[0])
+  p.add_argument('--gin_file', action='append', default=[], help='gin file (repeatable)')
+  p.add_argument('--gin_bindings', action='append', default=[], help='gin binding (repeatable)')
+  p.add_argument('--gin_search_paths', action='append', default=[], help='where gin files are looked up')
+  p.add_argument('--coordinator_address', help='multi-host: host:port of process 0 '
+                 '(omit on TPU pods and SLURM, where jax finds it)')
+  p.add_argument('--num_processes', type=int)
+  p.add_argument('--process_id', type=int)
+  p.add_argument('--distributed', action='store_true',
+                 help='call jax.distributed.initialize() (implied by --coordinator_address)')
+  p.add_argument('--traceback', action='store_true', help='show full tracebacks for set-up errors')
+  return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = make_parser()
+  try:
+    cli_bindings, rest = split_gin_flags(argv)
+  except ValueError as e:
+    parser.error(str(e))
+  args = parser.parse_args(rest)
+  state = {'in_setup': True}
+  try:
+    if args.coordinator_address or args.distributed:
+      import jax
+      jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                 num_processes=args.num_processes, process_id=args.process_id)
+    _import_configurables()
+    if not args.gin_file:
+      raise ValueError('no --gin_file given (see gin_configs/examples/)')
+    parse_gin(args.gin_file, args.gin_bindings + cli_bindings, args.gin_search_paths)
+    train(on_setup_done=lambda: state.update(in_setup=False))
+  except SETUP_ERRORS as e:
+    if not state['in_setup'] or args.traceback:
+      raise
+    print(f'error: {_one_line(e)}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

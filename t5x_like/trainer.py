@@ -1,0 +1,340 @@
+"""Pure train/eval steps and the training loop.
+
+`train_step` and `eval_step` are module-level pure functions of (state, batch); `Trainer` jits them with
+explicit in/out shardings (state donated), and runs the loop: metrics, periodic eval, checkpoints,
+preemption. State is a plain dict {'step', 'params', 'opt_state'} so Orbax and the HF converters see
+ordinary nested dicts.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from t5x_like import losses
+from t5x_like import optimizers
+from t5x_like import partitioning
+
+State = dict
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+  log_every: int = 10
+  eval_every: int = 0           # 0: evaluate only at the end (when an eval dataset is configured)
+  eval_steps: int = 10          # batches per evaluation; -1: the whole split
+  checkpoint_every: int = 100
+  keep_checkpoints: Optional[int] = 3
+  async_checkpointing: bool = True
+  num_microbatches: int = 1     # gradient accumulation: the batch is split into this many pieces
+  peak_flops_per_device: Optional[float] = None
+  seed: int = 0
+
+
+def unbox(tree):
+  """Strips flax's LogicallyPartitioned boxes (also from abstract ShapeDtypeStruct trees)."""
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.Partitioned) else x,
+                      tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def _dummy(abstract_batch):
+  return {k: jnp.zeros(v.shape, v.dtype) for k, v in abstract_batch.items()}
+
+
+def init_fn(model: nn.Module, tx: optax.GradientTransformation, abstract_batch, rng) -> State:
+  variables = model.init({'params': rng, 'dropout': rng}, _dummy(abstract_batch), deterministic=True)
+  params = variables['params']
+  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+
+
+def state_shardings(model, tx, abstract_batch, mesh):
+  """Abstract (unboxed) state and its NamedShardings, derived from shapes alone: nothing is allocated."""
+  boxed = jax.eval_shape(functools.partial(init_fn, model, tx, abstract_batch), jax.random.key(0))
+  specs = nn.get_partition_spec(boxed)
+  shardings = partitioning.logical_to_sharding(specs, mesh)
+  abstract = unbox(boxed)
+  partitioning.check_divisible(abstract['params'], shardings['params'])
+  return abstract, shardings
+
+
+def create_state(model, tx, abstract_batch, mesh, shardings, rng) -> State:
+  """Initialises directly into the sharded layout: each device only ever holds its own shards."""
+  with mesh_context(mesh):
+    return jax.jit(lambda r: unbox(init_fn(model, tx, abstract_batch, r)),
+                   out_shardings=shardings)(rng)
+
+
+def _token_stats(model, params, batch, rng, loss_cfg: losses.LossConfig, deterministic: bool):
+  rngs = None if deterministic else {'dropout': rng}
+  logits = model.apply({'params': params}, batch, deterministic=deterministic, rngs=rngs)
+  targets = batch['decoder_target_tokens']
+  weights = batch['decoder_loss_weights'].astype(jnp.float32)
+  loss, z = losses.token_losses(logits, targets, z_loss=loss_cfg.z_loss,
+                                label_smoothing=loss_cfg.label_smoothing)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  stats = {'loss_sum': jnp.sum(loss * weights), 'z_loss_sum': jnp.sum(z * weights),
+           'correct_sum': jnp.sum(correct * weights), 'weight_sum': jnp.sum(weights)}
+  return stats['loss_sum'], stats
+
+
+def _split_microbatches(batch, n: int):
+  # Strided split (row i goes to microbatch i % n) so each microbatch stays spread over every
+  # data-parallel device instead of living on 1/n of them.
+  def split(x):
+    x = x.reshape((x.shape[0] // n, n) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def train_step(state: State, batch: dict, rng: jax.Array, *, model: nn.Module,
+               tx: optax.GradientTransformation, schedule: Callable, loss_cfg: losses.LossConfig,
+               num_microbatches: int = 1):
+  """One optimizer update. Gradients of the summed loss are accumulated over microbatches, then divided
+  once by the whole batch's normaliser: the update equals the full-batch one."""
+  params = state['params']
+  rng = jax.random.fold_in(rng, state['step'])
+  grad_fn = jax.grad(functools.partial(_token_stats, model, loss_cfg=loss_cfg, deterministic=False),
+                     has_aux=True)
+  if num_microbatches == 1:
+    grads, stats = grad_fn(params, batch, rng)
+  else:
+    def body(carry, xs):
+      mb, i = xs
+      g, s = grad_fn(params, mb, jax.random.fold_in(rng, i))
+      return jax.tree.map(jnp.add, carry, (g, s)), None
+    zeros = (jax.tree.map(jnp.zeros_like, params),
+             {k: jnp.zeros((), jnp.float32) for k in
+              ('loss_sum', 'z_loss_sum', 'correct_sum', 'weight_sum')})
+    (grads, stats), _ = jax.lax.scan(
+        body, zeros, (_split_microbatches(batch, num_microbatches), jnp.arange(num_microbatches)))
+  denom = losses.normalizer(batch['decoder_loss_weights'].astype(jnp.float32), loss_cfg)
+  denom = jnp.maximum(denom, 1e-8)
+  grads = jax.tree.map(lambda g: g / denom.astype(g.dtype), grads)
+  updates, opt_state = tx.update(grads, state['opt_state'], params)
+  new_state = {'step': state['step'] + 1, 'params': optax.apply_updates(params, updates),
+               'opt_state': opt_state}
+  weight = jnp.maximum(stats['weight_sum'], 1.0)
+  metrics = {
+      'loss': stats['loss_sum'] / denom,
+      'z_loss': stats['z_loss_sum'] / denom,
+      'cross_ent_loss': (stats['loss_sum'] - stats['z_loss_sum']) / weight,
+      'accuracy': stats['correct_sum'] / weight,
+      'grad_norm': optax.global_norm(grads),
+      'learning_rate': schedule(state['step']),
+      'num_target_tokens': stats['weight_sum'],
+  }
+  return new_state, metrics
+
+
+def eval_step(params, batch: dict, *, model: nn.Module, loss_cfg: losses.LossConfig):
+  """Sums over one batch; the caller adds them up over batches and divides at the end."""
+  _, stats = _token_stats(model, params, batch, None, loss_cfg, deterministic=True)
+  return stats
+
+
+def summarize_eval(total: dict) -> dict:
+  w = max(float(total['weight_sum']), 1.0)
+  ce = (float(total['loss_sum']) - float(total['z_loss_sum'])) / w
+  return {'loss': ce, 'accuracy': float(total['correct_sum']) / w,
+          'perplexity': float(np.exp(min(ce, 50.0))), 'num_target_tokens': float(total['weight_sum'])}
+
+
+class CompiledSteps:
+  """train_step / eval_step jitted with explicit shardings for one mesh."""
+
+  def __init__(self, model, tx, schedule, loss_cfg, mesh, shardings, num_microbatches: int):
+    self.mesh = mesh
+    batch_sh = partitioning.batch_sharding(mesh)
+    rep = partitioning.replicated(mesh)
+    self._train = jax.jit(
+        functools.partial(train_step, model=model, tx=tx, schedule=schedule, loss_cfg=loss_cfg,
+                          num_microbatches=num_microbatches),
+        in_shardings=(shardings, batch_sh, rep), out_shardings=(shardings, rep), donate_argnums=(0,))
+    self._eval = jax.jit(functools.partial(eval_step, model=model, loss_cfg=loss_cfg),
+                         in_shardings=(shardings['params'], batch_sh), out_shardings=rep)
+
+  def _ctx(self):
+    return mesh_context(self.mesh)
+
+  def compile_train(self, abstract_state, abstract_batch, rng):
+    with self._ctx():
+      t0 = time.perf_counter()
+      self._train = self._train.lower(abstract_state, abstract_batch, rng).compile()
+      return time.perf_counter() - t0
+
+  def train(self, state, batch, rng):
+    with self._ctx():
+      return self._train(state, batch, rng)
+
+  def eval(self, params, batch):
+    with self._ctx():
+      return self._eval(params, batch)
+
+
+def mesh_context(mesh) -> contextlib.ExitStack:
+  """The mesh and the logical-axis rules, entered together (activation constraints need both)."""
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.set_mesh(mesh))
+  stack.enter_context(nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES))
+  return stack
+
+
+def _write_run_files(model_dir: str, resumed_from: Optional[int], model_config, train_data):
+  """Next to the checkpoints: the operative gin config (a resumed run never overwrites the first),
+  model.json (family + config, for exporters and evaluators) and the vocabulary."""
+  if jax.process_index() != 0:
+    return
+  import json
+  import os
+  import seqio
+  from tasks import vocab as vocab_lib
+  os.makedirs(model_dir, exist_ok=True)
+  if resumed_from is None:
+    with open(os.path.join(model_dir, 'model.json'), 'w') as f:
+      json.dump({'family': model_config.family, 'config': dataclasses.asdict(model_config)}, f,
+                indent=2)
+    vocab = seqio.get_mixture_or_task(train_data.name).output_features['targets'].vocabulary
+    vocab_lib.save_vocabulary(vocab, os.path.join(model_dir, 'vocabulary'))
+  name = 'config.gin' if resumed_from is None else f'config_resumed_at_{resumed_from}.gin'
+  path = os.path.join(model_dir, name)
+  if resumed_from is None and os.path.exists(path):
+    path = os.path.join(model_dir, f'config.{int(time.time())}.gin')
+  with open(path, 'w') as f:
+    f.write(gin.operative_config_str())
+
+
+def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data, optimizer_config,
+        loss_config, mesh_config, trainer_config: TrainerConfig,
+        on_setup_done: Optional[Callable[[], None]] = None, log=print) -> dict:
+  """Builds everything, restores the latest checkpoint if there is one, and trains to train_steps.
+
+  Returns the last logged train metrics (and 'eval' metrics when evaluated).
+  """
+  from t5x_like import checkpointing, data, metrics as metrics_lib
+  from t5x_like.models import build_model
+  cfg = trainer_config
+  is_main = jax.process_index() == 0
+  say = log if is_main else (lambda *a, **k: None)
+  if train_steps < 1:
+    raise ValueError(f'TRAIN_STEPS={train_steps} must be >= 1')
+
+  # --- set-up: everything here is validated before any compile -------------------------------------
+  mesh = partitioning.make_mesh(mesh_config)
+  dp = mesh.shape['data'] * mesh.shape['fsdp']
+  for name, dcfg in (('train', train_data), ('eval', eval_data)):
+    if dcfg is not None and (dcfg.batch_size // jax.process_count()) % max(
+        dp // jax.process_count(), 1):
+      raise ValueError(f'{name} DataConfig.batch_size={dcfg.batch_size} does not divide over the '
+                       f"{dp} data-parallel devices (mesh data x fsdp)")
+  family = model_config.family
+  model = build_model(model_config)
+  train_ds = data.get_dataset(train_data, family)
+  abstract_batch = data.abstract_batch(train_ds, train_data.batch_size)
+  schedule = optimizers.make_schedule(optimizer_config, train_steps)
+  tx = optimizers.make_optimizer(optimizer_config, train_steps)
+  abstract_state, shardings = state_shardings(model, tx, abstract_batch, mesh)
+  batch_sh = partitioning.batch_sharding(mesh)
+  iterator = data.DataIterator(train_ds, batch_sh)
+  ckpt = checkpointing.Checkpointer(model_dir, save_every=cfg.checkpoint_every,
+                                    keep=cfg.keep_checkpoints, async_save=cfg.async_checkpointing)
+  latest = ckpt.latest_step()
+  rng = jax.random.key(cfg.seed)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state['params']))
+  say(f'model: {family}, {n_params / 1e6:.2f}M parameters | mesh {dict(mesh.shape)} on '
+      f'{jax.device_count()} {jax.devices()[0].platform} devices, {jax.process_count()} host(s) | '
+      f'data: {train_data.name}, batch {train_data.batch_size} x '
+      f'{dict(train_data.task_feature_lengths)}')
+  if latest is not None:
+    say(f'Resuming from checkpoint at step {latest} in {checkpointing.checkpoint_dir(model_dir)}')
+    try:
+      state = ckpt.restore(latest, partitioning.with_sharding(abstract_state, shardings),
+                           iterator.checkpoint)
+    except Exception as e:  # orbax's messages run to pages; say what and where
+      raise ValueError(f'checkpoint at step {latest} in {checkpointing.checkpoint_dir(model_dir)} '
+                       f'does not match this config: {str(e).splitlines()[0][:300]}') from e
+  else:
+    state = create_state(model, tx, abstract_batch, mesh, shardings, rng)
+  start = int(jax.device_get(state['step']))
+  _write_run_files(model_dir, latest, model_config, train_data)
+  if on_setup_done:
+    on_setup_done()
+
+  # --- compile and train -----------------------------------------------------------------------------
+  if start >= train_steps:
+    say(f'already at step {start} >= TRAIN_STEPS={train_steps}: nothing to train')
+    ckpt.close()
+    return {}
+  steps = CompiledSteps(model, tx, schedule, loss_config, mesh, shardings, cfg.num_microbatches)
+  abstract_in = partitioning.with_sharding(abstract_state, shardings)
+  abstract_b = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
+                for k, v in abstract_batch.items()}
+  secs = steps.compile_train(abstract_in, abstract_b, rng)
+  say(f'compiled train step in {secs:.1f}s; training steps {start + 1}..{train_steps}')
+  target_len = abstract_batch['decoder_target_tokens'].shape[1]
+  tokens_per_step = train_data.batch_size * target_len
+  logger = metrics_lib.MetricsLogger(model_dir, train_steps,
+                                     model_config.flops_per_token(target_len),
+                                     metrics_lib.peak_flops_per_device(cfg.peak_flops_per_device))
+  logger.start(start)
+  last: dict = {}
+  window: list = []
+  step = start
+  last_logged = start
+  while step < train_steps:
+    batch = next(iterator)
+    state, m = steps.train(state, batch, rng)
+    step += 1
+    window.append(m)
+    if step % cfg.log_every == 0 or step == train_steps:
+      host = jax.device_get(window)
+      avg = {k: float(np.mean([w[k] for w in host])) for k in host[0]}
+      avg['learning_rate'] = float(host[-1]['learning_rate'])
+      if not np.isfinite(avg['loss']):
+        raise FloatingPointError(f'loss is {avg["loss"]} between steps {last_logged + 1} and {step}; '
+                                 f'last good checkpoint: {ckpt.latest_step()}')
+      last = logger.log_train(step, avg, tokens_per_step)
+      window, last_logged = [], step
+    if eval_data is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < train_steps:
+      last['eval'] = evaluate(steps, state['params'], eval_data, family, batch_sh, cfg.eval_steps)
+      logger.log_eval(step, eval_data.name, last['eval'])
+      logger.start(step)  # eval time is not step time
+    ckpt.save(step, state, iterator.checkpoint, force=step == train_steps)
+    if step < train_steps and ckpt.reached_preemption(step):
+      ckpt.save(step, state, iterator.checkpoint, force=True)
+      ckpt.wait()
+      say(f'preemption notice at step {step}: checkpoint saved; exiting to be restarted')
+      break
+  if eval_data is not None and step == train_steps:
+    last['eval'] = evaluate(steps, state['params'], eval_data, family, batch_sh, cfg.eval_steps)
+    logger.log_eval(step, eval_data.name, last['eval'])
+  ckpt.wait()
+  ckpt.close()
+  logger.close()
+  say(f'done at step {step}. TensorBoard: tensorboard --logdir {model_dir} | checkpoints: '
+      f'{checkpointing.checkpoint_dir(model_dir)}')
+  return last
+
+
+def evaluate(steps: CompiledSteps, params, eval_data, family: str, batch_sh, max_batches: int) -> dict:
+  from t5x_like import data
+  it = data.DataIterator(data.get_dataset(eval_data, family), batch_sh)
+  total = None
+  for i, batch in enumerate(it):
+    if 0 <= max_batches <= i:
+      break
+    s = steps.eval(params, batch)
+    total = s if total is None else jax.tree.map(jnp.add, total, s)
+  if total is None:
+    raise ValueError(f'eval dataset {eval_data.name} ({eval_data.split}) gave no full batch of '
+                     f'{eval_data.batch_size}')
+  return summarize_eval(jax.device_get(total))

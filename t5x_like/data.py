@@ -35,6 +35,8 @@ class DataConfig:
   seed: Optional[int] = 0
   pack: bool = True
   use_cached: bool = False
+  # Where `python -m tasks cache` (seqio + Apache Beam) wrote the preprocessed task; see docs/DATA.md.
+  cache_dir: Optional[str] = None
   # None repeats forever (training); 1 reads the split once (evaluation).
   num_epochs: Optional[int] = None
 
@@ -61,6 +63,8 @@ def get_dataset(cfg: DataConfig, family: str) -> tf.data.Dataset:
     raise ValueError(f'DataConfig.batch_size={cfg.batch_size} is not divisible by the '
                      f'{n_hosts} hosts')
   name = cfg.name
+  if cfg.cache_dir:
+    seqio.add_global_cache_dirs([cfg.cache_dir])
   try:
     seqio.get_mixture_or_task(name)
   except ValueError as e:

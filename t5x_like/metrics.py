@@ -13,7 +13,6 @@ import time
 from typing import Mapping, Optional
 
 import jax
-from flax.metrics import tensorboard
 
 PEAK_BF16_FLOPS = (  # substring of jax.Device.device_kind -> dense bf16 FLOP/s per chip
     ('TPU v6 lite', 918e12), ('TPU v6e', 918e12), ('TPU v5p', 459e12), ('TPU v5 lite', 197e12),
@@ -49,6 +48,7 @@ class MetricsLogger:
 
   def _writer(self, name: str):
     if name not in self._writers:
+      from flax.metrics import tensorboard  # imports TensorFlow: only when something is written
       self._writers[name] = tensorboard.SummaryWriter(os.path.join(self.model_dir, name))
     return self._writers[name]
 

@@ -35,14 +35,19 @@ def _import_configurables():
 @gin.configurable
 def train(*, model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, model=gin.REQUIRED,
           train_data=gin.REQUIRED, eval_data=None, optimizer=None, loss=None, mesh=None,
-          trainer=None, on_setup_done=None):
-  """Everything a run is made of; each argument is a config object that gin builds."""
+          trainer=None, init_params_from: Optional[str] = None, on_setup_done=None):
+  """Everything a run is made of; each argument is a config object that gin builds.
+
+  init_params_from: a model dir (e.g. one written by `t5x_like.convert from-hf`) whose latest
+  parameters start this run when MODEL_DIR has no checkpoint yet; the optimizer starts fresh.
+  """
   from t5x_like import losses, optimizers, partitioning, trainer as trainer_lib
   return trainer_lib.fit(
       model_dir=model_dir, train_steps=train_steps, model_config=model, train_data=train_data,
       eval_data=eval_data, optimizer_config=optimizer or optimizers.OptimizerConfig(),
       loss_config=loss or losses.LossConfig(), mesh_config=mesh or partitioning.MeshConfig(),
-      trainer_config=trainer or trainer_lib.TrainerConfig(), on_setup_done=on_setup_done)
+      trainer_config=trainer or trainer_lib.TrainerConfig(), init_params_from=init_params_from,
+      on_setup_done=on_setup_done)
 
 
 def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -70,7 +75,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
   text = gin.config_str()
   for b in bindings:
     name = b.split('=', 1)[0].strip()
-    if _MACRO.match(name) and f'%{name}' not in text:
+    if _MACRO.match(name) and not re.search(rf'%{name}\b', text):
       raise ValueError(f'gin macro {name} is set on the command line but no gin file uses %{name} '
                        '(misspelt?)')
 

@@ -215,10 +215,12 @@ def _write_run_files(model_dir: str, resumed_from: Optional[int], model_config, 
 
 def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data, optimizer_config,
         loss_config, mesh_config, trainer_config: TrainerConfig,
+        init_params_from: Optional[str] = None,
         on_setup_done: Optional[Callable[[], None]] = None, log=print) -> dict:
   """Builds everything, restores the latest checkpoint if there is one, and trains to train_steps.
 
-  Returns the last logged train metrics (and 'eval' metrics when evaluated).
+  Returns the last logged train metrics, 'history' (step, loss) of every logged step, and 'eval'
+  metrics when evaluated.
   """
   from t5x_like import checkpointing, data, metrics as metrics_lib
   from t5x_like.models import build_model
@@ -264,6 +266,16 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
                        f'does not match this config: {str(e).splitlines()[0][:300]}') from e
   else:
     state = create_state(model, tx, abstract_batch, mesh, shardings, rng)
+    if init_params_from:
+      try:
+        params, from_step = checkpointing.restore_params(
+            init_params_from, partitioning.with_sharding(abstract_state['params'],
+                                                         shardings['params']))
+      except Exception as e:
+        raise ValueError(f'train.init_params_from={init_params_from!r}: cannot restore parameters '
+                         f'for this model config: {str(e).splitlines()[0][:300]}') from e
+      state['params'] = params
+      say(f'Initialised parameters from {init_params_from} (step {from_step}); optimizer state fresh')
   start = int(jax.device_get(state['step']))
   _write_run_files(model_dir, latest, model_config, train_data)
   if on_setup_done:
@@ -287,6 +299,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
                                      metrics_lib.peak_flops_per_device(cfg.peak_flops_per_device))
   logger.start(start)
   last: dict = {}
+  history: list = []
   window: list = []
   step = start
   last_logged = start
@@ -303,6 +316,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
         raise FloatingPointError(f'loss is {avg["loss"]} between steps {last_logged + 1} and {step}; '
                                  f'last good checkpoint: {ckpt.latest_step()}')
       last = logger.log_train(step, avg, tokens_per_step)
+      history.append((step, avg['loss']))
       window, last_logged = [], step
     if eval_data is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < train_steps:
       last['eval'] = evaluate(steps, state['params'], eval_data, family, batch_sh, cfg.eval_steps)
@@ -320,6 +334,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   ckpt.wait()
   ckpt.close()
   logger.close()
+  last['history'] = history
   say(f'done at step {step}. TensorBoard: tensorboard --logdir {model_dir} | checkpoints: '
       f'{checkpointing.checkpoint_dir(model_dir)}')
   return last

@@ -62,3 +62,15 @@ def prefix_lm_task(name: str = gin.REQUIRED, train_files: Sequence[str] = gin.RE
 
 def _filter_short(ds):
   return ds.filter(lambda ex: tf.shape(ex['targets'])[0] >= 2)
+
+
+def concat_and_chunk(ds: tf.data.Dataset, length: int, key: str = 'targets') -> tf.data.Dataset:
+  """Concatenates the token streams of all examples (each ending in EOS) and cuts them into
+  windows of exactly `length` tokens: GPT-style LM sequences, as in Schäfer et al.'s training and
+  per-window evaluation. Documents may span windows; the last partial window is dropped.
+
+  The converter then needs no packing (DataConfig.pack = False): it shifts the targets into
+  decoder_input_tokens and weights every token.
+  """
+  tokens = ds.map(lambda ex: ex[key]).unbatch()
+  return tokens.batch(length, drop_remainder=True).map(lambda t: {key: t})

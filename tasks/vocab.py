@@ -20,12 +20,21 @@ DEFAULT_CACHE = os.path.join(os.path.expanduser('~'), '.cache', 't5x_like', 'spm
 
 def train_sentencepiece(files: Sequence[str], model_prefix: str, vocab_size: int, *,
                         model_type: str = 'unigram', character_coverage: float = 0.9995,
-                        input_sentence_size: int = 2_000_000) -> str:
+                        input_sentence_size: int = 2_000_000,
+                        user_defined_symbols: Sequence[str] = (),
+                        sentence_iterator=None) -> str:
+  """Trains a T5-style model (pad 0, eos 1, unk 2, no bos) on `files` or on `sentence_iterator`.
+
+  `user_defined_symbols` are kept as single pieces (language tags such as '<en>').
+  """
   import sentencepiece as spm
   os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
   tmp_prefix = model_prefix + '.tmp'
+  source = ({'sentence_iterator': sentence_iterator} if sentence_iterator is not None
+            else {'input': ','.join(files)})
   spm.SentencePieceTrainer.train(
-      input=','.join(files), model_prefix=tmp_prefix, vocab_size=vocab_size, model_type=model_type,
+      **source, model_prefix=tmp_prefix, vocab_size=vocab_size, model_type=model_type,
+      user_defined_symbols=list(user_defined_symbols),
       character_coverage=character_coverage, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
       input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
       minloglevel=2, num_threads=os.cpu_count() or 1)
@@ -38,7 +47,8 @@ def train_sentencepiece(files: Sequence[str], model_prefix: str, vocab_size: int
 @gin.configurable
 def sentencepiece_vocabulary(model_path: Optional[str] = None, *, train_files: Sequence[str] = (),
                              vocab_size: int = 8000, model_type: str = 'unigram',
-                             extra_ids: int = 0, cache_dir: Optional[str] = None
+                             extra_ids: int = 0, cache_dir: Optional[str] = None,
+                             user_defined_symbols: Sequence[str] = ()
                              ) -> seqio.SentencePieceVocabulary:
   """Loads `model_path`, or trains a vocabulary on `train_files` (cached) when no path is given."""
   if model_path:
@@ -47,11 +57,13 @@ def sentencepiece_vocabulary(model_path: Optional[str] = None, *, train_files: S
     return seqio.SentencePieceVocabulary(model_path, extra_ids=extra_ids)
   files = sources.resolve_files(train_files, 'sentencepiece_vocabulary.train_files')
   key = json.dumps([[f, os.path.getsize(f), int(os.path.getmtime(f))] for f in files] +
-                   [vocab_size, model_type])
+                   [vocab_size, model_type] + ([list(user_defined_symbols)] if user_defined_symbols
+                                               else []))
   prefix = os.path.join(cache_dir or DEFAULT_CACHE,
                         f'spm{vocab_size}_{hashlib.sha1(key.encode()).hexdigest()[:12]}')
   if not os.path.exists(prefix + '.model'):
-    train_sentencepiece(files, prefix, vocab_size, model_type=model_type)
+    train_sentencepiece(files, prefix, vocab_size, model_type=model_type,
+                        user_defined_symbols=user_defined_symbols)
   return seqio.SentencePieceVocabulary(prefix + '.model', extra_ids=extra_ids)
 
 
@@ -59,10 +71,33 @@ def save_vocabulary(vocab: seqio.Vocabulary, directory: str) -> None:
   """Writes a run's vocabulary next to its checkpoints: `spm.model` + `vocabulary.json`.
 
   Exporters and evaluators read it back with `load_vocabulary`, so a model dir is self-contained.
+  `vocabulary.json` is one of:
+
+    {"type": "sentencepiece", "extra_ids": E, "vocab_size": V}
+        `spm.model` with E extra ids (sentinels) after its pieces; V includes them.
+    {"type": "cloned", "num_languages": n, "frac_clone": f, "seed": s, "base_vocab_size": V,
+     "extra_ids": E, "vocab_size": n * V, "num_cloned": c, "cloned_ids": [...]}
+        tasks.cloned.ClonedVocabulary over the sentencepiece `spm.model` with E extra ids (V
+        includes them). Language k (0 = the original) writes token t as t + k*V when t is one of
+        the `cloned_ids` (the first c = int(f*V) ids of range(V) shuffled by Python
+        random.Random(s), pad 0 excluded), else as t (shared "anchor" ids). Any id decodes as
+        id % V. `cloned_ids` is listed so that other tools need not reproduce Python's shuffle.
   """
   import shutil
   os.makedirs(directory, exist_ok=True)
-  if isinstance(vocab, seqio.SentencePieceVocabulary):
+  from tasks import cloned
+  if isinstance(vocab, cloned.ClonedVocabulary):
+    base = vocab.base
+    if not isinstance(base, seqio.SentencePieceVocabulary):
+      raise TypeError(f'cannot save a cloned vocabulary over {type(base).__name__}')
+    shutil.copyfile(base.sentencepiece_model_file, os.path.join(directory, 'spm.model'))
+    meta = {'type': 'cloned', 'num_languages': vocab.num_languages,
+            'frac_clone': vocab.frac_clone, 'seed': vocab.seed,
+            'base_vocab_size': base.vocab_size, 'extra_ids': base.extra_ids,
+            'vocab_size': vocab.vocab_size, 'pad_id': 0, 'eos_id': base.eos_id,
+            'unk_id': base.unk_id, 'num_cloned': int(vocab.is_cloned.sum()),
+            'cloned_ids': [int(i) for i in vocab.is_cloned.nonzero()[0]]}
+  elif isinstance(vocab, seqio.SentencePieceVocabulary):
     shutil.copyfile(vocab.sentencepiece_model_file, os.path.join(directory, 'spm.model'))
     meta = {'type': 'sentencepiece', 'extra_ids': vocab.extra_ids, 'vocab_size': vocab.vocab_size}
   else:
@@ -77,4 +112,14 @@ def load_vocabulary(directory: str) -> seqio.Vocabulary:
   if meta['type'] == 'sentencepiece':
     return seqio.SentencePieceVocabulary(os.path.join(directory, 'spm.model'),
                                          extra_ids=meta['extra_ids'])
+  if meta['type'] == 'cloned':
+    from tasks import cloned
+    base = seqio.SentencePieceVocabulary(os.path.join(directory, 'spm.model'),
+                                         extra_ids=meta['extra_ids'])
+    vocab = cloned.ClonedVocabulary(base, num_languages=meta['num_languages'],
+                                    frac_clone=meta['frac_clone'], seed=meta['seed'])
+    if 'cloned_ids' in meta and sorted(meta['cloned_ids']) != vocab.is_cloned.nonzero()[0].tolist():
+      raise ValueError(f'{directory}/vocabulary.json: cloned_ids differ from the ones seed '
+                       f"{meta['seed']} gives")
+    return vocab
   raise ValueError(f"{directory}/vocabulary.json: unknown vocabulary type {meta['type']!r}")

@@ -18,3 +18,37 @@ SHARED_DATA = REPO.parent / 'shared' / 'data'
 def shared_data() -> pathlib.Path:
   assert SHARED_DATA.is_dir(), f'{SHARED_DATA} is missing: tests read real data from ../shared/data'
   return SHARED_DATA
+
+
+@pytest.fixture(scope='session')
+def small_text(shared_data, tmp_path_factory) -> dict:
+  """The first 4000 Multi30k English captions (train) and 200 (validation), as text-line files."""
+  d = tmp_path_factory.mktemp('text')
+  out = {}
+  for split, src, n in (('train', 'train.en', 4000), ('validation', 'val.en', 200)):
+    lines = (shared_data / 'parallel' / 'multi30k' / src).read_text(encoding='utf-8').splitlines()[:n]
+    path = d / f'{split}.txt'
+    path.write_text('\n'.join(lines) + '\n', encoding='utf-8')
+    out[split] = str(path)
+  return out
+
+
+@pytest.fixture(scope='session')
+def small_vocab(small_text, tmp_path_factory):
+  from tasks import vocab
+  return vocab.sentencepiece_vocabulary(train_files=[small_text['train']], vocab_size=500,
+                                        cache_dir=str(tmp_path_factory.mktemp('spm')))
+
+
+@pytest.fixture(scope='session')
+def lm_task(small_text, small_vocab):
+  from tasks import lm
+  return lm.text_lm_task(name='test_small_lm', train_files=[small_text['train']],
+                         validation_files=[small_text['validation']], vocabulary=small_vocab)
+
+
+@pytest.fixture(scope='session')
+def prefix_lm_task(small_text, small_vocab):
+  from tasks import lm
+  return lm.prefix_lm_task(name='test_small_prefix_lm', train_files=[small_text['train']],
+                           validation_files=[small_text['validation']], vocabulary=small_vocab)

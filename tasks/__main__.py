@@ -1,0 +1,152 @@
+"""Command line for the data pipelines.
+
+  python -m tasks show NAME [--n N] [--split SPLIT] [--gin_file F --gin.X=Y ...]
+      Prints examples of a task or mixture as JSON lines: per feature the token ids and the
+      decoded text (after the task's preprocessing, before the feature converter). Tasks built by
+      a gin file exist once the file is parsed, so pass the experiment's --gin_file.
+  python -m tasks vocab --output PREFIX --vocab_size N [--extra_ids E] [--symbols '<en>,<de>']
+                        SOURCE [SOURCE ...]
+      Trains a SentencePiece vocabulary (T5 ids: pad 0, eos 1, unk 2) on any source:
+      text files, tsv:FILE, ces:BIBLE.xml, sword:MODULE, tfds:NAME:SPLIT:KEY.
+  python -m tasks cache --gin_file F --output_cache_dir DIR [--tasks NAME ...]
+                        [--pipeline_options=--runner=DirectRunner,...]
+      Preprocesses the tasks up to their CacheDatasetPlaceholder with Apache Beam (see
+      docs/DATA.md for Dataflow / Flink / Spark); train with DataConfig.use_cached = True.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+
+def register_from_gin(gin_files: Sequence[str], bindings: Sequence[str],
+                      config_text: Optional[str] = None) -> None:
+  """Parses gin like the trainer and builds the train/eval DataConfigs, which registers the tasks
+  their builders make. `config_text` (a parsed config, from gin.config_str()) replaces the files:
+  remote Beam workers get it this way, with no access to the gin files."""
+  import gin
+  from t5x_like import train as train_lib
+  train_lib._import_configurables()  # pylint: disable=protected-access
+  if config_text is not None:
+    gin.parse_config(config_text)
+  else:
+    train_lib.parse_gin(gin_files, bindings, [])
+  from t5x_like.data import DataConfig
+  configs = {}
+  for scope in ('train', 'eval'):
+    try:
+      with gin.config_scope(scope):
+        configs[scope] = DataConfig()
+    except (TypeError, ValueError, RuntimeError):
+      # A file may configure only one of them; a real error shows up when NAME is looked up.
+      pass
+  return configs
+
+
+def _jsonable(value, vocab):
+  import numpy as np
+  value = np.asarray(value)
+  if value.dtype.kind in 'SO':
+    return value.tolist() if value.ndim else value.item().decode('utf-8', 'replace')
+  if value.ndim == 1 and vocab is not None and value.dtype.kind in 'iu':
+    return {'ids': value.tolist(), 'text': vocab.decode(value.tolist())}
+  return value.tolist()
+
+
+def show(args, gin_bindings) -> int:
+  import seqio
+  configs = register_from_gin(args.gin_file, gin_bindings) if args.gin_file or gin_bindings else {}
+  try:
+    provider = seqio.get_mixture_or_task(args.name)
+  except ValueError:
+    names = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
+    raise ValueError(f'no task or mixture named {args.name!r} (registered: {", ".join(names)})'
+                     ) from None
+  cfg = configs.get('train')
+  lengths = dict(cfg.task_feature_lengths) if cfg is not None else None
+  ds = provider.get_dataset(sequence_length=lengths, split=args.split, shuffle=args.shuffle,
+                            seed=args.seed, num_epochs=1)
+  vocabs = {k: f.vocabulary for k, f in provider.output_features.items()}
+  for i, ex in enumerate(ds.take(args.n).as_numpy_iterator()):
+    row = {'index': i}
+    for k, v in ex.items():
+      row[k] = _jsonable(v, vocabs.get(k))
+    print(json.dumps(row, ensure_ascii=False))
+  return 0
+
+
+def vocab_cmd(args) -> int:
+  import itertools
+  from tasks import sources, vocab
+  texts = itertools.chain.from_iterable(sources.iter_texts(s) for s in args.sources)
+  path = vocab.train_sentencepiece(
+      [], args.output, args.vocab_size, model_type=args.model_type,
+      user_defined_symbols=[s for s in args.symbols.split(',') if s],
+      sentence_iterator=iter(texts))
+  import seqio
+  v = seqio.SentencePieceVocabulary(path, extra_ids=args.extra_ids)
+  print(json.dumps({'model': path, 'vocab_size': v.vocab_size, 'extra_ids': args.extra_ids}))
+  return 0
+
+
+def cache_cmd(args, gin_bindings) -> int:
+  import gin
+  import seqio
+  from tasks import beam_cache
+  configs = register_from_gin(args.gin_file, gin_bindings)
+  names = args.tasks or [c.name for c in configs.values()]
+  task_names = []
+  for n in names:
+    p = seqio.get_mixture_or_task(n)
+    task_names += [t.name for t in p.tasks] if isinstance(p, seqio.Mixture) else [p.name]
+  out = beam_cache.cache_tasks(sorted(set(task_names)), args.output_cache_dir,
+                               config_text=gin.config_str(),
+                               pipeline_options=args.pipeline_options, min_shards=args.min_shards)
+  print(json.dumps({'cached': out}))
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  from t5x_like.train import split_gin_flags
+  cli_bindings, rest = split_gin_flags(argv)
+  p = argparse.ArgumentParser(prog='python -m tasks', description=__doc__.split('\n')[0])
+  sub = p.add_subparsers(dest='cmd', required=True)
+  s = sub.add_parser('show', help='print examples of a task or mixture as JSON lines')
+  s.add_argument('name')
+  s.add_argument('--n', type=int, default=5)
+  s.add_argument('--split', default='train')
+  s.add_argument('--shuffle', action='store_true')
+  s.add_argument('--seed', type=int, default=0)
+  v = sub.add_parser('vocab', help='train a SentencePiece vocabulary')
+  v.add_argument('sources', nargs='+')
+  v.add_argument('--output', required=True, help='model prefix: writes PREFIX.model/.vocab')
+  v.add_argument('--vocab_size', type=int, default=8000)
+  v.add_argument('--model_type', default='unigram')
+  v.add_argument('--extra_ids', type=int, default=0)
+  v.add_argument('--symbols', default='', help="comma-separated pieces kept whole, e.g. '<en>,<de>'")
+  c = sub.add_parser('cache', help='cache tasks with Apache Beam')
+  c.add_argument('--output_cache_dir', required=True)
+  c.add_argument('--tasks', nargs='*')
+  c.add_argument('--min_shards', type=int, default=1)
+  c.add_argument('--pipeline_options', default='--runner=DirectRunner')
+  for q in (s, c):
+    q.add_argument('--gin_file', action='append', default=[])
+    q.add_argument('--gin_bindings', action='append', default=[])
+  args = p.parse_args(rest)
+  try:
+    if args.cmd == 'show':
+      return show(args, args.gin_bindings + cli_bindings)
+    if args.cmd == 'vocab':
+      return vocab_cmd(args)
+    return cache_cmd(args, args.gin_bindings + cli_bindings)
+  except (ValueError, TypeError, KeyError, OSError) as e:
+    msg = str(e).strip().splitlines()
+    print(f'error: {msg[0] if msg else type(e).__name__}', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,220 @@
+"""Import: a Hugging Face checkpoint (Llama family; T5 v1.1 / mT5) -> a model dir `t5x_like.train` continues.
+
+Writes OUT/model.json, OUT/vocabulary/ (when the HF tokenizer is SentencePiece-based), an Orbax checkpoint
+at OUT/checkpoints/0/ (item 'state' = {'step', 'params'}, the trainer's layout) and
+OUT/continue_pretraining.gin, which binds the model config and `train.init_params_from = OUT`.
+
+Streams: each HF tensor is memory-mapped, converted and copied into its place in one preallocated tree
+(scanned layers are stacked in place), so the peak is one copy of the weights plus one tensor.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import numpy as np
+
+from t5x_like.convert import llama, t5
+from t5x_like.convert import safetensors_stream as st
+from t5x_like.convert.mapping import ConversionError, from_hf, hf_shape
+
+
+def read_config(hf_dir: str, has_lm_head: bool, **overrides):
+  """(our config, rules) for an HF dir's config.json."""
+  path = os.path.join(hf_dir, 'config.json')
+  if not os.path.exists(path):
+    raise ConversionError(f'{path} not found: --hf must be a directory written by save_pretrained')
+  with open(path) as f:
+    d = json.load(f)
+  model_type = d.get('model_type')
+  if model_type in llama.MODEL_TYPES:
+    cfg = llama.from_hf_config(d, **overrides)
+    return cfg, llama.rules(cfg), llama.IGNORED_TENSORS
+  if model_type in t5.MODEL_TYPES:
+    cfg, head_from_shared = t5.from_hf_config(d, has_lm_head, **overrides)
+    return cfg, t5.rules(cfg, head_from_shared), t5.IGNORED_TENSORS
+  raise ConversionError(f'model_type={model_type!r} in {path} is not supported '
+                        f'(supported: {sorted(llama.MODEL_TYPES + t5.MODEL_TYPES)})')
+
+
+def read_weights(hf_dir: str, *, param_dtype: str = 'float32', **overrides):
+  """(our config, params as a numpy tree) from an HF dir; checks key counts and every shape."""
+  from t5x_like.convert.to_hf import abstract_params
+  if not os.path.isdir(hf_dir):
+    raise ConversionError(f'--hf {hf_dir} does not exist')
+  try:
+    reader = st.Reader(hf_dir)
+  except FileNotFoundError as e:
+    raise ConversionError(str(e)) from e
+  keys = set(reader.keys())
+  cfg, rules, ignorable = read_config(hf_dir, 'lm_head.weight' in keys, param_dtype=param_dtype,
+                                      **overrides)
+  expected = {r.hf for r in rules}
+  present = {k for k in keys if not k.endswith(ignorable)}
+  missing, unexpected = sorted(expected - present), sorted(present - expected)
+  if missing or unexpected:
+    raise ConversionError(f'{hf_dir}: tensors do not match the config: missing {missing[:5]}'
+                          f'{"..." if len(missing) > 5 else ""} ({len(missing)}), unexpected '
+                          f'{unexpected[:5]}{"..." if len(unexpected) > 5 else ""} ({len(unexpected)})')
+
+  dtype = st.np_dtype(param_dtype)
+  abstract = abstract_params(cfg)
+  params = _map_tree(abstract, lambda a: np.empty(a.shape, dtype))
+  filled = _map_tree(abstract, lambda a: 0)
+  for r in rules:
+    leaf = _get(params, r.ours)
+    ours = leaf.shape[1:] if r.layer is not None else leaf.shape
+    spec = reader.spec(r.hf)
+    if spec.shape != hf_shape(r.kind, ours):
+      raise ConversionError(f'{r.hf}: shape {list(spec.shape)}, expected '
+                            f'{list(hf_shape(r.kind, ours))} for {"/".join(r.ours)}')
+    value = from_hf(r.kind, reader.get(r.hf), ours)
+    if r.layer is None:
+      leaf[...] = value
+    else:
+      leaf[r.layer] = value
+    _set(filled, r.ours, _get(filled, r.ours) + 1)
+  # Every parameter written exactly as often as it has layers (nanoGPT-style count check).
+  for path, count in _flatten(filled):
+    want = _get(params, path).shape[0] if _is_stacked(path) else 1
+    if count != want:
+      raise ConversionError(f'{"/".join(path)} was filled {count} times, expected {want}')
+  return cfg, params
+
+
+def _is_stacked(path) -> bool:
+  return 'layers' in path
+
+
+def _map_tree(tree, fn):
+  return {k: _map_tree(v, fn) if isinstance(v, dict) else fn(v) for k, v in tree.items()}
+
+
+def _flatten(tree, prefix=()):
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      yield from _flatten(v, prefix + (k,))
+    else:
+      yield prefix + (k,), v
+
+
+def _get(tree, path):
+  for p in path:
+    tree = tree[p]
+  return tree
+
+
+def _set(tree, path, value):
+  for p in path[:-1]:
+    tree = tree[p]
+  tree[path[-1]] = value
+
+
+def save_checkpoint(out: str, params) -> None:
+  """Orbax checkpoint at OUT/checkpoints/0 in the trainer's Composite layout (no optimizer state)."""
+  from t5x_like import checkpointing
+  ckpt = checkpointing.Checkpointer(out, save_every=1, keep=None, async_save=False)
+  ckpt.save(0, {'step': np.asarray(0, np.int32), 'params': params}, None, force=True)
+  ckpt.wait()
+  ckpt.close()
+
+
+def write_vocabulary(hf_dir: str, out: str) -> Optional[str]:
+  """OUT/vocabulary/{spm.model, vocabulary.json} from the HF tokenizer's SentencePiece model, if any."""
+  import shutil
+  from t5x_like.convert.tokenizer import find_spm
+  spm = find_spm(hf_dir)
+  if spm is None:
+    return None
+  extra = 0
+  tok_json = os.path.join(hf_dir, 'tokenizer.json')
+  if os.path.exists(tok_json):
+    with open(tok_json) as f:
+      added = json.load(f).get('added_tokens', [])
+    extra = sum(1 for t in added if t['content'].startswith('<extra_id_'))
+  import sentencepiece
+  size = sentencepiece.SentencePieceProcessor(model_file=spm).get_piece_size()
+  vdir = os.path.join(out, 'vocabulary')
+  os.makedirs(vdir, exist_ok=True)
+  shutil.copyfile(spm, os.path.join(vdir, 'spm.model'))
+  with open(os.path.join(vdir, 'vocabulary.json'), 'w') as f:
+    json.dump({'type': 'sentencepiece', 'extra_ids': extra, 'vocab_size': size + extra}, f, indent=2)
+  return os.path.join(vdir, 'spm.model')
+
+
+_DATA_EXAMPLE = {
+    'decoder': """\
+#   train.train_data = @train/DataConfig()
+#   DataConfig.mixture_or_task = @tasks.lm.text_lm_task()
+#   DataConfig.task_feature_lengths = {{'targets': 512}}
+#   tasks.lm.text_lm_task.name = 'my_text'
+#   tasks.lm.text_lm_task.train_files = ['/path/to/train.txt']
+#   tasks.lm.text_lm_task.vocabulary = @sentencepiece_vocabulary()""",
+    'encdec': """\
+#   train.train_data = @train/DataConfig()
+#   DataConfig.mixture_or_task = @tasks.lm.prefix_lm_task()
+#   DataConfig.task_feature_lengths = {{'inputs': 512, 'targets': 512}}
+#   tasks.lm.prefix_lm_task.name = 'my_text'
+#   tasks.lm.prefix_lm_task.train_files = ['/path/to/train.txt']
+#   tasks.lm.prefix_lm_task.vocabulary = @sentencepiece_vocabulary(extra_ids={extra})""",
+}
+
+
+def write_gin(out: str, cfg, hf_dir: str, spm_path: Optional[str], extra_ids: int) -> str:
+  cls = type(cfg).__name__
+  out_abs = os.path.abspath(out)
+  vocab_line = (f"sentencepiece_vocabulary.model_path = '{spm_path}'" if spm_path else
+                '# (no SentencePiece model in the HF dir: bind a vocabulary whose ids match the model)')
+  lines = [
+      f'# Continue pretraining {os.path.abspath(hf_dir)}, imported by `python -m t5x_like.convert from-hf`.',
+      '# The model config below is the checkpoint\'s; train.init_params_from starts a new run from its',
+      '# parameters (the optimizer starts fresh). The data is yours to bind, in a second gin file, e.g.:',
+      _DATA_EXAMPLE[cfg.family].format(extra=extra_ids),
+      '# then:',
+      f'#   python -m t5x_like.train --gin_file={out_abs}/continue_pretraining.gin \\',
+      '#     --gin_file=my_data.gin --gin.MODEL_DIR="\'/tmp/cpt\'" --gin.TRAIN_STEPS=1000',
+      "include 'gin_configs/runs/pretrain.gin'",
+      '',
+      f'train.model = @{cls}()',
+  ]
+  for f in dataclasses.fields(cfg):
+    lines.append(f'{cls}.{f.name} = {_gin_value(getattr(cfg, f.name))}')
+  lines += ['', f"train.init_params_from = '{out_abs}'", vocab_line, '']
+  path = os.path.join(out, 'continue_pretraining.gin')
+  with open(path, 'w') as fh:
+    fh.write('\n'.join(lines))
+  return path
+
+
+def _gin_value(v) -> str:
+  if v is None:
+    return 'None'
+  if isinstance(v, bool):
+    return 'True' if v else 'False'
+  return repr(v)
+
+
+def import_hf(hf_dir: str, out: str, *, param_dtype: str = 'float32', log=print, **overrides) -> dict:
+  """`python -m t5x_like.convert from-hf`: the whole import."""
+  if os.path.exists(os.path.join(out, 'checkpoints')):
+    raise ConversionError(f'--out {out} already has checkpoints: choose a new directory')
+  cfg, params = read_weights(hf_dir, param_dtype=param_dtype, **overrides)
+  os.makedirs(out, exist_ok=True)
+  save_checkpoint(out, params)
+  del params
+  with open(os.path.join(out, 'model.json'), 'w') as f:
+    json.dump({'family': cfg.family, 'config': dataclasses.asdict(cfg)}, f, indent=2)
+  spm = write_vocabulary(hf_dir, out)
+  extra = 0
+  if spm:
+    with open(os.path.join(out, 'vocabulary', 'vocabulary.json')) as f:
+      extra = json.load(f)['extra_ids']
+  gin_path = write_gin(out, cfg, hf_dir, spm, extra)
+  n = cfg.num_params()
+  log(f'imported {hf_dir} -> {out}: {cfg.family}, {n / 1e6:.2f}M parameters, '
+      f'vocabulary: {"vocabulary/spm.model" if spm else "none (no SentencePiece model in the HF dir)"}; '
+      f'continue with: python -m t5x_like.train --gin_file={gin_path} --gin_file=<your data gin> '
+      '--gin.MODEL_DIR=... --gin.TRAIN_STEPS=...')
+  return {'config': cfg, 'gin': gin_path, 'vocabulary': spm}

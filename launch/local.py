@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 WORKER = ('import sys, jax; jax.config.update("jax_cpu_collectives_implementation", "gloo"); '
           'from t5x_like import train; sys.exit(train.main(sys.argv[1:]))')
@@ -29,6 +30,21 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
+
+
+def _wait_all(procs, timeout):
+  """Waits for every process; when one fails, stops the rest (they would wait on it forever)."""
+  deadline = None if timeout is None else time.monotonic() + timeout
+  while any(p.poll() is None for p in procs):
+    failed = any(p.returncode not in (None, 0) for p in procs)
+    late = deadline is not None and time.monotonic() > deadline
+    if failed or late:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+      break
+    time.sleep(0.5)
+  return [p.wait() for p in procs]
 
 
 def launch(train_args, num_processes: int, devices_per_process: int, log_dir: str | None = None,
@@ -45,7 +61,7 @@ def launch(train_args, num_processes: int, devices_per_process: int, log_dir: st
             f'--num_processes={num_processes}', f'--process_id={pid}']
     procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
     logs.append(log)
-  codes = [p.wait(timeout=timeout) for p in procs]
+  codes = _wait_all(procs, timeout)
   outs = []
   for log in logs:
     log.seek(0)

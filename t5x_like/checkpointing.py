@@ -7,6 +7,7 @@ same number of hosts continues with exactly the next batches.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Optional
 
 import jax
@@ -49,6 +50,9 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
 
 
 def checkpoint_dir(model_dir: str) -> epath.Path:
+  # Orbax wants absolute paths; users write MODEL_DIR='runs/x'. (gs:// and other URLs pass through.)
+  if '://' not in str(model_dir):
+    model_dir = os.path.abspath(model_dir)
   return epath.Path(model_dir) / 'checkpoints'
 
 

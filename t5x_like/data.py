@@ -75,8 +75,9 @@ def get_dataset(cfg: DataConfig, family: str) -> tf.data.Dataset:
       feature_converter=feature_converter(family, cfg.pack),
       shard_info=seqio.ShardInfo(jax.process_index(), n_hosts), use_cached=cfg.use_cached,
       seed=cfg.seed)
-  drop = cfg.num_epochs is None
-  return ds.batch(cfg.batch_size // n_hosts, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+  # Always whole batches: a partial last batch cannot be laid out over the data-parallel devices, and
+  # hosts must agree on shapes. A finite (eval) split thus drops its last < batch_size examples.
+  return ds.batch(cfg.batch_size // n_hosts, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 class DataIterator:
@@ -94,11 +95,20 @@ class DataIterator:
   def next_local(self) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in next(self._tf_iterator).items()}
 
-  def __next__(self) -> dict[str, jax.Array]:
-    local = self.next_local()
+  def local_batches(self) -> Iterator[dict[str, np.ndarray]]:
+    while True:
+      try:
+        yield self.next_local()
+      except StopIteration:
+        return
+
+  def to_global(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     if self._sharding is None:
       return local
     return {k: jax.make_array_from_process_local_data(self._sharding, v) for k, v in local.items()}
+
+  def __next__(self) -> dict[str, jax.Array]:
+    return self.to_global(self.next_local())
 
 
 def abstract_batch(dataset: tf.data.Dataset, global_batch: int) -> dict[str, jax.ShapeDtypeStruct]:

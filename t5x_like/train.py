@@ -8,6 +8,7 @@ binding, a missing gin or data file, a batch that doesn't divide the mesh) ends 
 from __future__ import annotations
 
 import argparse
+import logging
 import importlib.util  # noqa: F401  (gin 0.5 looks up search paths through importlib.util)
 import os
 import re
@@ -91,6 +92,12 @@ def _one_line(e: BaseException) -> str:
   return first + (f' ({where[0]})' if where else '')
 
 
+class _DropPackingNotice(logging.Filter):
+  # seqio says this for every dataset it packs: the *_pretokenized strings are not model features.
+  def filter(self, record):
+    return 'will be removed during packing' not in record.getMessage()
+
+
 def make_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='python -m t5x_like.train', description=__doc__.split('\n')[0])
   p.add_argument('--gin_file', action='append', default=[], help='gin file (repeatable)')
@@ -114,6 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except ValueError as e:
     parser.error(str(e))
   args = parser.parse_args(rest)
+  logging.getLogger('absl').addFilter(_DropPackingNotice())
   state = {'in_setup': True}
   try:
     if args.coordinator_address or args.distributed:

@@ -340,14 +340,24 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   return last
 
 
+def _all_hosts_have(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
+
+
 def evaluate(steps: CompiledSteps, params, eval_data, family: str, batch_sh, max_batches: int) -> dict:
   from t5x_like import data
   it = data.DataIterator(data.get_dataset(eval_data, family), batch_sh)
   total = None
-  for i, batch in enumerate(it):
-    if 0 <= max_batches <= i:
-      break
-    s = steps.eval(params, batch)
+  i = 0
+  while max_batches < 0 or i < max_batches:
+    local = next(it.local_batches(), None)
+    if not _all_hosts_have(local is not None):
+      break  # hosts' shards can differ by a batch: stop together, or the others wait forever
+    s = steps.eval(params, it.to_global(local))
+    i += 1
     total = s if total is None else jax.tree.map(jnp.add, total, s)
   if total is None:
     raise ValueError(f'eval dataset {eval_data.name} ({eval_data.split}) gave no full batch of '

@@ -34,14 +34,15 @@ def register_from_gin(gin_files: Sequence[str], bindings: Sequence[str],
   else:
     train_lib.parse_gin(gin_files, bindings, [])
   from t5x_like.data import DataConfig
-  configs = {}
+  configs, errors = {}, []
   for scope in ('train', 'eval'):
     try:
       with gin.config_scope(scope):
         configs[scope] = DataConfig()
-    except (TypeError, ValueError, RuntimeError):
-      # A file may configure only one of them; a real error shows up when NAME is looked up.
-      pass
+    except (TypeError, ValueError, RuntimeError, OSError) as e:
+      # A file may configure only one of them; the error is shown if NAME is then not found.
+      errors.append(f'{scope}/DataConfig: {train_lib._one_line(e)}')  # pylint: disable=protected-access
+  configs['errors'] = errors
   return configs
 
 
@@ -62,8 +63,9 @@ def show(args, gin_bindings) -> int:
     provider = seqio.get_mixture_or_task(args.name)
   except ValueError:
     names = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
+    why = '; '.join(configs.get('errors', []))
     raise ValueError(f'no task or mixture named {args.name!r} (registered: {", ".join(names)})'
-                     ) from None
+                     + (f'; building the gin file\'s data failed: {why}' if why else '')) from None
   cfg = configs.get('train')
   lengths = dict(cfg.task_feature_lengths) if cfg is not None else None
   ds = provider.get_dataset(sequence_length=lengths, split=args.split, shuffle=args.shuffle,

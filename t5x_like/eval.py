@@ -105,7 +105,12 @@ def write_results(model_dir: str, step: int, results: dict) -> str:
   if os.path.exists(path):
     with open(path) as f:
       merged = json.load(f)
-  merged.update(_json_safe(results))
+  for k, v in _json_safe(results).items():
+    # One level deep: e.g. init_control.alignment from a later call keeps init_control.mexa.
+    if isinstance(v, dict) and isinstance(merged.get(k), dict) and k == 'init_control':
+      merged[k].update(v)
+    else:
+      merged[k] = v
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(merged, f, indent=1)
@@ -260,9 +265,7 @@ def make_decoder(model, params, vocab, *, batch_size: int = 16, beam_size: int =
 
 def evaluate(model, params, vocab, step: int, opts: EvalOptions, run_info: dict) -> dict:
   """All asked-for metrics of one checkpoint -> a results dict (see the module doc)."""
-  import jax
-  import numpy as np
-  from t5x_like.evaluation import alignment, batches, perplexity, token_efficiency as te
+  from t5x_like.evaluation import alignment, batches, perplexity
   num_langs = batches.num_languages(vocab)
   length = opts.sequence_length or run_info.get('sequence_length') or 128
   res: dict = {'step': int(step), 'num_languages': num_langs,
@@ -320,7 +323,6 @@ def evaluate(model, params, vocab, step: int, opts: EvalOptions, run_info: dict)
                           beam_size=opts.beam_size, max_new_tokens=opts.max_decode_length)
     res['translation'] = translation.translate_and_score(decode, src, ref, prompt=opts.prompt)
     res['translation']['beam_size'] = opts.beam_size
-  del jax, np, te
   return res
 
 
@@ -463,7 +465,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       continue
     t0 = time.perf_counter()
     params, step = run_dir.load_params(args.model_dir, step)
-    res = evaluate(model, params, vocab, step, opts, run_info)
+    try:
+      res = evaluate(model, params, vocab, step, opts, run_info)
+    except (ValueError, FileNotFoundError) as e:  # bad input (flags, files): one line, exit 2
+      print(f'error: step {step}: {e}', file=sys.stderr)
+      return 2
     path = write_results(args.model_dir, step, res)
     write_tensorboard(args.model_dir, step, res)
     print(f'step {step}: {summary_line(res)} ({time.perf_counter() - t0:.1f}s) -> {path}', flush=True)

@@ -7,7 +7,8 @@ spread (max - min) next to it.
 
 What counts as alignment, stated in the report too: the centred cosine of matched pairs minus that of the
 mismatched control ("gap"), at a layer, is called evidence only when it beats the same gap of an
-UNTRAINED model of the same config by more than 3 standard errors (over sequences) in every seed; MEXA
+UNTRAINED model of the same config by more than 3 standard errors (clustered by token type) in every
+seed; MEXA
 likewise only where it beats the untrained model's MEXA by more than 3 binomial standard errors. Anything
 else is reported as chance.
 """
@@ -85,8 +86,8 @@ def run_row(run: dict) -> dict:
     row[f'ppl_{lang}'] = p['perplexity']
     if 'last_n' in p:
       row[f'ppl_last_{lang}'] = p['last_n']['perplexity']
-  if 'ppl_lang0' in row and 'ppl_lang1' in row:
-    row['ppl_ratio'] = row['ppl_lang1'] / row['ppl_lang0']
+  if 'ppl_lang0' in row and 'ppl_lang1' in row and not run['info'].get('monolingual'):
+    row['ppl_ratio'] = row['ppl_lang1'] / row['ppl_lang0']  # (a monolingual run never saw the clone)
   for lang, t in r.get('token_efficiency', {}).get('languages', {}).items():
     row[f'teff_{lang}'] = t.get('teff')
   al = r.get('alignment', {}).get('lang1')
@@ -156,10 +157,10 @@ def group(runs: list[dict]) -> dict[str, list[dict]]:
   out: dict = {}
   for r in runs:
     out.setdefault(label(r['info']), []).append(r)
-  # monolingual first, then by falling clone share, schedules last: the order a reader expects
+  # balanced first, then growing imbalance, then schedules, the monolingual reference last
   def key(item):
     info = item[1][0]['info']
-    return (info.get('schedule') not in (None, 'none'), -(0 if info.get('monolingual') else 1),
+    return (bool(info.get('monolingual')), info.get('schedule') not in (None, 'none'),
             -(info.get('p_clone') or 0), item[0])
   return dict(sorted(out.items(), key=key))
 
@@ -232,6 +233,9 @@ def _verdicts(groups, rows) -> list[str]:
     rs = [rows[r['name']] for r in runs]
     bits = []
     ratio = _mean([r.get('ppl_ratio') for r in rs])
+    if runs[0]['info'].get('monolingual'):
+      bits.append('never trains on the clone: the reference for token efficiency and for what the '
+                  'alignment metrics give without any shared training')
     if ratio is not None:
       spread = _spread([r.get('ppl_ratio') for r in rs])
       bits.append(f'clone/original perplexity {ratio:.2f}' +
@@ -306,8 +310,9 @@ def _definitions() -> str:
       'in both row and column (position-weighted mean embeddings), per layer; mean and max over '
       'layers. Chance is about 1/n. "untrained": the same metric on a freshly initialised model of the '
       'same config -- what length and position alone give.',
-      f'- Evidence means beating the untrained model by more than {Z:.0f} standard errors (over '
-      'sequences for the gap, binomial for MEXA), in every seed; anything else is called chance.'])
+      f'- Evidence means beating the untrained model by more than {Z:.0f} standard errors (for the '
+      'gap clustered by token type, since the same token pairs recur in every sequence; binomial '
+      'for MEXA), in every seed; anything else is called chance.'])
 
 
 # --- plots ----------------------------------------------------------------------------------------
@@ -363,7 +368,8 @@ def make_plots(groups, out_dir: str) -> dict[str, str]:
   # 2. Alignment by layer: raw (misleading) vs centred, matched vs controls; gradient cosine by block.
   have = {n: rs for n, rs in groups.items() if any(final(r) and 'alignment' in final(r) for r in rs)}
   if have:
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 2.9))
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.2))
+    drawn_init = False
     for name, runs in have.items():
       als = [final(r)['alignment']['lang1'] for r in runs if 'alignment' in final(r)]
       x = list(range(len(als[0]['layers'])))
@@ -374,9 +380,10 @@ def make_plots(groups, out_dir: str) -> dict[str, str]:
                        label=name, capsize=2)
       inits = [final(r)['init_control']['alignment']['lang1'] for r in runs
                if 'alignment' in final(r).get('init_control', {})]
-      if inits:
+      if inits and not drawn_init:  # one config, one untrained model: drawn once
         axes[1].plot(x, [sum(a['centred_gap'][i] for a in inits) / len(inits) for i in x],
-                     color=col[name], ls=':')
+                     color='grey', ls=':', label='untrained model')
+        drawn_init = True
       gr = [final(r)['gradient_alignment']['lang1'] for r in runs
             if 'gradient_alignment' in final(r)]
       if gr:
@@ -392,14 +399,15 @@ def make_plots(groups, out_dir: str) -> dict[str, str]:
       ax.set_xlabel('layer (emb = embedding output, then blocks)')
     axes[0].set_title('raw cosine\n(dashed: mismatched control)')
     axes[0].set_ylabel('cosine, original vs clone')
-    axes[1].set_title('centred, matched - mismatched\n(± se; dotted: untrained model)')
+    axes[1].set_title('centred, matched - mismatched\n(± se clustered by token type)')
     axes[1].axhline(0, color='grey', lw=0.6)
     axes[2].set_title('gradient cosine by block\n(dashed: mismatched control)')
     axes[2].set_xlabel('block')
     axes[2].xaxis.get_major_locator().set_params(integer=True)
     axes[2].axhline(0, color='grey', lw=0.6)
-    axes[1].legend(frameon=False)
-    fig.tight_layout()
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=len(labels), frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))  # room for the shared legend below the panels
     paths['alignment by layer'] = _save(fig, out_dir, 'alignment_by_layer.png')
 
   # 3. MEXA by layer (weighted solid, last-token dashed), the untrained model and chance.
@@ -407,6 +415,7 @@ def make_plots(groups, out_dir: str) -> dict[str, str]:
   if have:
     fig, ax = plt.subplots(figsize=(4.2, 2.9))
     n_sent = None
+    drawn_init = False
     for name, runs in have.items():
       ms = [_first_target(final(r)['mexa']) for r in runs if 'mexa' in final(r)]
       n_sent = final(runs[0])['mexa']['n']
@@ -416,17 +425,18 @@ def make_plots(groups, out_dir: str) -> dict[str, str]:
                 ls=ls, label=name if pool == 'weighted' else None)
       inits = [_first_target(final(r).get('init_control', {}).get('mexa')) for r in runs]
       inits = [m for m in inits if m]
-      if inits:
+      if inits and not drawn_init:
         ax.plot(x, [sum(m['weighted']['by_layer'][i] for m in inits) / len(inits) for i in x],
-                color=col[name], ls=':')
+                color='grey', ls=':', label='untrained model')
+        drawn_init = True
     if n_sent:
       ax.axhline(1.0 / n_sent, color='grey', lw=0.6)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xticks(x)
-    ax.set_xticklabels(['emb'] + [str(i) for i in x[1:]])
+    ax.set_xticklabels(['emb'] + [str(i - 1) for i in x[1:]])
     ax.set_xlabel('layer (emb = embedding output, then blocks)')
     ax.set_ylabel('MEXA')
-    ax.set_title('MEXA (solid weighted, dashed last token, dotted untrained)', fontsize=8)
+    ax.set_title('MEXA (solid: weighted, dashed: last token)', fontsize=8)
     ax.legend(frameon=False)
     fig.tight_layout()
     paths['MEXA by layer'] = _save(fig, out_dir, 'mexa_by_layer.png')

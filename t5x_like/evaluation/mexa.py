@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from t5x_like.evaluation import batches as batches_lib

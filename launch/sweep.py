@@ -1,0 +1,370 @@
+"""A grid of training runs, each in its own MODEL_DIR under SWEEP_DIR; then evaluation and the report.
+
+    python -m launch.sweep SWEEP_DIR --gin_file=gin_configs/experiments/clone_ablation_cpu.gin \
+        --train_steps=800 --grid p_clone=0.5,0.1 --grid seed=0,1 --add p_clone=0.0 \
+        [--gin.BATCH_SIZE=16 ...] [--eval] [--report] [--jobs 1] [--dry_run]
+
+- `--grid KEY=V1,V2,...` (repeatable): the cartesian product of all grids is the set of runs;
+  `--add KEY=V,KEY=V` (repeatable): one more run (e.g. the monolingual baseline p_clone=0.0) -- it takes
+  the first value of every grid key it doesn't name. A JSON `--grid_file` does the same:
+  {"grid": {"p_clone": [0.5, 0.1], "seed": [0]}, "add": [{"p_clone": 0.0}]}.
+- KEY is a gin macro of the experiment file, case-insensitive (p_clone -> P_CLONE; schedule 'none' ->
+  None); run names are made of the keys, e.g. `p0.1-sched0.1_0.9-seed0`; the setting is the name
+  without the seed (what the report averages over).
+- Re-running skips finished runs (final checkpoint step == TRAIN_STEPS) and resumes unfinished ones
+  (the trainer restores its latest checkpoint). Runs go one after another (`--jobs N`: N at a time);
+  each logs to MODEL_DIR/train.log. `--launcher print` only prints the commands (for cluster launchers).
+- `--eval`: every finished run is evaluated (see t5x_like/eval.py) -- per-language perplexity at every
+  checkpoint, and at the final step alignment, gradient alignment, MEXA (with the untrained-model
+  control), and token efficiency against the sweep's monolingual runs (p_clone=0). Steps already
+  evaluated are skipped. `--report` then writes SWEEP_DIR/report.md and its plots.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Optional, Sequence
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHORT = {'P_CLONE': 'p', 'SCHEDULE': 'sched', 'SEED': 'seed', 'FRAC_CLONE': 'frac'}
+BASELINE_KEY = 'P_CLONE'
+
+
+# --- the grid ----------------------------------------------------------------------------------------
+
+def _value(v):
+  """'0.1' -> 0.1, '3' -> 3, 'none' -> None, anything else stays a string."""
+  if isinstance(v, str):
+    if v.lower() in ('none', 'null'):
+      return None
+    for cast in (int, float):
+      try:
+        return cast(v)
+      except ValueError:
+        pass
+  return v
+
+
+def parse_assignments(text: str, multi: bool) -> dict:
+  """'p_clone=0.5,0.1' (multi: a list per key) or 'p_clone=0.0,seed=1' (one value per key)."""
+  out: dict = {}
+  if multi:
+    key, sep, values = text.partition('=')
+    if not sep or not values:
+      raise ValueError(f'--grid {text!r}: expected KEY=V1,V2,...')
+    return {key.strip().upper(): [_value(v.strip()) for v in values.split(',')]}
+  for part in text.split(','):
+    key, sep, value = part.partition('=')
+    if not sep:
+      raise ValueError(f'--add {text!r}: expected KEY=V,KEY=V')
+    out[key.strip().upper()] = _value(value.strip())
+  return out
+
+
+def expand(grid: dict, extra: Sequence[dict] = ()) -> list[dict]:
+  """Runs (macro -> value dicts) of the product of `grid`, then the `extra` single runs."""
+  keys = list(grid)
+  runs = [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+  for e in extra:
+    e = {k.upper(): v for k, v in e.items()}
+    run = {k: grid[k][0] for k in keys}
+    run.update(e)
+    runs.append(run)
+  seen, unique = set(), []
+  for r in runs:
+    if r.get('SCHEDULE') is not None and 'P_CLONE' in r:
+      # A schedule sets p_clone per stage; the task takes one or the other, so the product
+      # p_clone x schedule collapses to one run per schedule.
+      r['P_CLONE'] = None
+    key = json.dumps(r, sort_keys=True)
+    if key not in seen:
+      seen.add(key)
+      unique.append(r)
+  return unique
+
+
+def _fmt(v) -> str:
+  return 'none' if v is None else str(v)
+
+
+def run_name(settings: dict) -> str:
+  """'p0.1-seed0', 'sched0.1_0.9-seed0' (keys set to None are left out)."""
+  return '-'.join(f'{SHORT.get(k, k.lower())}{_fmt(v)}' for k, v in settings.items()
+                  if v is not None) or 'default'
+
+
+def setting_name(settings: dict) -> str:
+  """The run name without its seed: runs that differ only in seed are one setting."""
+  rest = {k: v for k, v in settings.items() if k != 'SEED'}
+  return run_name(rest) if rest else 'default'
+
+
+def gin_literal(v) -> str:
+  if v is None:
+    return 'None'
+  if isinstance(v, (int, float)):
+    return repr(v)
+  return repr(str(v))
+
+
+# --- one run ---------------------------------------------------------------------------------------
+
+def checkpoint_steps(model_dir: str) -> list[int]:
+  d = os.path.join(model_dir, 'checkpoints')
+  if not os.path.isdir(d):
+    return []
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
+
+
+def is_finished(model_dir: str, train_steps: int) -> bool:
+  steps = checkpoint_steps(model_dir)
+  return bool(steps) and steps[-1] >= train_steps
+
+
+def train_command(model_dir: str, gin_files: Sequence[str], settings: dict, train_steps: int,
+                  overrides: Sequence[str]) -> list[str]:
+  cmd = [sys.executable, '-m', 't5x_like.train']
+  cmd += [f'--gin_file={f}' for f in gin_files]
+  cmd += [f'--gin.MODEL_DIR={gin_literal(model_dir)}', f'--gin.TRAIN_STEPS={train_steps}']
+  cmd += list(overrides)
+  cmd += [f'--gin.{k}={gin_literal(v)}' for k, v in settings.items()]
+  return cmd
+
+
+def query_macros(gin_files: Sequence[str], bindings: Sequence[str], names: Sequence[str]) -> dict:
+  """Values of gin macros after parsing the run's files and bindings (None where undefined)."""
+  import gin
+  from t5x_like import train
+  train._import_configurables()
+  gin.clear_config()
+  try:
+    train.parse_gin(gin_files, bindings, [])
+    out = {}
+    for n in names:
+      try:
+        out[n] = gin.query_parameter(f'%{n}')
+      except (ValueError, KeyError):
+        out[n] = None
+    return out
+  finally:
+    gin.clear_config()
+
+
+def write_run_info(model_dir: str, name: str, settings: dict, train_steps: int,
+                   gin_files: Sequence[str], overrides: Sequence[str]) -> dict:
+  """MODEL_DIR/run.json: what the evaluator and the report need to know about the run."""
+  bindings = [o[len('--gin.'):].replace('=', ' = ', 1) for o in overrides if o.startswith('--gin.')]
+  bindings += [f'{k} = {gin_literal(v)}' for k, v in settings.items()]
+  bindings += [f'MODEL_DIR = {gin_literal(model_dir)}', f'TRAIN_STEPS = {train_steps}']
+  macros = query_macros(gin_files, bindings, ['BATCH_SIZE', 'SEQUENCE_LENGTH', 'VALIDATION_FILES',
+                                             'P_CLONE', 'SCHEDULE', 'SEED', 'NUM_LANGUAGES'])
+  info = {'name': name, 'setting': setting_name(settings), 'settings': settings,
+          'train_steps': train_steps, 'gin_files': list(gin_files), 'overrides': list(overrides),
+          'batch_size': macros['BATCH_SIZE'], 'sequence_length': macros['SEQUENCE_LENGTH'],
+          'validation_files': [os.path.abspath(os.path.join(REPO_ROOT, f)) if not os.path.isabs(f)
+                               else f for f in (macros['VALIDATION_FILES'] or [])],
+          'p_clone': macros['P_CLONE'] or 0.0, 'schedule': macros['SCHEDULE'],
+          'seed': macros['SEED'], 'num_languages': macros['NUM_LANGUAGES'],
+          'monolingual': not (macros['P_CLONE'] or 0.0) and not macros['SCHEDULE']}
+  os.makedirs(model_dir, exist_ok=True)
+  with open(os.path.join(model_dir, 'run.json'), 'w') as f:
+    json.dump(info, f, indent=1)
+  return info
+
+
+# --- the sweep -------------------------------------------------------------------------------------
+
+def _launch(cmd, log_path, cores=None):
+  log = open(log_path, 'a')
+  log.write(f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")}: {shlex.join(cmd)}\n')
+  log.flush()
+  env = dict(os.environ)
+  env['PYTHONPATH'] = REPO_ROOT + os.pathsep + env.get('PYTHONPATH', '')
+  proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+  if cores:
+    # Pinned runs don't fight over the same cores (a tiny model gains little from a second thread).
+    # Set from here right after the start, not in a preexec_fn (a fork hook in a process that already
+    # runs JAX threads can deadlock); the child's threads start later, during its imports, and inherit it.
+    try:
+      os.sched_setaffinity(proc.pid, cores)
+    except OSError:
+      pass
+  return proc, log
+
+
+def _core_slots(jobs: int) -> list:
+  """With several jobs, each job slot gets its own share of this process's cores."""
+  if jobs <= 1 or not hasattr(os, 'sched_getaffinity'):
+    return [None] * max(jobs, 1)
+  cores = sorted(os.sched_getaffinity(0))
+  if len(cores) < jobs:
+    return [None] * jobs
+  return [set(cores[i::jobs]) for i in range(jobs)]
+
+
+def _wait_for_setup(proc, log_path: str, offset: int, timeout_s: float = 1800) -> None:
+  """Until the trainer's log shows its set-up line ('model: ...') or the process ends."""
+  t0 = time.perf_counter()
+  while proc.poll() is None and time.perf_counter() - t0 < timeout_s:
+    with open(log_path, errors='replace') as f:
+      f.seek(offset)
+      if '\nmodel: ' in f.read():
+        return
+    time.sleep(0.5)
+
+
+def train_all(runs: list[dict], jobs: int, say=print) -> dict[str, int]:
+  """Runs the pending trainings, `jobs` at a time; returns {name: exit status}."""
+  status, pending, running = {}, list(runs), []
+  free = _core_slots(jobs)
+  while pending or running:
+    while pending and free:
+      r = pending.pop(0)
+      slot = free.pop(0)
+      say(f'[sweep] training {r["name"]} -> {r["model_dir"]}/train.log')
+      log_path = os.path.join(r['model_dir'], 'train.log')
+      start = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+      proc, log = _launch(r['cmd'], log_path, slot)
+      running.append((r, proc, log, time.perf_counter(), slot))
+      if jobs > 1 and len(status) + len(running) == 1:
+        # The first run builds what runs share (the sentencepiece cache) before others start:
+        # two processes training the same cached vocabulary would race on its files.
+        _wait_for_setup(proc, log_path, start)
+    time.sleep(0.5)
+    for item in list(running):
+      r, proc, log, t0, slot = item
+      if proc.poll() is not None:
+        log.close()
+        running.remove(item)
+        free.append(slot)
+        status[r['name']] = proc.returncode
+        verdict = 'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode}; see train.log)'
+        say(f'[sweep] {r["name"]}: {verdict} in {time.perf_counter() - t0:.0f}s')
+  return status
+
+
+def evaluate_runs(runs: list[dict], eval_flags: Sequence[str], say=print) -> int:
+  """Monolingual runs first (the others' token efficiency is fitted on them), each through
+  t5x_like.eval in this process. Returns the number of failures."""
+  from t5x_like import eval as eval_lib
+  baselines = [r['model_dir'] for r in runs if r['info'].get('monolingual')]
+  failures = 0
+  for r in sorted(runs, key=lambda r: not r['info'].get('monolingual')):
+    d = r['model_dir']
+    say(f'[sweep] evaluating {r["name"]}')
+    final = ['mexa']  # (ppl at every step is done by now)
+    if (r['info'].get('num_languages') or 2) > 1:
+      final += ['align', 'grad']
+    if baselines:
+      final.append('teff')
+    try:
+      rc = eval_lib.main(['--model_dir', d, '--all_steps', '--skip_done', '--metrics', 'ppl',
+                          *eval_flags])
+      rc = rc or eval_lib.main(['--model_dir', d, '--skip_done', '--init_control', '--metrics',
+                                ','.join(final),
+                                *[a for b in baselines for a in ('--baseline_dir', b)],
+                                *eval_flags])
+    except Exception as e:  # one broken run must not cost the others their evaluation
+      import traceback
+      traceback.print_exc()
+      say(f'[sweep] evaluating {r["name"]} FAILED: {type(e).__name__}: {e}')
+      rc = 1
+    failures += rc != 0
+  return failures
+
+
+def make_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog='python -m launch.sweep', description=__doc__.split('\n')[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('sweep_dir')
+  p.add_argument('--gin_file', action='append', default=[], required=True)
+  p.add_argument('--train_steps', type=int, required=True)
+  p.add_argument('--grid', action='append', default=[], help='KEY=V1,V2,... (repeatable)')
+  p.add_argument('--add', action='append', default=[], help='KEY=V,KEY=V: one more run (repeatable)')
+  p.add_argument('--grid_file', help='JSON {"grid": {...}, "add": [{...}]}')
+  p.add_argument('--jobs', type=int, default=1,
+                 help='local runs at a time (each pinned to its share of the cores)')
+  p.add_argument('--launcher', choices=('local', 'print'), default='local')
+  p.add_argument('--eval', action='store_true', help='evaluate every finished run')
+  p.add_argument('--eval_flags', default='', help='extra flags for t5x_like.eval, one string')
+  p.add_argument('--report', action='store_true', help='write SWEEP_DIR/report.md and plots')
+  p.add_argument('--dry_run', action='store_true', help='list the runs and their state, run nothing')
+  return p
+
+
+def plan(args, overrides: Sequence[str]) -> list[dict]:
+  grid: dict = {}
+  extra: list = []
+  if args.grid_file:
+    with open(args.grid_file) as f:
+      spec = json.load(f)
+    grid.update({k.upper(): v if isinstance(v, list) else [v] for k, v in spec.get('grid', {}).items()})
+    extra.extend(spec.get('add', []))
+  for g in args.grid:
+    grid.update(parse_assignments(g, multi=True))
+  extra.extend(parse_assignments(a, multi=False) for a in args.add)
+  if not grid and not extra:
+    grid = {'SEED': [0]}
+  runs = []
+  for settings in expand(grid, extra):
+    name = run_name(settings)
+    model_dir = os.path.join(os.path.abspath(args.sweep_dir), name)
+    runs.append({'name': name, 'settings': settings, 'model_dir': model_dir,
+                 'cmd': train_command(model_dir, args.gin_file, settings, args.train_steps,
+                                      overrides)})
+  return runs
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  overrides = [a for a in argv if a.startswith('--gin.')]
+  args = make_parser().parse_args([a for a in argv if not a.startswith('--gin.')])
+  try:
+    runs = plan(args, overrides)
+  except (ValueError, OSError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  os.makedirs(args.sweep_dir, exist_ok=True)
+  todo = []
+  for r in runs:
+    done = is_finished(r['model_dir'], args.train_steps)
+    steps = checkpoint_steps(r['model_dir'])
+    state = 'finished' if done else (f'resume from step {steps[-1]}' if steps else 'new')
+    print(f'[sweep] {r["name"]}: {state}')
+    if args.launcher == 'print':
+      print('  ' + shlex.join(r['cmd']))
+    if not done:
+      todo.append(r)
+  if args.dry_run or args.launcher == 'print':
+    return 0
+  try:
+    for r in runs:  # before any training: a misspelt key fails here, for every run at once
+      r['info'] = write_run_info(r['model_dir'], r['name'], r['settings'], args.train_steps,
+                                 args.gin_file, overrides)
+  except Exception as e:  # gin's errors are long; the first line says which binding
+    print(f'error: {str(e).strip().splitlines()[0]}', file=sys.stderr)
+    return 2
+  with open(os.path.join(args.sweep_dir, 'sweep.json'), 'w') as f:
+    json.dump({'argv': argv, 'runs': [r['name'] for r in runs]}, f, indent=1)
+  status = train_all(todo, args.jobs)
+  failed = [n for n, rc in status.items() if rc != 0]
+  finished = [r for r in runs if is_finished(r['model_dir'], args.train_steps)]
+  if args.eval and finished:
+    failed += ['eval'] * evaluate_runs(finished, shlex.split(args.eval_flags))
+  if args.report:
+    from t5x_like import report
+    report.main([args.sweep_dir])
+  if failed:
+    print(f'[sweep] failures: {failed}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,131 @@
+"""Evaluation pieces with known answers: windows, perplexity on the last n positions, the power-law fit
+behind token efficiency, language mixes, BLEU/chrF, and the results.json / TensorBoard writers."""
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t5x_like import eval as eval_lib
+from t5x_like.evaluation import batches, perplexity, token_efficiency as te, translation
+from t5x_like.models import Decoder, DecoderConfig
+from t5x_like.trainer import unbox
+
+
+def test_stream_windows_match_concat_and_chunk():
+  w = batches.pack_windows([[5, 6, 7], [8, 9]], 4, mode='stream')
+  # stream 5 6 7 EOS 8 9 EOS -> one full window, the partial one dropped (as tasks.lm.concat_and_chunk)
+  np.testing.assert_array_equal(w['decoder_target_tokens'], [[5, 6, 7, 1]])
+  np.testing.assert_array_equal(w['decoder_input_tokens'], [[0, 5, 6, 7]])
+
+
+def test_packed_windows_restart_positions_per_example():
+  w = batches.pack_windows([[5, 6], [7, 8], [4]], 6, mode='packed')
+  np.testing.assert_array_equal(w['decoder_target_tokens'][0], [5, 6, 1, 7, 8, 1])
+  np.testing.assert_array_equal(w['decoder_input_tokens'][0], [0, 5, 6, 0, 7, 8])
+  np.testing.assert_array_equal(w['decoder_positions'][0], [0, 1, 2, 0, 1, 2])
+  np.testing.assert_array_equal(w['decoder_segment_ids'][0], [1, 1, 1, 2, 2, 2])
+  np.testing.assert_array_equal(w['decoder_loss_weights'][1], [1, 1, 0, 0, 0, 0])
+
+
+def test_perplexity_last_n_scores_only_the_tail():
+  cfg = DecoderConfig(vocab_size=32, embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2,
+                      head_dim=8, mlp_dim=32, dtype='float32')
+  model = Decoder(cfg)
+  params = unbox(model.init(jax.random.key(0), {'decoder_input_tokens': jnp.zeros((1, 8),
+                                                                                  jnp.int32)})['params'])
+  rng = np.random.default_rng(0)
+  windows = batches.pack_windows([rng.integers(3, 32, 40).tolist()], 8, mode='stream')
+  res = perplexity.perplexity(model, params, windows, batch_size=3, last_n=2)
+  # Reference: per-token NLL by hand over the same windows.
+  logits = model.apply({'params': params}, windows)
+  logp = jax.nn.log_softmax(logits)
+  nll = -np.take_along_axis(np.asarray(logp), windows['decoder_target_tokens'][..., None], -1)[..., 0]
+  assert res['num_tokens'] == nll.size == 40
+  assert res['perplexity'] == pytest.approx(math.exp(nll.mean()), rel=1e-4)
+  assert res['last_n']['num_tokens'] == 2 * nll.shape[0]
+  assert res['last_n']['perplexity'] == pytest.approx(math.exp(nll[:, -2:].mean()), rel=1e-4)
+
+
+def test_power_law_fit_recovers_its_parameters_and_token_efficiency():
+  a, b, c = 2.0, 0.3, 0.05
+  x = np.geomspace(1e5, 1e8, 8)
+  ppl = 1.0 / (-a * x ** (-b) + c)
+  fit = te.fit_power_law(x, ppl)
+  assert fit['b'] == pytest.approx(b, rel=1e-3)
+  assert fit['c'] == pytest.approx(c, rel=1e-3)
+  # A run that reached the perplexity of 4e7 monolingual tokens with 1e7 tokens of its own: TEff 4.
+  p = 1.0 / (-a * 4e7 ** (-b) + c)
+  assert te.token_efficiency(fit, p, 1e7)['teff'] == pytest.approx(4.0, rel=1e-2)
+  assert te.tokens_for_perplexity(fit, 1.0 / c * 0.99) == math.inf  # beyond the asymptote
+
+
+def test_language_fractions_of_schedules():
+  assert te.language_fractions(0.1, None, 50, 100) == pytest.approx([0.9, 0.1])
+  # 0.1_0.9: clone 10% in the first half, 90% in the second.
+  assert te.language_fractions(None, '0.1_0.9', 50, 100) == pytest.approx([0.9, 0.1])
+  assert te.language_fractions(None, '0.1_0.9', 100, 100) == pytest.approx([0.5, 0.5])
+  assert te.language_fractions(0.0, None, 10, 100) == [1.0, 0.0]
+
+
+def test_bleu_and_chrf():
+  refs = ['the cat sat on the mat', 'a dog runs in the park']
+  perfect = translation.score(refs, refs)
+  assert perfect['bleu'] == pytest.approx(100.0) and perfect['chrf'] == pytest.approx(100.0)
+  worse = translation.score(['the cat sat on a mat', 'dog runs park'], refs)
+  assert 0 < worse['bleu'] < 100 and 0 < worse['chrf'] < 100
+  assert worse['bleu_signature'].startswith('nrefs:1')
+
+
+def test_results_merge_and_tensorboard(tmp_path):
+  d = str(tmp_path)
+  eval_lib.write_results(d, 10, {'step': 10, 'perplexity': {'lang0': {'perplexity': 5.0}}})
+  eval_lib.write_results(d, 10, {'mexa': {'targets': {'x@1': {'weighted': {'mean': 0.1, 'max': 0.2}}}},
+                                 'token_efficiency': {'languages': {'lang1': {'teff': math.inf}}}})
+  with open(tmp_path / 'eval' / '10' / 'results.json') as f:
+    r = json.load(f)
+  assert r['perplexity']['lang0']['perplexity'] == 5.0 and 'mexa' in r
+  assert r['token_efficiency']['languages']['lang1']['teff'] is None  # inf -> null, valid JSON
+  assert eval_lib.read_results(d)[10] == r
+  tags = eval_lib.scalars(r)
+  assert tags == {'ppl/lang0': 5.0, 'mexa/x@1/weighted_mean': 0.1, 'mexa/x@1/weighted_max': 0.2}
+  eval_lib.write_tensorboard(d, 10, r)
+  assert list((tmp_path / 'eval' / 'suite').glob('events.out.tfevents.*'))
+
+
+class _ByteVocab:
+  """Bytes as ids 3..258 (pad 0, eos 1): enough of a seqio vocabulary for decoding tests."""
+  vocab_size = 260
+
+  def encode(self, text):
+    return [b + 3 for b in text.encode()]
+
+  def decode(self, ids):
+    return bytes(i - 3 for i in ids if i >= 3).decode(errors='replace')
+
+
+def test_translation_scores_what_the_decoder_generates():
+  from t5x_like import decoding
+  cfg = DecoderConfig(vocab_size=260, embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2,
+                      head_dim=8, mlp_dim=32, dtype='float32')
+  model = Decoder(cfg)
+  params = unbox(model.init(jax.random.key(1), {'decoder_input_tokens': jnp.zeros((1, 8),
+                                                                                  jnp.int32)})['params'])
+  vocab = _ByteVocab()
+  sources, refs = ['ein Hund', 'eine Katze', 'ein Haus'], ['a dog', 'a cat', 'a house']
+  decode = eval_lib.make_decoder(model, params, vocab, batch_size=2, max_new_tokens=6)
+  res = translation.translate_and_score(decode, sources, refs, prompt='{source} =')
+  # The hypotheses are exactly the greedy continuations of the prompts, cut at EOS.
+  prompt = np.zeros((1, 16), np.int32)
+  ids = vocab.encode('ein Hund =')
+  prompt[0, :len(ids)] = ids
+  row = [int(t) for t in np.asarray(decoding.greedy_decode(params, cfg, prompt, max_new_tokens=6))[0]]
+  row = row[:row.index(1)] if 1 in row else row
+  assert res['examples'][0]['hypothesis'] == vocab.decode(row).strip()
+  assert res['num_sentences'] == 3 and 0 <= res['chrf'] <= 100
+  beam = translation.translate_and_score(
+      eval_lib.make_decoder(model, params, vocab, batch_size=2, beam_size=2, max_new_tokens=6),
+      sources, refs)
+  assert len(beam['examples']) == 3

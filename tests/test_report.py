@@ -1,0 +1,120 @@
+"""t5x_like/report.py on a constructed sweep: the tables carry the eval JSON's numbers, seeds are
+averaged per setting, chance is called chance, and the plots are written."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from t5x_like import eval as eval_lib
+from t5x_like import report
+
+LAYERS = ['embedding', 'block_0', 'block_1']
+
+
+def _results(step, ppl0, ppl1, gap, se, mexa_scores, teff=None):
+  al = {'layers': LAYERS, 'raw': [0.9] * 3, 'raw_mismatched': [0.88] * 3,
+        'centred': [g + 0.1 for g in gap], 'centred_mismatched': [0.1] * 3, 'centred_gap': gap,
+        'centred_gap_se': [se] * 3, 'num_sequences': 64, 'num_positions': 8000}
+  mexa = {'pivot': 'v.txt', 'n': 100, 'chance': 0.01, 'targets': {'v.txt@1': {
+      'weighted': {'by_layer': mexa_scores, 'mean': float(np.mean(mexa_scores)),
+                   'max': max(mexa_scores)},
+      'lasttoken': {'by_layer': [0.0] * 3, 'mean': 0.0, 'max': 0.0}}}}
+  init_al = dict(al, centred_gap=[0.0] * 3, centred_gap_se=[0.002] * 3)
+  init_mexa = {'pivot': 'v.txt', 'n': 100, 'targets': {'v.txt@1': {
+      'weighted': {'by_layer': [0.01] * 3, 'mean': 0.01, 'max': 0.01},
+      'lasttoken': {'by_layer': [0.0] * 3, 'mean': 0.0, 'max': 0.0}}}}
+  r = {'step': step, 'perplexity': {'lang0': {'perplexity': ppl0}, 'lang1': {'perplexity': ppl1}},
+       'alignment': {'lang1': al}, 'mexa': mexa,
+       'gradient_alignment': {'lang1': {'non_vocab': 0.3, 'non_vocab_mismatched': 0.29,
+                                        'all': 0.2, 'all_mismatched': 0.19,
+                                        'by_block': [0.3, 0.3], 'by_block_mismatched': [0.29, 0.29]}},
+       'init_control': {'alignment': {'lang1': init_al}, 'mexa': init_mexa}}
+  if teff:
+    r['token_efficiency'] = {'languages': {'lang0': {'teff': teff[0]}, 'lang1': {'teff': teff[1]}}}
+  return r
+
+
+def _run(sweep_dir, name, p_clone, seed, finals, early_ppl=(50.0, 60.0)):
+  d = os.path.join(sweep_dir, name)
+  os.makedirs(d)
+  with open(os.path.join(d, 'run.json'), 'w') as f:
+    json.dump({'name': name, 'settings': {'P_CLONE': p_clone, 'SEED': seed}, 'p_clone': p_clone,
+               'schedule': None, 'monolingual': p_clone == 0.0}, f)
+  eval_lib.write_results(d, 10, {'step': 10, 'perplexity': {
+      'lang0': {'perplexity': early_ppl[0]}, 'lang1': {'perplexity': early_ppl[1]}}})
+  eval_lib.write_results(d, 20, finals)
+
+
+@pytest.fixture(scope='module')
+def sweep_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp('sweep'))
+  # 90/10 in two seeds: clear alignment at block_1 in both; 50/50: a gap within its noise.
+  _run(d, 'p0.1-seed0', 0.1, 0, _results(20, 20.0, 40.0, [0.0, 0.01, 0.2], 0.01, [0.0, 0.05, 0.6],
+                                          (1.1, 2.5)))
+  _run(d, 'p0.1-seed1', 0.1, 1, _results(20, 21.0, 41.0, [0.0, 0.02, 0.3], 0.01, [0.0, 0.06, 0.5],
+                                          (1.0, 2.4)))
+  _run(d, 'p0.5-seed0', 0.5, 0, _results(20, 25.0, 25.5, [0.001, -0.002, 0.003], 0.01,
+                                          [0.01, 0.0, 0.02]))
+  os.makedirs(os.path.join(d, 'data'))  # not a run: ignored
+  report.write_report(d)
+  return d
+
+
+def _table(text, header_start):
+  lines = text.splitlines()
+  i = next(i for i, l in enumerate(lines) if l.startswith(header_start))
+  head = [c.strip() for c in lines[i].strip('|').split('|')]
+  rows = []
+  for l in lines[i + 2:]:
+    if not l.startswith('|'):
+      break
+    rows.append(dict(zip(head, [c.strip() for c in l.strip('|').split('|')])))
+  return rows
+
+
+def test_per_run_table_equals_the_eval_json(sweep_dir):
+  text = open(os.path.join(sweep_dir, 'report.md')).read()
+  rows = {r['run']: r for r in _table(text, '| run |')}
+  assert set(rows) == {'p0.1-seed0', 'p0.1-seed1', 'p0.5-seed0'}
+  for name, row in rows.items():
+    res = eval_lib.read_results(os.path.join(sweep_dir, name))[20]
+    assert float(row['ppl_lang0']) == round(res['perplexity']['lang0']['perplexity'], 3)
+    assert float(row['ppl_lang1']) == round(res['perplexity']['lang1']['perplexity'], 3)
+    gap = res['alignment']['lang1']['centred_gap']
+    assert float(row['align_gap_mean']) == pytest.approx(round(sum(gap) / len(gap), 4), abs=1e-12)
+    m = res['mexa']['targets']['v.txt@1']['weighted']
+    assert float(row['mexa_max']) == round(m['max'], 3)
+    assert float(row['grad_cos']) == round(res['gradient_alignment']['lang1']['non_vocab'], 4)
+  assert rows['p0.5-seed0']['teff_lang1'] == 'n/a'
+  assert float(rows['p0.1-seed0']['teff_lang1']) == 2.5
+  exact = json.load(open(os.path.join(sweep_dir, 'report.json')))['runs']
+  assert exact['p0.1-seed1']['ppl_lang1'] == 41.0
+
+
+def test_settings_average_seeds_and_say_what_is_chance(sweep_dir):
+  text = open(os.path.join(sweep_dir, 'report.md')).read()
+  rows = {r['setting']: r for r in _table(text, '| setting |')}
+  assert list(rows) == ['50/50', '90/10']  # balanced first, then growing imbalance
+  assert rows['90/10']['seeds'] == '2'
+  assert float(rows['90/10']['PPL lang0']) == pytest.approx(20.5)
+  ratio = float(rows['90/10']['clone/lang0 (spread)'].split()[0])
+  assert ratio == pytest.approx(round((40 / 20 + 41 / 21) / 2, 3))
+  verdict_9010 = re.search(r'\*\*90/10\*\*: (.*)', text).group(1)
+  verdict_5050 = re.search(r'\*\*50/50\*\*: (.*)', text).group(1)
+  assert 'aligned beyond the untrained-model control at block_1 in every seed' in verdict_9010
+  assert 'MEXA (max 0.55) beats the untrained model' in verdict_9010
+  assert 'hidden-state alignment at chance' in verdict_5050
+  assert 'MEXA at chance' in verdict_5050
+
+
+def test_plots_are_written(sweep_dir):
+  for name in ('ppl_over_steps.png', 'alignment_by_layer.png', 'mexa_by_layer.png'):
+    path = os.path.join(sweep_dir, name)
+    assert os.path.getsize(path) > 10_000
+    assert f']({name})' in open(os.path.join(sweep_dir, 'report.md')).read()
+
+
+def test_empty_sweep_is_an_error(tmp_path):
+  assert report.main([str(tmp_path)]) == 2

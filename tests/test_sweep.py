@@ -1,0 +1,63 @@
+"""launch/sweep.py: grid expansion, run names, finished/resume detection (no training here; the
+end-to-end sweep -> eval -> report test is tests/test_sweep_e2e.py)."""
+import json
+import os
+
+from launch import sweep
+
+
+def test_grid_product_and_extra_runs():
+  grid = sweep.parse_assignments('p_clone=0.5,0.1', multi=True)
+  grid.update(sweep.parse_assignments('seed=0,1', multi=True))
+  runs = sweep.expand(grid, [sweep.parse_assignments('p_clone=0.0', multi=False)])
+  names = [sweep.run_name(r) for r in runs]
+  assert names == ['p0.5-seed0', 'p0.5-seed1', 'p0.1-seed0', 'p0.1-seed1', 'p0.0-seed0']
+  assert sweep.setting_name(runs[1]) == 'p0.5'
+
+
+def test_schedule_replaces_p_clone_and_duplicates_collapse():
+  grid = {'P_CLONE': [0.5, 0.1], 'SCHEDULE': [None, '0.1_0.9']}
+  names = [sweep.run_name(r) for r in sweep.expand(grid)]
+  assert names == ['p0.5', 'sched0.1_0.9', 'p0.1']
+
+
+def test_values_become_gin_literals():
+  assert sweep.parse_assignments('schedule=none,0.1_0.9', multi=True) == {
+      'SCHEDULE': [None, '0.1_0.9']}
+  assert [sweep.gin_literal(v) for v in (None, 0.1, 3, '0.1_0.9')] == ['None', '0.1', '3',
+                                                                       "'0.1_0.9'"]
+  cmd = sweep.train_command('/tmp/x', ['a.gin'], {'P_CLONE': 0.1, 'SCHEDULE': None}, 20,
+                            ['--gin.BATCH_SIZE=8'])
+  assert cmd[-4:] == ['--gin.TRAIN_STEPS=20', '--gin.BATCH_SIZE=8', '--gin.P_CLONE=0.1',
+                      '--gin.SCHEDULE=None']
+
+
+def test_finished_means_final_checkpoint_at_train_steps(tmp_path):
+  d = str(tmp_path / 'run')
+  assert not sweep.is_finished(d, 20)
+  os.makedirs(os.path.join(d, 'checkpoints', '10'))
+  # An in-progress orbax save has a temporary name: not a finished step.
+  os.makedirs(os.path.join(d, 'checkpoints', '20.orbax-checkpoint-tmp-1'))
+  assert sweep.checkpoint_steps(d) == [10]
+  assert not sweep.is_finished(d, 20)
+  os.makedirs(os.path.join(d, 'checkpoints', '20'))
+  assert sweep.is_finished(d, 20)
+
+
+def test_dry_run_lists_state_and_grid_file(tmp_path, capsys):
+  spec = tmp_path / 'grid.json'
+  spec.write_text(json.dumps({'grid': {'p_clone': [0.5, 0.1]}, 'add': [{'p_clone': 0.0}]}))
+  os.makedirs(tmp_path / 'sw' / 'p0.1' / 'checkpoints' / '7')
+  rc = sweep.main([str(tmp_path / 'sw'), '--gin_file=x.gin', '--train_steps=20',
+                   f'--grid_file={spec}', '--dry_run'])
+  out = capsys.readouterr().out
+  assert rc == 0
+  assert '[sweep] p0.5: new' in out and '[sweep] p0.1: resume from step 7' in out
+  assert '[sweep] p0.0: new' in out
+
+
+def test_core_slots_split_the_cores():
+  slots = sweep._core_slots(2)
+  if len(os.sched_getaffinity(0)) >= 2:
+    assert len(slots) == 2 and not (slots[0] & slots[1])
+  assert sweep._core_slots(1) == [None]

@@ -1,10 +1,14 @@
-"""The README's first command: pretrain a tiny decoder on the World English Bible, on CPU.
+"""The README's first command, on CPU, on the public-domain World English Bible:
 
-    python -m launch.demo [--text_files A.txt B.txt] [--model_dir runs/demo] [--steps 400]
+    python -m launch.demo                     # the mini cloned-language ablation (default)
+    python -m launch.demo --mode single       # one small decoder pretraining run
+    python -m launch.demo --text_files my.txt # your own text instead of the Bible
 
-Without --text_files it reads the public-domain World English Bible from the Debian/Ubuntu package
-`sword-text-web` (installing it with apt-get when run as root), writes one verse per line to
-demo_data/, and trains with gin_configs/examples/bible_demo.gin.
+ablation: 50/50 vs 90/10 English/clone vs the data-matched monolingual baseline, a 4-layer 64-wide
+decoder, 800 steps each, then evaluation and runs/demo_ablation/report.md with its plots
+(launch/mini_ablation.py). single: gin_configs/examples/bible_demo.gin for --steps steps in
+runs/demo. Without --text_files the Bible comes from the Debian/Ubuntu package `sword-text-web`
+(installed with apt-get when run as root) and is written to demo_data/, one verse a line.
 """
 from __future__ import annotations
 
@@ -39,42 +43,57 @@ def ensure_sword_bible() -> None:
       raise SystemExit('error: ' + NO_SWORD.format(why=f'{" ".join(cmd)} failed: {last}'))
 
 
-def export_bible(train_path: str, valid_path: str, every: int = 50) -> None:
-  """One verse a line; every 50th verse is held out for validation."""
+def export_bible(all_path: str, train_path: str, valid_path: str, every: int = 50) -> None:
+  """One verse a line (all verses; and a split with every 50th verse held out for validation)."""
   from tasks import sources
-  print(f'exporting {SWORD_MODULE} to {DATA_DIR} (pysword; about a minute) ...', flush=True)
+  print(f'exporting {SWORD_MODULE} to {DATA_DIR} (pysword) ...', flush=True)
   verses = [text for _, text in sources.read_sword_bible(SWORD_MODULE)]
   os.makedirs(DATA_DIR, exist_ok=True)
-  with open(train_path + '.tmp', 'w') as tr, open(valid_path + '.tmp', 'w') as va:
+  with open(train_path + '.tmp', 'w') as tr, open(valid_path + '.tmp', 'w') as va, \
+      open(all_path + '.tmp', 'w') as al:
     for i, v in enumerate(verses):
       (va if i % every == every - 1 else tr).write(v + '\n')
+      al.write(v + '\n')
   os.replace(valid_path + '.tmp', valid_path)
-  os.replace(train_path + '.tmp', train_path)  # last: its presence means the export is complete
+  os.replace(train_path + '.tmp', train_path)
+  os.replace(all_path + '.tmp', all_path)  # last: its presence means the export is complete
   print(f'{len(verses)} verses', flush=True)
 
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m launch.demo', description=__doc__.split('\n')[0])
+  p.add_argument('--mode', choices=('ablation', 'single'), default='ablation')
   p.add_argument('--text_files', nargs='+', help='your own text, one example a line (skips the Bible)')
-  p.add_argument('--validation_files', nargs='+', help='held-out text (default: the Bible hold-out, '
-                 'or the first --text_files file)')
-  p.add_argument('--model_dir', default=os.path.join(REPO, 'runs', 'demo'))
-  p.add_argument('--steps', type=int, default=400)
+  p.add_argument('--validation_files', nargs='+', help='single mode: held-out text (default: the '
+                 'Bible hold-out, or the first --text_files file)')
+  p.add_argument('--out', help='default: runs/demo_ablation (ablation) or runs/demo (single)')
+  p.add_argument('--steps', type=int, help='train steps per run (default 800 ablation, 400 single)')
   args = p.parse_args(argv)
+  all_path = os.path.join(DATA_DIR, 'web_bible.txt')
+  train_path = os.path.join(DATA_DIR, 'web_bible.train.txt')
+  valid_path = os.path.join(DATA_DIR, 'web_bible.validation.txt')
+  if not args.text_files and not os.path.exists(all_path):
+    ensure_sword_bible()
+    export_bible(all_path, train_path, valid_path)
+  if args.mode == 'ablation':
+    from launch import mini_ablation
+    out = args.out or os.path.join(REPO, 'runs', 'demo_ablation')
+    text = args.text_files[0] if args.text_files else all_path
+    code = mini_ablation.main([text, out, '--train_steps', str(args.steps or 800)])
+    if code == 0:
+      print(f'\nreport: {out}/report.md (plots beside it) | TensorBoard: tensorboard --logdir {out} | '
+            f'checkpoints: {out}/<run>/checkpoints', flush=True)
+    return code
   if args.text_files:
     train_files = args.text_files
     valid_files = args.validation_files or args.text_files[:1]
   else:
-    train_path = os.path.join(DATA_DIR, 'web_bible.train.txt')
-    valid_path = os.path.join(DATA_DIR, 'web_bible.validation.txt')
-    if not os.path.exists(train_path):
-      ensure_sword_bible()
-      export_bible(train_path, valid_path)
     train_files, valid_files = [train_path], args.validation_files or [valid_path]
   from t5x_like import train
   return train.main([
       '--gin_file=gin_configs/examples/bible_demo.gin',
-      f'--gin.MODEL_DIR={args.model_dir!r}', f'--gin.TRAIN_STEPS={args.steps}',
+      f'--gin.MODEL_DIR={(args.out or os.path.join(REPO, "runs", "demo"))!r}',
+      f'--gin.TRAIN_STEPS={args.steps or 400}',
       f'--gin.TRAIN_FILES={train_files!r}', f'--gin.VALIDATION_FILES={valid_files!r}'])
 
 

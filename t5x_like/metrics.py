@@ -35,16 +35,20 @@ class MetricsLogger:
   """Writes scalars to MODEL_DIR/{train,eval} event files and prints a progress line (host 0 only)."""
 
   def __init__(self, model_dir: str, total_steps: int, flops_per_token: float,
-               peak_flops: Optional[float], stream=sys.stdout):
+               peak_flops: Optional[float], stream=None):
     self.is_main = jax.process_index() == 0
     self.total_steps = total_steps
     self.flops_per_token = flops_per_token
     self.peak_total = peak_flops * jax.device_count() if peak_flops else None
-    self.stream = stream
+    self._stream = stream  # None: whatever sys.stdout is when printing (pytest swaps it)
     self._writers = {}
     self.model_dir = model_dir
     self._last_time: Optional[float] = None
     self._last_step: Optional[int] = None
+
+  @property
+  def stream(self):
+    return self._stream or sys.stdout
 
   def _writer(self, name: str):
     if name not in self._writers:

@@ -219,8 +219,9 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
         on_setup_done: Optional[Callable[[], None]] = None, log=print) -> dict:
   """Builds everything, restores the latest checkpoint if there is one, and trains to train_steps.
 
+  eval_data: None, a DataConfig, or a list of them (each logged under eval/<task name>).
   Returns the last logged train metrics, 'history' (step, loss) of every logged step, and 'eval'
-  metrics when evaluated.
+  ({task name: metrics}) when evaluated.
   """
   from t5x_like import checkpointing, data, metrics as metrics_lib
   from t5x_like.models import build_model
@@ -233,7 +234,10 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   # --- set-up: everything here is validated before any compile -------------------------------------
   mesh = partitioning.make_mesh(mesh_config)
   dp = mesh.shape['data'] * mesh.shape['fsdp']
-  for name, dcfg in (('train', train_data), ('eval', eval_data)):
+  # Several eval datasets (e.g. one per language) are logged side by side under eval/<task>.
+  evals = [] if eval_data is None else (
+      list(eval_data) if isinstance(eval_data, (list, tuple)) else [eval_data])
+  for name, dcfg in [('train', train_data)] + [('eval', e) for e in evals]:
     if dcfg is not None and (dcfg.batch_size // jax.process_count()) % max(
         dp // jax.process_count(), 1):
       raise ValueError(f'{name} DataConfig.batch_size={dcfg.batch_size} does not divide over the '
@@ -318,9 +322,9 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
       last = logger.log_train(step, avg, tokens_per_step)
       history.append((step, avg['loss']))
       window, last_logged = [], step
-    if eval_data is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < train_steps:
-      last['eval'] = evaluate(steps, state['params'], eval_data, family, batch_sh, cfg.eval_steps)
-      logger.log_eval(step, eval_data.name, last['eval'])
+    if evals and cfg.eval_every and step % cfg.eval_every == 0 and step < train_steps:
+      last['eval'] = run_evals(steps, state['params'], evals, family, batch_sh, cfg.eval_steps,
+                               logger, step)
       logger.start(step)  # eval time is not step time
     ckpt.save(step, state, iterator.checkpoint, force=step == train_steps)
     if step < train_steps and ckpt.reached_preemption(step):
@@ -328,9 +332,9 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
       ckpt.wait()
       say(f'preemption notice at step {step}: checkpoint saved; exiting to be restarted')
       break
-  if eval_data is not None and step == train_steps:
-    last['eval'] = evaluate(steps, state['params'], eval_data, family, batch_sh, cfg.eval_steps)
-    logger.log_eval(step, eval_data.name, last['eval'])
+  if evals and step == train_steps:
+    last['eval'] = run_evals(steps, state['params'], evals, family, batch_sh, cfg.eval_steps,
+                             logger, step)
   ckpt.wait()
   ckpt.close()
   logger.close()
@@ -338,6 +342,14 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   say(f'done at step {step}. TensorBoard: tensorboard --logdir {model_dir} | checkpoints: '
       f'{checkpointing.checkpoint_dir(model_dir)}')
   return last
+
+
+def run_evals(steps, params, evals, family, batch_sh, max_batches, logger, step) -> dict:
+  out = {}
+  for e in evals:
+    out[e.name] = evaluate(steps, params, e, family, batch_sh, max_batches)
+    logger.log_eval(step, e.name, out[e.name])
+  return out
 
 
 def _all_hosts_have(flag: bool) -> bool:

@@ -14,18 +14,6 @@ STEPS = 20
 
 
 @pytest.fixture(scope='module')
-def small_text(shared_data, tmp_path_factory) -> dict:
-  """4000 Multi30k English captions to train on, 200 held out (copied to a temp dir, not the repo)."""
-  d = tmp_path_factory.mktemp('text')
-  out = {}
-  for split, src, n in (('train', 'train.en', 4000), ('validation', 'val.en', 200)):
-    lines = (shared_data / 'parallel' / 'multi30k' / src).read_text(encoding='utf-8').splitlines()[:n]
-    (d / f'{split}.txt').write_text('\n'.join(lines) + '\n', encoding='utf-8')
-    out[split] = str(d / f'{split}.txt')
-  return out
-
-
-@pytest.fixture(scope='module')
 def tiny_sweep(small_text, tmp_path_factory):
   out = str(tmp_path_factory.mktemp('sweep'))
   spm_cache = str(tmp_path_factory.mktemp('spm'))

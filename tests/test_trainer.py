@@ -19,21 +19,33 @@ def _fit(model_dir, steps, task, *, model=MODEL, mesh=partitioning.MeshConfig(da
                                                                                tensor=2),
          lengths=None, **trainer_kw):
   kw = dict(log_every=1, checkpoint_every=5, eval_steps=2, async_checkpointing=True)
+  eval_data = trainer_kw.pop('eval_data', None)
   kw.update(trainer_kw)
   return trainer.fit(
       model_dir=str(model_dir), train_steps=steps, model_config=model,
       train_data=data.DataConfig(task, lengths or {'targets': 32}, batch_size=8, seed=3),
       # decay_steps fixed: the schedule must not depend on how far this invocation trains.
-      eval_data=None, optimizer_config=optimizers.OptimizerConfig(learning_rate=3e-3,
+      eval_data=eval_data, optimizer_config=optimizers.OptimizerConfig(learning_rate=3e-3,
                                                                    warmup_steps=2, decay_steps=40),
       loss_config=losses.LossConfig(), mesh_config=mesh,
       trainer_config=trainer.TrainerConfig(**kw), log=lambda *a, **k: None)
 
 
-def test_loss_falls(lm_task, tmp_path):
-  hist = dict(_fit(tmp_path / 'run', 40, lm_task, log_every=1)['history'])
+def test_loss_falls_and_every_eval_dataset_is_reported(lm_task, small_text, small_vocab, tmp_path):
+  from tasks import lm
+  other = lm.text_lm_task(name='test_small_lm_other', train_files=[small_text['validation']],
+                          validation_files=[small_text['train']], vocabulary=small_vocab)
+  evals = [data.DataConfig(t, {'targets': 32}, batch_size=8, split='validation', shuffle=False,
+                           num_epochs=1) for t in (lm_task, other)]
+  out = _fit(tmp_path / 'run', 40, lm_task, log_every=1, eval_data=evals)
+  hist = dict(out['history'])
   first, last = np.mean([hist[s] for s in (1, 2, 3)]), np.mean([hist[s] for s in (38, 39, 40)])
   assert last < first - 1.0, (first, last)
+  assert sorted(out['eval']) == ['test_small_lm', 'test_small_lm_other']
+  a, b = out['eval']['test_small_lm'], out['eval']['test_small_lm_other']
+  assert a['num_target_tokens'] > 0 and b['num_target_tokens'] > 0
+  assert a['loss'] != b['loss'] and np.isfinite([a['loss'], b['loss']]).all()  # different text
+  assert (tmp_path / 'run' / 'eval' / 'test_small_lm_other').is_dir()
 
 
 def test_resume_continues_with_exactly_the_same_batches_and_losses(lm_task, tmp_path):

@@ -29,6 +29,12 @@ PRESETS = {
     'cpu_demo': dict(model=dict(vocab_size=4000, embed_dim=128, num_layers=4, num_heads=4,
                                 num_kv_heads=2, head_dim=32, mlp_dim=344, dtype='float32'),
                      batch=16, seq=128, steps=20),
+    # The model of gin_configs/experiments/clone_ablation_gpu.gin (6 x 256, learned positions, 2 x 8000
+    # vocabulary), batch 64 x 256.
+    'gpu_clone_ablation': dict(model=dict(vocab_size=16000, embed_dim=256, num_layers=6, num_heads=8,
+                                          num_kv_heads=8, head_dim=32, mlp_dim=688, dtype='bfloat16',
+                                          position_embedding='learned', max_length=256),
+                               batch=64, seq=256, steps=50),
     # ~150M parameters (GPT-2-medium-like width), bf16 compute, fp32 params and Adam state.
     'gpu_150m': dict(model=dict(vocab_size=32000, embed_dim=1024, num_layers=12, num_heads=16,
                                 num_kv_heads=8, head_dim=64, mlp_dim=2816, dtype='bfloat16'),

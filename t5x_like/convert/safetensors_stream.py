@@ -111,7 +111,7 @@ def write(out_dir: str, specs: Sequence[TensorSpec], produce: Callable[[TensorSp
 
 
 class Reader:
-  """All tensors of an HF checkpoint dir (single file or sharded with an index), memory-mapped."""
+  """All tensors of an HF checkpoint dir (single file or sharded with an index), read one at a time."""
 
   def __init__(self, hf_dir: str):
     index_path = os.path.join(hf_dir, INDEX_FILE)
@@ -142,13 +142,18 @@ class Reader:
     return TensorSpec(name, tuple(info['shape']), _DTYPES[info['dtype']])
 
   def get(self, name: str) -> np.ndarray:
-    """A read-only memory-mapped view (no copy until the caller converts or copies it)."""
+    """One tensor, read into memory of its own.
+
+    Not a memory map: mapped pages a converter has touched stay resident (and count in RSS) until the
+    file is closed, which would hold a second copy of the whole checkpoint by the end of an import.
+    """
     path, info, start = self._where[name]
     spec = self.spec(name)
     begin, end = info['data_offsets']
     if end == begin:
       return np.zeros(spec.shape, spec.dtype)
-    return np.memmap(path, dtype=spec.dtype, mode='r', offset=start + begin, shape=spec.shape)
+    count = int(np.prod(spec.shape))
+    return np.fromfile(path, dtype=spec.dtype, count=count, offset=start + begin).reshape(spec.shape)
 
 
 def names_in(specs: Iterable[TensorSpec]) -> set[str]:

@@ -1,7 +1,7 @@
 """Examples/s and tokens/s of each experiment's data pipeline on one core, next to what the
 tiny configs' train step consumes (a benchmark, not a test).
 
-  python benchmarks/data_throughput.py [--batches 50] [--experiments interlinear_multi30k ...]
+  python benchmarks/data_throughput.py [--batches 50] [--experiments interlinear_captions ...]
 
 Each experiment's gin file is parsed like the trainer does; the train dataset (with the feature
 converter, batched) is read for --batches batches after a warm-up, with tf.data limited to one
@@ -20,8 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-EXPERIMENTS = ('interlinear_multi30k', 'interlinear_instructions_multi30k', 'csr_multi30k_encdec',
-               'csr_multi30k_decoder', 'cloned_multi30k')
+EXPERIMENTS = ('interlinear_captions', 'interlinear_instructions_captions', 'csr_captions_encdec',
+               'csr_captions_decoder', 'cloned_captions')
 
 
 def measure(name: str, batches: int) -> dict:

@@ -187,7 +187,7 @@ def test_tsv_source_and_vocab_command(shared_data, tmp_path, capsys):
 def test_show_prints_json_lines_of_an_experiment(capsys):
   from tasks.__main__ import main
   rc = main(['show', 'interlinear_multi30k_en_de', '--n', '2', '--split', 'validation',
-             '--gin_file', 'gin_configs/experiments/interlinear_multi30k.gin',
+             '--gin_file', 'gin_configs/experiments/interlinear_captions.gin',
              '--gin.MODEL_DIR="/tmp/unused"', '--gin.TRAIN_STEPS=1'])
   assert rc == 0
   rows = [json.loads(l) for l in capsys.readouterr().out.strip().splitlines()]
@@ -195,5 +195,5 @@ def test_show_prints_json_lines_of_an_experiment(capsys):
   t = rows[0]['targets']
   assert t['text'].startswith('<en> ') and '<de>' in t['text'] and t['ids'][-1] == 1
   assert main(['show', 'no_such_task', '--gin_file',
-               'gin_configs/experiments/interlinear_multi30k.gin',
+               'gin_configs/experiments/interlinear_captions.gin',
                '--gin.MODEL_DIR="/tmp/unused"', '--gin.TRAIN_STEPS=1']) == 2

@@ -29,7 +29,8 @@ IMPORTS = ('import jax, numpy, orbax.checkpoint, transformers, torch, tensorflow
 
 def setup(workdir: str, dtype: str) -> None:
   import numpy as np
-  from t5x_like.convert import from_hf, safetensors_stream as st, to_hf
+  from t5x_like import run_dir
+  from t5x_like.convert import from_hf, safetensors_stream as st
   from t5x_like.models import DecoderConfig
   cfg = DecoderConfig(**CONFIG, param_dtype=dtype)
   rng = np.random.default_rng(0)
@@ -39,7 +40,7 @@ def setup(workdir: str, dtype: str) -> None:
     return {k: make(v) if isinstance(v, dict) else
             (0.02 * rng.standard_normal(v.shape, dtype=np.float32)).astype(np_dtype)
             for k, v in tree.items()}
-  params = make(to_hf.abstract_params(cfg))
+  params = make(run_dir.abstract_params(cfg))
   run = os.path.join(workdir, 'run')
   from_hf.save_checkpoint(run, params)
   import dataclasses

@@ -26,17 +26,27 @@ def load_vocabulary(model_dir: str):
   return vocab.load_vocabulary(os.path.join(model_dir, 'vocabulary'))
 
 
+def boxed_abstract_params(cfg):
+  """Shapes, dtypes and logical axes of a config's parameters, from `jax.eval_shape` (no allocation)."""
+  from t5x_like.models import build_model
+  return jax.eval_shape(lambda r: build_model(cfg).init(r, _dummy_batch(cfg))['params'],
+                        jax.random.key(0))
+
+
+def abstract_params(cfg):
+  """Shapes and dtypes of a config's parameter tree (ShapeDtypeStructs, no axis metadata)."""
+  from t5x_like.trainer import unbox
+  return unbox(boxed_abstract_params(cfg))
+
+
 def load_params(model_dir: str, step: Optional[int] = None, mesh=None):
   """(params, step) of a run's checkpoint, sharded over `mesh` (default: all devices, data-parallel)."""
   import flax.linen as nn
   from t5x_like import checkpointing, partitioning
-  from t5x_like.models import build_model
   from t5x_like.trainer import unbox
   cfg = load_model_config(model_dir)
-  model = build_model(cfg)
   mesh = mesh or partitioning.make_mesh(partitioning.MeshConfig())
-  batch = _dummy_batch(cfg)
-  boxed = jax.eval_shape(lambda r: model.init(r, batch)['params'], jax.random.key(0))
+  boxed = boxed_abstract_params(cfg)
   shardings = partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh)
   abstract = partitioning.with_sharding(unbox(boxed), shardings)
   return checkpointing.restore_params(model_dir, abstract, step)

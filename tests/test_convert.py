@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from t5x_like import decoding
+from t5x_like import decoding, run_dir
 from t5x_like.convert import from_hf, safetensors_stream as st, to_hf
 from t5x_like.convert.__main__ import main as convert_main
 from t5x_like.convert.mapping import ConversionError
@@ -41,7 +41,7 @@ def init_params(cfg, seed=0):
             (1.0 + 0.1 * rng.standard_normal(v.shape) if k == 'scale' else
              0.2 * rng.standard_normal(v.shape)).astype(np.float32)
             for k, v in tree.items()}
-  return make(to_hf.abstract_params(cfg))
+  return make(run_dir.abstract_params(cfg))
 
 
 def ours_logits(cfg, params, tokens, dec_tokens=None):

@@ -41,7 +41,7 @@ def read_config(hf_dir: str, has_lm_head: bool, **overrides):
 
 def read_weights(hf_dir: str, *, param_dtype: str = 'float32', **overrides):
   """(our config, params as a numpy tree) from an HF dir; checks key counts and every shape."""
-  from t5x_like.convert.to_hf import abstract_params
+  from t5x_like.run_dir import abstract_params
   if not os.path.isdir(hf_dir):
     raise ConversionError(f'--hf {hf_dir} does not exist')
   try:

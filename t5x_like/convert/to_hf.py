@@ -15,21 +15,9 @@ import numpy as np
 from t5x_like.convert import llama, t5
 from t5x_like.convert import safetensors_stream as st
 from t5x_like.convert.mapping import ConversionError, Rule, hf_shape, to_hf
+from t5x_like.run_dir import abstract_params
 
 _TORCH_DTYPES = {'float32': 'float32', 'bfloat16': 'bfloat16', 'float16': 'float16'}
-
-
-def abstract_params(cfg):
-  """Shapes and dtypes of a config's parameter tree, from `jax.eval_shape` (nothing allocated)."""
-  import jax
-  import jax.numpy as jnp
-  from t5x_like.models import build_model
-  from t5x_like.trainer import unbox
-  batch = {'decoder_input_tokens': jnp.zeros((1, 8), jnp.int32)}
-  if cfg.family == 'encdec':
-    batch['encoder_input_tokens'] = jnp.zeros((1, 8), jnp.int32)
-  return unbox(jax.eval_shape(lambda r: build_model(cfg).init(r, batch)['params'],
-                              jax.random.key(0)))
 
 
 def restore_numpy_params(model_dir: str, cfg, step: Optional[int] = None):

@@ -5,7 +5,7 @@
 Each phase runs in its own process and its peak RSS is read from `os.wait4`: (0) the imports alone, the
 floor every phase pays; (1) setup: random parameters -> a model dir with an Orbax checkpoint; (2) export
 `python -m t5x_like.convert to-hf`; (3) import `python -m t5x_like.convert from-hf` of that export.
-Streaming holds the weights once plus one tensor, so (2) and (3) should sit near floor + weight bytes.
+Both directions stream one parameter at a time, so (2) and (3) should stay under floor + weight bytes.
 Needs ~3x the weight bytes of disk.
 """
 from __future__ import annotations

@@ -4,6 +4,7 @@ Tiny random fp32 models; the HF side is transformers' own PyTorch implementation
 """
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -230,3 +231,34 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
   assert convert_main(['from-hf', '--hf', str(tmp_path / 'nope'), '--out', str(tmp_path / 'o')]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 2 and all(l.startswith('error: ') and 'nope' in l for l in err)
+
+
+def test_import_checks_every_shape_before_writing_and_reads_back(tmp_path):
+  hf = tmp_path / 'hf'
+  m = _hf_llama(hf)
+  good = json.loads((hf / 'config.json').read_text())
+  (hf / 'config.json').write_text(json.dumps({**good, 'intermediate_size': 48}))
+  out = tmp_path / 'out'
+  with pytest.raises(ConversionError, match=r'mlp.*shape \[40, 32\], expected \[48, 32\]'):
+    from_hf.import_hf(str(hf), str(out), log=lambda *_: None)
+  assert not (out / 'checkpoints').exists()  # refused before any write
+
+  # The checkpoint written parameter by parameter restores as one tree, equal to the HF weights.
+  (hf / 'config.json').write_text(json.dumps(good))
+  res = from_hf.import_hf(str(hf), str(out), log=lambda *_: None)
+  from t5x_like import checkpointing
+  from t5x_like.run_dir import abstract_params
+  restored, step = checkpointing.restore_params(str(out), abstract_params(res['config']))
+  assert step == 0
+  _, expected = from_hf.read_weights(str(hf))
+  for (path, a), (path2, b) in zip(from_hf._flatten(restored), from_hf._flatten(expected)):
+    assert path == path2
+    np.testing.assert_array_equal(np.asarray(a), b)
+  emb = m.model.embed_tokens.weight.detach().numpy()
+  np.testing.assert_array_equal(np.asarray(restored['token_embed']['embedding']), emb)
+
+  # An import interrupted between partial saves is named as such, and left for the user to delete.
+  shutil.rmtree(out)
+  os.makedirs(out / 'checkpoints' / '0.partial_save')
+  with pytest.raises(ConversionError, match='unfinished import'):
+    from_hf.import_hf(str(hf), str(out), log=lambda *_: None)

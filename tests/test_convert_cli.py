@@ -91,6 +91,13 @@ TrainerConfig.log_every = 5
   assert convert_main(['to-hf', '--model_dir', run, '--out', out]) == 0
   model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
   assert model.config.num_key_value_heads == 2
+  # The exported weights are the trained step's, written one parameter at a time.
+  np.testing.assert_array_equal(model.lm_head.weight.detach().numpy(),
+                                np.asarray(trained['lm_head']['kernel']).T)
+  # A step that is not there: refused by name before anything is written.
+  missing = str(tmp_path / 'hf_step_7')
+  assert convert_main(['to-hf', '--model_dir', run, '--step', '7', '--out', missing]) == 2
+  assert not os.path.exists(missing)
 
 
 def test_cloned_vocabulary_tokenizer(tmp_path, small_vocab):

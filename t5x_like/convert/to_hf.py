@@ -1,8 +1,8 @@
 """Export: a run's checkpoint -> a directory `transformers` loads with `from_pretrained`.
 
-Streams: the parameters are restored once (as host numpy arrays), then each HF tensor is sliced,
-transposed, cast, written and dropped (`safetensors_stream.write`), so the peak is one copy of the
-weights plus one tensor.
+Streams: the parameters are restored one at a time (as host numpy arrays); each HF tensor is sliced
+from its parameter, transposed, cast, written and dropped (`safetensors_stream.write`), so the peak is
+one parameter plus one tensor, not the weights.
 """
 from __future__ import annotations
 
@@ -20,24 +20,44 @@ from t5x_like.run_dir import abstract_params
 _TORCH_DTYPES = {'float32': 'float32', 'bfloat16': 'bfloat16', 'float16': 'float16'}
 
 
-def restore_numpy_params(model_dir: str, cfg, step: Optional[int] = None):
-  """(params as numpy, step): Orbax reads straight into host arrays, with no device copy to double the
-  footprint (checkpointing.restore_params returns sharded jax.Arrays, which export does not need)."""
-  import jax
-  import orbax.checkpoint as ocp
-  from t5x_like import checkpointing
-  abstract = abstract_params(cfg)
-  mngr = ocp.CheckpointManager(checkpointing.checkpoint_dir(model_dir))
-  step = mngr.latest_step() if step is None else step
-  if step is None or step not in mngr.all_steps():
-    raise ConversionError(f'no checkpoint {"" if step is None else f"at step {step} "}in '
-                          f'{checkpointing.checkpoint_dir(model_dir)} (steps: {list(mngr.all_steps())})')
-  args = jax.tree.map(lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype),
-                      {'params': abstract})
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item={'params': abstract}, restore_args=args, partial_restore=True)))
-  mngr.close()
-  return restored['state']['params'], step
+class CheckpointLeaves:
+  """path -> numpy array of one parameter of a run's checkpoint, restored on demand; only the last
+  one is kept, so reading the parameters in order holds one at a time. Orbax reads straight into
+  host arrays (no device copy)."""
+
+  def __init__(self, model_dir: str, cfg, step: Optional[int] = None):
+    import orbax.checkpoint as ocp
+    from t5x_like import checkpointing
+    self._mngr = ocp.CheckpointManager(checkpointing.checkpoint_dir(model_dir))
+    self.step = self._mngr.latest_step() if step is None else step
+    if self.step is None or self.step not in self._mngr.all_steps():
+      raise ConversionError(f'no checkpoint {"" if step is None else f"at step {step} "}in '
+                            f'{checkpointing.checkpoint_dir(model_dir)} '
+                            f'(steps: {list(self._mngr.all_steps())})')
+    self._abstract = abstract_params(cfg)
+    self._path, self._value = None, None
+
+  def __call__(self, path: tuple) -> np.ndarray:
+    import orbax.checkpoint as ocp
+    if path != self._path:
+      self._path, self._value = None, None  # dropped before the next one is read
+      item = {'params': _nest(path, _leaf(self._abstract, path))}
+      args = {'params': _nest(path, ocp.RestoreArgs(restore_type=np.ndarray,
+                                                     dtype=_leaf(self._abstract, path).dtype))}
+      restored = self._mngr.restore(self.step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=item, restore_args=args, partial_restore=True)))
+      self._path, self._value = path, _leaf(restored['state']['params'], path)
+    return self._value
+
+  def close(self):
+    self._path, self._value = None, None
+    self._mngr.close()
+
+
+def _nest(path, value):
+  for key in reversed(path):
+    value = {key: value}
+  return value
 
 
 def family_rules(cfg) -> list[Rule]:
@@ -52,19 +72,29 @@ def _leaf(tree, path):
 
 def write_weights(params, cfg, out: str, *, dtype: str = 'float32',
                   max_shard_bytes: int = st.DEFAULT_MAX_SHARD_BYTES) -> list[str]:
-  """Writes `params` (numpy or jax arrays) as HF safetensors; returns the files."""
+  """Writes `params` as HF safetensors; returns the files.
+
+  `params`: a tree of numpy or jax arrays, or a callable path -> array such as CheckpointLeaves. The
+  tensors are written grouped by our parameter (every layer of a scanned parameter in a row), so a
+  callable that keeps one parameter is asked for each parameter once.
+  """
   np_dtype = st.np_dtype(dtype)
-  rules = family_rules(cfg)
+  get = params if callable(params) else (lambda path: _leaf(params, path))
+  abstract = abstract_params(cfg)
+  first_use = {}
+  for r in family_rules(cfg):
+    first_use.setdefault(r.ours, len(first_use))
+  rules = sorted(family_rules(cfg), key=lambda r: (first_use[r.ours], r.layer or 0))
   by_name = {r.hf: r for r in rules}
   specs = []
   for r in rules:
-    shape = tuple(_leaf(params, r.ours).shape)
+    shape = tuple(_leaf(abstract, r.ours).shape)
     specs.append(st.TensorSpec(r.hf, hf_shape(r.kind, shape[1:] if r.layer is not None else shape),
                                np_dtype))
 
   def produce(spec):
     r = by_name[spec.name]
-    a = _leaf(params, r.ours)
+    a = get(r.ours)
     a = np.asarray(a[r.layer] if r.layer is not None else a)
     return np.ascontiguousarray(to_hf(r.kind, a).astype(np_dtype, copy=False))
 
@@ -106,10 +136,12 @@ def export(model_dir: str, out: str, *, step: Optional[int] = None, dtype: Optio
   dtype = dtype or cfg.param_dtype
   if dtype not in _TORCH_DTYPES:
     raise ConversionError(f'--dtype {dtype!r}; choose one of {sorted(_TORCH_DTYPES)}')
-  write_configs(cfg, out, dtype, hf_arch)  # refuses unexportable configs before anything is read
-  params, step = restore_numpy_params(model_dir, cfg, step)
-  files = write_weights(params, cfg, out, dtype=dtype, max_shard_bytes=max_shard_bytes)
-  del params
+  hf_config(cfg, dtype, hf_arch)  # refuses an unexportable config before anything is read or written
+  leaves = CheckpointLeaves(model_dir, cfg, step)  # refuses a missing step before anything is written
+  step = leaves.step
+  write_configs(cfg, out, dtype, hf_arch)
+  files = write_weights(leaves, cfg, out, dtype=dtype, max_shard_bytes=max_shard_bytes)
+  leaves.close()
   notes = {}
   vocab_dir = os.path.join(model_dir, 'vocabulary')
   if os.path.exists(os.path.join(vocab_dir, 'vocabulary.json')):

@@ -12,11 +12,13 @@ Both return the *new* tokens only: int32 [batch, max_new_tokens], EOS (id 1) inc
 `beam_search` also returns each row's score (sum of log-probabilities, divided by the T5X/GNMT length
 penalty ((5 + len) / 6) ** alpha).
 
-Implementation: full recompute, no KV cache. Each step runs the model on a fixed-size token buffer inside
-`jax.lax.while_loop` and reads the logits at each row's current position; causal masking makes the
-not-yet-written tail irrelevant. The cost is O(length) forward passes of the whole buffer, fine for
-evaluation of small models; a cache needs a decode-mode model method (see docs/CONVERT.md). The encoder
-runs once. Loops stop early when every row has emitted EOS.
+Implementation: a key/value cache (the models' decode='prefill' | 'step' path, layers.Attention). One
+prefill call runs the model on a fixed-size buffer (prompt + room for the new tokens) and stores every
+layer's keys and values; each step then runs one token per row at that row's own position, inside
+`jax.lax.while_loop`, attending to the cached positions up to it. Buffer slots past a row's prompt hold
+pad keys until the step that writes them, and the mask never reaches them before that. The encoder runs
+once and its cross-attention keys and values are cached at prefill. Beam search reorders the cache rows
+with the beams. Loops stop early when every row has emitted EOS.
 """
 from __future__ import annotations
 
@@ -57,29 +59,46 @@ def beam_search(params, config, inputs, *, max_new_tokens: int, beam_size: int =
 
 # --- model application --------------------------------------------------------------------------------
 
-def _next_logits_fn(params, config, inputs, batch_repeat: int):
-  """`logits_at(buffer, pos)`: next-token logits [rows, vocab] for decoder tokens `buffer` [rows, L] read at
-  index `pos` [rows]; rows = batch * batch_repeat. The encoder (if any) runs once, here."""
+def _cached_model(params, config, inputs, length: int):
+  """(prefill, step) for rows of `inputs` and a decoder buffer of `length` tokens (the encoder, if any,
+  runs here, once):
+  prefill(buffer [rows, L]) -> (logits [rows, L, vocab], cache);
+  step(cache, tokens [rows], positions [rows]) -> (next-token logits [rows, vocab], cache)."""
   model = build_model(config)
   if config.family == 'decoder':
-    def logits_at(buffer, pos):
-      logits = model.apply({'params': params}, {'decoder_input_tokens': buffer}, deterministic=True)
-      return jnp.take_along_axis(logits, pos[:, None, None], axis=1)[:, 0]
-    return logits_at
-  enc_tokens = jnp.repeat(inputs, batch_repeat, axis=0)
-  enc_batch = {'encoder_input_tokens': enc_tokens}
-  encoded = model.apply({'params': params}, enc_batch, deterministic=True, method=model.encode)
+    def prefill(buffer):
+      logits, v = model.apply({'params': params}, {'decoder_input_tokens': buffer},
+                              deterministic=True, decode='prefill', mutable=['cache'])
+      return logits, v['cache']
 
-  def logits_at(buffer, pos):
-    batch = {'encoder_input_tokens': enc_tokens, 'decoder_input_tokens': buffer}
-    logits = model.apply({'params': params}, batch, encoded, deterministic=True,
-                         method=model.decode)
-    return jnp.take_along_axis(logits, pos[:, None, None], axis=1)[:, 0]
-  return logits_at
+    def step(cache, tok, pos):
+      batch = {'decoder_input_tokens': tok[:, None], 'decoder_positions': pos[:, None]}
+      logits, v = model.apply({'params': params, 'cache': cache}, batch, deterministic=True,
+                              decode='step', mutable=['cache'])
+      return logits[:, 0], v['cache']
+    return prefill, step
+
+  encoded = model.apply({'params': params}, {'encoder_input_tokens': inputs}, deterministic=True,
+                        method=model.encode)
+
+  def prefill(buffer):
+    batch = {'encoder_input_tokens': inputs, 'decoder_input_tokens': buffer}
+    logits, v = model.apply({'params': params}, batch, encoded, deterministic=True, decode='prefill',
+                            mutable=['cache'], method=model.decode)
+    return logits, v['cache']
+
+  def step(cache, tok, pos):
+    batch = {'encoder_input_tokens': inputs, 'decoder_input_tokens': tok[:, None],
+             'decoder_positions': pos[:, None]}
+    logits, v = model.apply({'params': params, 'cache': cache}, batch, None, deterministic=True,
+                            decode='step', decode_length=length, mutable=['cache'],
+                            method=model.decode)
+    return logits[:, 0], v['cache']
+  return prefill, step
 
 
 def _start(config, inputs, max_new_tokens: int):
-  """(buffer, first position to predict from, prompt lengths) for each row."""
+  """(buffer, first position to predict from) for each row."""
   bsz = inputs.shape[0]
   if config.family == 'decoder':
     lengths = jnp.sum(inputs != PAD_ID, axis=1).astype(jnp.int32)
@@ -92,34 +111,38 @@ def _start(config, inputs, max_new_tokens: int):
   return jnp.zeros((bsz, max_new_tokens), jnp.int32), jnp.zeros((bsz,), jnp.int32)
 
 
+def _first_logits(prefill, buffer, pos):
+  logits, cache = prefill(buffer)
+  return jnp.take_along_axis(logits, pos[:, None, None], axis=1)[:, 0], cache
+
+
 # --- greedy --------------------------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames=('config', 'max_new_tokens', 'eos_id'))
 def _greedy(params, inputs, *, config, max_new_tokens: int, eos_id: int):
   bsz = inputs.shape[0]
-  logits_at = _next_logits_fn(params, config, inputs, 1)
   buffer, pos = _start(config, inputs, max_new_tokens)
+  prefill, step = _cached_model(params, config, inputs, buffer.shape[1])
+  last = buffer.shape[1] - 1
+  logits, cache = _first_logits(prefill, buffer, pos)
   out = jnp.zeros((bsz, max_new_tokens), jnp.int32)
   done = jnp.zeros((bsz,), bool)
-  rows = jnp.arange(bsz)
 
   def cond(carry):
-    t, _, _, _, done = carry
+    t, done = carry[0], carry[-1]
     return (t < max_new_tokens) & ~jnp.all(done)
 
   def body(carry):
-    t, buffer, pos, out, done = carry
-    tok = jnp.argmax(logits_at(buffer, pos), axis=-1).astype(jnp.int32)
-    tok = jnp.where(done, PAD_ID, tok)
+    t, logits, cache, pos, out, done = carry
+    tok = jnp.where(done, PAD_ID, jnp.argmax(logits, axis=-1).astype(jnp.int32))
     out = out.at[:, t].set(tok)
-    nxt = pos + 1
-    # The last step's token has no buffer slot in the encoder-decoder case (nothing reads it).
-    buffer = buffer.at[rows, jnp.minimum(nxt, buffer.shape[1] - 1)].set(
-        jnp.where(nxt < buffer.shape[1], tok, buffer[rows, jnp.minimum(nxt, buffer.shape[1] - 1)]))
-    return t + 1, buffer, nxt, out, done | (tok == eos_id)
+    # The last token of an encoder-decoder buffer has no slot; its logits are never read, so the
+    # clamped write at the last slot is harmless.
+    logits, cache = step(cache, tok, jnp.minimum(pos + 1, last))
+    return t + 1, logits, cache, pos + 1, out, done | (tok == eos_id)
 
-  _, _, _, out, _ = jax.lax.while_loop(cond, body, (0, buffer, pos, out, done))
-  return out
+  carry = jax.lax.while_loop(cond, body, (0, logits, cache, pos, out, done))
+  return carry[4]
 
 
 # --- beam search ---------------------------------------------------------------------------------------
@@ -133,21 +156,22 @@ def length_penalty(length, alpha: float):
 def _beam(params, inputs, *, config, max_new_tokens: int, beam_size: int, alpha: float, eos_id: int):
   bsz, k = inputs.shape[0], beam_size
   n = bsz * k
-  logits_at = _next_logits_fn(params, config, inputs, k)
   buffer, pos = _start(config, jnp.repeat(inputs, k, axis=0), max_new_tokens)
+  prefill, step = _cached_model(params, config, jnp.repeat(inputs, k, axis=0), buffer.shape[1])
+  last = buffer.shape[1] - 1
+  logits, cache = _first_logits(prefill, buffer, pos)
   out = jnp.zeros((n, max_new_tokens), jnp.int32)
   # Only the first beam is live at the start, so the first step does not pick k copies of one token.
   scores = jnp.tile(jnp.asarray([0.0] + [NEG_INF] * (k - 1), jnp.float32), bsz)
   done = jnp.zeros((n,), bool)
   lengths = jnp.zeros((n,), jnp.int32)
-  rows = jnp.arange(n)
 
   def cond(carry):
     return (carry[0] < max_new_tokens) & ~jnp.all(carry[-1])
 
   def body(carry):
-    t, buffer, pos, out, scores, lengths, done = carry
-    logp = jax.nn.log_softmax(logits_at(buffer, pos).astype(jnp.float32), axis=-1)  # [n, V]
+    t, logits, cache, pos, out, scores, lengths, done = carry
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [n, V]
     vocab = logp.shape[-1]
     # A finished beam continues only with pad, at no cost: its score is frozen.
     frozen = jnp.full((vocab,), NEG_INF).at[PAD_ID].set(0.0)
@@ -156,17 +180,17 @@ def _beam(params, inputs, *, config, max_new_tokens: int, beam_size: int, alpha:
     top_scores, top_idx = jax.lax.top_k(cand, k)  # [bsz, k]
     src = (top_idx // vocab + jnp.arange(bsz)[:, None] * k).reshape(n)
     tok = (top_idx % vocab).reshape(n).astype(jnp.int32)
-    buffer, pos, out, lengths, done = (buffer[src], pos[src], out[src], lengths[src], done[src])
+    cache = jax.tree.map(lambda c: c[src], cache)  # every cache leaf has the rows on axis 0
+    pos, out, lengths, done = pos[src], out[src], lengths[src], done[src]
     tok = jnp.where(done, PAD_ID, tok)
     out = out.at[:, t].set(tok)
     lengths = lengths + (~done).astype(jnp.int32)
-    nxt = pos + 1
-    slot = jnp.minimum(nxt, buffer.shape[1] - 1)
-    buffer = buffer.at[rows, slot].set(jnp.where(nxt < buffer.shape[1], tok, buffer[rows, slot]))
-    return (t + 1, buffer, nxt, out, top_scores.reshape(n), lengths, done | (tok == eos_id))
+    logits, cache = step(cache, tok, jnp.minimum(pos + 1, last))
+    return (t + 1, logits, cache, pos + 1, out, top_scores.reshape(n), lengths,
+            done | (tok == eos_id))
 
-  carry = (0, buffer, pos, out, scores, lengths, done)
-  _, _, _, out, scores, lengths, _ = jax.lax.while_loop(cond, body, carry)
+  carry = (0, logits, cache, pos, out, scores, lengths, done)
+  _, _, _, _, out, scores, lengths, _ = jax.lax.while_loop(cond, body, carry)
   final = (scores / length_penalty(lengths, alpha)).reshape(bsz, k)
   order = jnp.argsort(-final, axis=1)
   out = jnp.take_along_axis(out.reshape(bsz, k, -1), order[:, :, None], axis=1)

@@ -77,6 +77,7 @@ class DecoderConfig:
 class DecoderBlock(nn.Module):
   config: DecoderConfig
   deterministic: bool = True
+  decode: Optional[str] = None  # see layers.Attention
 
   @nn.compact
   def __call__(self, x, mask, positions):
@@ -91,7 +92,8 @@ class DecoderBlock(nn.Module):
         q_init=init, kv_init=init, out_init=init, dropout_rate=cfg.dropout_rate,
         implementation=cfg.attention_impl, name='attention')(
             h, h, mask=mask, q_positions=positions, kv_positions=positions,
-            deterministic=self.deterministic)
+            deterministic=self.deterministic, decode=self.decode,
+            cache_index=positions[:, 0] if self.decode == 'step' else None)
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic)
     x = x + h
     h = norm('mlp_norm')(x)
@@ -109,18 +111,23 @@ class Decoder(nn.Module):
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, batch: dict, deterministic: bool = True):
+  def __call__(self, batch: dict, deterministic: bool = True, decode: Optional[str] = None):
+    """Logits [batch, length, vocab]. `decode` ('prefill' | 'step', with mutable=['cache']) runs the
+    cached autoregressive path of layers.Attention: a step takes one token per row,
+    `decoder_input_tokens` [batch, 1] at `decoder_positions` [batch, 1]."""
     cfg = self.config
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     tokens = batch['decoder_input_tokens']
     bsz, length = tokens.shape
     segments = batch.get('decoder_segment_ids')
     positions = batch.get('decoder_positions')
+    if decode == 'step' and (positions is None or length != 1):
+      raise ValueError("decode='step' takes decoder_input_tokens [batch, 1] and decoder_positions")
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (bsz, length))
     if segments is None:
       segments = jnp.ones_like(tokens)
-    mask = layers.segment_mask(segments, segments, causal=True)
+    mask = None if decode == 'step' else layers.segment_mask(segments, segments, causal=True)
 
     embed = layers.Embed(cfg.vocab_size, cfg.embed_dim, nn.initializers.normal(cfg.init_std),
                          dtype=dtype, param_dtype=pdtype, name='token_embed')
@@ -136,7 +143,8 @@ class Decoder(nn.Module):
     x = layers.constrain(x, ('activation_batch', 'activation_length', 'activation_embed'))
     self.sow('intermediates', 'embedded', x)
 
-    x = layers.apply_layers(DecoderBlock, dict(config=cfg, deterministic=deterministic), x,
+    x = layers.apply_layers(DecoderBlock, dict(config=cfg, deterministic=deterministic, decode=decode),
+                            x,
                             (mask, positions), num_layers=cfg.num_layers, scan=cfg.scan_layers,
                             remat_policy=cfg.remat_policy)
     x = layers.RMSNorm(cfg.rms_norm_eps, dtype=dtype, param_dtype=pdtype, name='final_norm')(x)

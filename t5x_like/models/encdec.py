@@ -97,20 +97,24 @@ class EncoderBlock(nn.Module):
 class DecoderBlock(nn.Module):
   config: EncDecConfig
   deterministic: bool = True
+  decode: Optional[str] = None  # see layers.Attention
 
   @nn.compact
-  def __call__(self, x, encoded, self_mask, cross_mask, bias):
+  def __call__(self, x, encoded, self_mask, cross_mask, bias, positions):
     cfg = self.config
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     norm = lambda name: layers.RMSNorm(cfg.rms_norm_eps, dtype=dtype, param_dtype=pdtype, name=name)
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
+    step = self.decode == 'step'
     h = norm('self_attention_norm')(x)
     h = _t5_attention(cfg, 'self_attention')(h, h, mask=self_mask, bias=bias,
-                                             deterministic=self.deterministic)
+                                             deterministic=self.deterministic, decode=self.decode,
+                                             cache_index=positions[:, 0] if step else None)
     x = x + drop(h)
     h = norm('cross_attention_norm')(x)
-    h = _t5_attention(cfg, 'cross_attention')(h, encoded, mask=cross_mask,
-                                              deterministic=self.deterministic)
+    # Decode steps read the encoder's keys and values cached at prefill (x_kv=None).
+    h = _t5_attention(cfg, 'cross_attention')(h, None if step else encoded, mask=cross_mask,
+                                              deterministic=self.deterministic, decode=self.decode)
     x = x + drop(h)
     h = norm('mlp_norm')(x)
     h = layers.GatedMLP(cfg.mlp_dim, cfg.mlp_activation, dtype=dtype, param_dtype=pdtype,
@@ -152,17 +156,26 @@ class EncoderDecoder(nn.Module):
       segments = (tokens > 0).astype(jnp.int32)
     return self.encoder(self.token_embed(tokens), segments, tokens > 0, deterministic)
 
-  def decode(self, batch: dict, encoded, deterministic: bool = True):
+  def decode(self, batch: dict, encoded, deterministic: bool = True, decode: Optional[str] = None,
+             decode_length: Optional[int] = None):
+    """Logits [batch, length, vocab] of the decoder given `encoded`. `decode` ('prefill' | 'step', with
+    mutable=['cache']) runs the cached autoregressive path of layers.Attention: a step takes one token
+    per row, `decoder_input_tokens` [batch, 1] at `decoder_positions` [batch, 1], and needs
+    `decode_length`, the length of the buffer given at prefill."""
     cfg = self.config
     enc_tokens = batch['encoder_input_tokens']
     enc_segments = batch.get('encoder_segment_ids')
     tokens = batch['decoder_input_tokens']
     dec_segments = batch.get('decoder_segment_ids')
+    positions = batch.get('decoder_positions')
+    if decode == 'step' and (positions is None or tokens.shape[1] != 1 or decode_length is None):
+      raise ValueError("decode='step' takes decoder_input_tokens [batch, 1], decoder_positions and "
+                       'decode_length')
     if enc_segments is None:
       enc_segments = jnp.ones_like(enc_tokens)
       dec_segments = jnp.ones_like(tokens)
     x = self.decoder(self.token_embed(tokens), encoded, dec_segments, enc_segments, enc_tokens > 0,
-                     deterministic)
+                     deterministic, decode, positions, decode_length)
     if cfg.tie_embeddings:
       # T5 v1.0 rescales before the tied projection.
       logits = self.token_embed.attend(x * cfg.embed_dim ** -0.5)
@@ -201,20 +214,26 @@ class DecoderStack(nn.Module):
   config: EncDecConfig
 
   @nn.compact
-  def __call__(self, x, encoded, segments, enc_segments, enc_valid, deterministic: bool):
+  def __call__(self, x, encoded, segments, enc_segments, enc_valid, deterministic: bool,
+               decode: Optional[str] = None, positions=None, decode_length: Optional[int] = None):
     cfg = self.config
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     length = x.shape[1]
-    bias = layers.RelativePositionBias(cfg.relative_attention_num_buckets,
-                                       cfg.relative_attention_max_distance, cfg.num_heads,
-                                       bidirectional=False, dtype=dtype, param_dtype=pdtype,
-                                       name='relpos_bias')(length, length)
-    self_mask = layers.segment_mask(segments, segments, causal=True)
+    relpos = layers.RelativePositionBias(cfg.relative_attention_num_buckets,
+                                         cfg.relative_attention_max_distance, cfg.num_heads,
+                                         bidirectional=False, dtype=dtype, param_dtype=pdtype,
+                                         name='relpos_bias')
+    if decode == 'step':  # each row's query at its own position, against the whole cached buffer
+      bias, self_mask = relpos(1, decode_length, q_positions=positions), None
+    else:
+      bias = relpos(length, length)
+      self_mask = layers.segment_mask(segments, segments, causal=True)
+      positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), segments.shape)
     cross_mask = layers.segment_mask(segments, enc_segments, causal=False, kv_valid=enc_valid)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     self.sow('intermediates', 'embedded', x)
-    x = layers.apply_layers(DecoderBlock, dict(config=cfg, deterministic=deterministic), x,
-                            (encoded, self_mask, cross_mask, bias),
+    x = layers.apply_layers(DecoderBlock, dict(config=cfg, deterministic=deterministic, decode=decode),
+                            x, (encoded, self_mask, cross_mask, bias, positions),
                             num_layers=cfg.num_decoder_layers, scan=cfg.scan_layers,
                             remat_policy=cfg.remat_policy)
     x = layers.RMSNorm(cfg.rms_norm_eps, dtype=dtype, param_dtype=pdtype, name='final_norm')(x)

@@ -115,22 +115,25 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int,
                              max_distance: int):
-  """T5's bucketing of key-minus-query distances (log-spaced beyond num_buckets/2 exact ones)."""
+  """T5's bucketing of key-minus-query distances (log-spaced beyond num_buckets/2 exact ones).
+
+  numpy in, numpy out (static shapes, computed at trace time); jax in, jax out (decode steps)."""
+  xp = np if isinstance(relative_position, np.ndarray) else jnp
   ret = 0
   n = -relative_position
   if bidirectional:
     num_buckets //= 2
     ret += (n < 0).astype(np.int32) * num_buckets
-    n = np.abs(n)
+    n = xp.abs(n)
   else:
-    n = np.maximum(n, 0)
+    n = xp.maximum(n, 0)
   max_exact = num_buckets // 2
   is_small = n < max_exact
   val_if_large = max_exact + (
-      np.log(np.maximum(n, 1).astype(np.float32) / max_exact) /
+      xp.log(xp.maximum(n, 1).astype(np.float32) / max_exact) /
       np.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int32)
-  val_if_large = np.minimum(val_if_large, num_buckets - 1)
-  return ret + np.where(is_small, n, val_if_large)
+  val_if_large = xp.minimum(val_if_large, num_buckets - 1)
+  return ret + xp.where(is_small, n, val_if_large)
 
 
 class RelativePositionBias(nn.Module):
@@ -143,22 +146,31 @@ class RelativePositionBias(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, q_len: int, k_len: int):
-    ctx = np.arange(q_len)[:, None]
-    mem = np.arange(k_len)[None, :]
-    buckets = relative_position_bucket(mem - ctx, self.bidirectional, self.num_buckets,
-                                       self.max_distance)
+  def __call__(self, q_len: int, k_len: int, q_positions=None):
+    """[1, heads, q_len, k_len]; with `q_positions` [batch, q_len] (decode steps, where each row's
+    query sits at its own position) [batch, heads, q_len, k_len]."""
     table = param_with_axes(self, 'rel_embedding', nn.initializers.normal(stddev=1.0),
                             (self.num_heads, self.num_buckets), ('heads', 'relpos_buckets'),
                             self.param_dtype)
-    bias = jnp.take(table, jnp.asarray(buckets), axis=1)  # [heads, q, k]
-    return bias[None].astype(self.dtype)
+    if q_positions is None:
+      rel = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]
+      buckets = relative_position_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
+      return jnp.take(table, jnp.asarray(buckets), axis=1)[None].astype(self.dtype)
+    rel = jnp.arange(k_len)[None, None, :] - q_positions[:, :, None]
+    buckets = relative_position_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
+    return jnp.moveaxis(jnp.take(table, buckets, axis=1), 0, 1).astype(self.dtype)
 
 
 class Attention(nn.Module):
   """Multi-head / grouped-query attention through `jax.nn.dot_product_attention`.
 
   `implementation` is passed through: None lets XLA choose, 'cudnn' asks for the fused GPU kernel.
+
+  Autoregressive decoding keeps keys and values in the 'cache' collection (`decode`):
+    'prefill': a normal call on the whole [batch, L] buffer that also stores its keys and values;
+    'step': x_q is one token per row at position `cache_index` [batch]; its key and value are written
+      into the cache there and the query attends to cache positions <= cache_index (the mask argument
+      is not used). With x_kv=None (cross-attention) the keys and values stored at prefill are used.
   """
   num_heads: int
   num_kv_heads: int
@@ -175,17 +187,33 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_q, x_kv, *, mask=None, bias=None, q_positions=None, kv_positions=None,
-               deterministic: bool = True):
+               deterministic: bool = True, decode: Optional[str] = None, cache_index=None):
     dense = functools.partial(DenseGeneral, dtype=self.dtype, param_dtype=self.param_dtype)
     q = dense((self.num_heads, self.head_dim), ('embed', 'heads', 'kv'), kernel_init=self.q_init,
               name='query')(x_q)
-    k = dense((self.num_kv_heads, self.head_dim), ('embed', 'kv_heads', 'kv'),
-              kernel_init=self.kv_init, name='key')(x_kv)
-    v = dense((self.num_kv_heads, self.head_dim), ('embed', 'kv_heads', 'kv'),
-              kernel_init=self.kv_init, name='value')(x_kv)
     if self.rope_theta is not None:
       q = apply_rope(q, q_positions, self.rope_theta)
-      k = apply_rope(k, kv_positions, self.rope_theta)
+    if decode == 'step' and x_kv is None:
+      k, v = self.get_variable('cache', 'cached_key'), self.get_variable('cache', 'cached_value')
+    else:
+      k = dense((self.num_kv_heads, self.head_dim), ('embed', 'kv_heads', 'kv'),
+                kernel_init=self.kv_init, name='key')(x_kv)
+      v = dense((self.num_kv_heads, self.head_dim), ('embed', 'kv_heads', 'kv'),
+                kernel_init=self.kv_init, name='value')(x_kv)
+      if self.rope_theta is not None:
+        k = apply_rope(k, kv_positions, self.rope_theta)
+      if decode == 'prefill':
+        self.put_variable('cache', 'cached_key', k)
+        self.put_variable('cache', 'cached_value', v)
+      elif decode == 'step':
+        rows = jnp.arange(k.shape[0])
+        k = self.get_variable('cache', 'cached_key').at[rows, cache_index].set(k[:, 0])
+        v = self.get_variable('cache', 'cached_value').at[rows, cache_index].set(v[:, 0])
+        self.put_variable('cache', 'cached_key', k)
+        self.put_variable('cache', 'cached_value', v)
+        mask = (jnp.arange(k.shape[1])[None, :] <= cache_index[:, None])[:, None, None, :]
+      elif decode is not None:
+        raise ValueError(f"decode={decode!r}; use None, 'prefill' or 'step'")
     q = constrain(q, ('activation_batch', 'activation_length', 'activation_heads', 'activation_kv'))
     k = constrain(k, ('activation_batch', 'activation_length', 'activation_kv_heads', 'activation_kv'))
     v = constrain(v, ('activation_batch', 'activation_length', 'activation_kv_heads', 'activation_kv'))
@@ -274,7 +302,9 @@ def apply_layers(block_cls, block_kwargs: dict, x, args: tuple, *, num_layers: i
   if remat_policy != 'none':
     cls = nn.remat(cls, policy=REMAT_POLICIES[remat_policy], prevent_cse=not scan)
   if scan:
-    cls = nn.scan(cls, variable_axes={'params': 0, 'intermediates': 0},
+    # The decode cache stacks its layers on axis 1, so axis 0 is the batch in every layout (beam search
+    # reorders rows with one gather for scanned and unrolled models alike).
+    cls = nn.scan(cls, variable_axes={'params': 0, 'intermediates': 0, 'cache': 1},
                   split_rngs={'params': True, 'dropout': True},
                   in_axes=(nn.broadcast,) * len(args), length=num_layers,
                   metadata_params={nn.PARTITION_NAME: 'layers'})

@@ -442,6 +442,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run_info = read_run_info(args.model_dir)
     opts = options_from_args(args, run_info)
     cfg = run_dir.load_model_config(args.model_dir)
+    if 'grad' in opts.metrics and cfg.family != 'decoder':
+      raise ValueError(f'--metrics grad: gradient alignment is implemented for decoder-only models; '
+                       f'{args.model_dir} holds an encoder-decoder')
     model = build_model(cfg)
     vocab = run_dir.load_vocabulary(args.model_dir)
     available = checkpoint_steps(args.model_dir)

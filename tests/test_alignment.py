@@ -67,6 +67,23 @@ def test_copied_clone_embeddings_align_perfectly_at_every_layer(scan):
   assert res['num_positions'] > 0 and res['num_sequences'] == windows['decoder_input_tokens'].shape[0]
 
 
+def test_encdec_encoder_reads_the_windows_and_copied_clones_align():
+  from t5x_like.models import EncDecConfig, EncoderDecoder
+  cfg = EncDecConfig(vocab_size=2 * BASE, embed_dim=32, num_encoder_layers=2, num_decoder_layers=1,
+                     num_heads=4, head_dim=8, mlp_dim=64, dtype='float32')
+  model = EncoderDecoder(cfg)
+  example = {'encoder_input_tokens': jnp.ones((1, 8), jnp.int32),
+             'decoder_input_tokens': jnp.ones((1, 8), jnp.int32)}
+  params = unbox(model.init(jax.random.key(0), example)['params'])
+  emb = params['token_embed']['embedding']
+  params['token_embed']['embedding'] = emb.at[BASE:].set(emb[:BASE])
+  vocab, windows = _windows()
+  res = alignment.hidden_alignment(model, params, vocab, windows, 1, batch_size=4)
+  assert res['layers'] == ['embedding', 'block_0', 'block_1']  # the encoder's
+  np.testing.assert_allclose(res['centred'], 1.0, atol=1e-5)
+  assert min(res['centred_gap']) > 0.1
+
+
 def test_independent_clone_embeddings_do_not_align_at_the_embedding_layer():
   model, params = _model(copy_clones=False)
   vocab, windows = _windows('stream')

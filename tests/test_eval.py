@@ -129,3 +129,28 @@ def test_translation_scores_what_the_decoder_generates():
       eval_lib.make_decoder(model, params, vocab, batch_size=2, beam_size=2, max_new_tokens=6),
       sources, refs)
   assert len(beam['examples']) == 3
+
+
+def test_encdec_perplexity_scores_the_second_half_given_the_first():
+  from t5x_like.models import EncDecConfig, EncoderDecoder
+  cfg = EncDecConfig(vocab_size=32, embed_dim=16, num_encoder_layers=1, num_decoder_layers=1,
+                     num_heads=2, head_dim=8, mlp_dim=32, dtype='float32')
+  model = EncoderDecoder(cfg)
+  example = {'encoder_input_tokens': jnp.ones((1, 4), jnp.int32),
+             'decoder_input_tokens': jnp.ones((1, 4), jnp.int32)}
+  params = unbox(model.init(jax.random.key(0), example)['params'])
+  rng = np.random.default_rng(0)
+  windows = batches.pack_windows([rng.integers(3, 32, 40).tolist()], 8, mode='stream')
+  res = perplexity.perplexity(model, params, windows, batch_size=3, last_n=2)
+  # Reference by hand: window [t0..t7] -> encoder t0..t3, decoder [0, t4, t5, t6] predicting t4..t7.
+  t = windows['decoder_target_tokens']
+  dec_in = np.concatenate([np.zeros((t.shape[0], 1), t.dtype), t[:, 4:7]], axis=1)
+  logits = model.apply({'params': params}, {'encoder_input_tokens': t[:, :4],
+                                            'decoder_input_tokens': dec_in})
+  logp = np.asarray(jax.nn.log_softmax(logits))
+  nll = -np.take_along_axis(logp, t[:, 4:, None], -1)[..., 0]
+  assert res['num_tokens'] == nll.size == 20
+  assert res['perplexity'] == pytest.approx(math.exp(nll.mean()), rel=1e-4)
+  assert res['last_n']['perplexity'] == pytest.approx(math.exp(nll[:, -2:].mean()), rel=1e-4)
+  with pytest.raises(ValueError, match='last_n=5 is longer than the scored half'):
+    perplexity.perplexity(model, params, windows, last_n=5)

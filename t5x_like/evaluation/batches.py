@@ -101,6 +101,23 @@ def _stream(token_lists, length, eos_id, max_windows):
   return [[stream[i * length:(i + 1) * length]] for i in range(n)]
 
 
+def prefix_lm_split(windows: dict) -> dict:
+  """Encoder-decoder batch from decoder windows, as tasks.lm.prefix_lm_task trains: the first half of
+  each window is the encoder input, the second half the target (scored where it is not pad).
+
+  The window is read as continuous text (packed windows hold consecutive lines joined by EOS), so an
+  example may start in one half and end in the other, as in a prefix-LM split of a stream.
+  """
+  tokens = np.asarray(windows['decoder_target_tokens'])
+  half = tokens.shape[1] // 2
+  target = tokens[:, half:]
+  dec_in = np.zeros_like(target)
+  dec_in[:, 1:] = target[:, :-1]  # shifted right, 0 first: what seqio's EncDecFeatureConverter feeds
+  return {'encoder_input_tokens': tokens[:, :half], 'decoder_input_tokens': dec_in,
+          'decoder_target_tokens': target,
+          'decoder_loss_weights': (target != 0).astype(np.int32)}
+
+
 def in_language(vocab, batch: dict, language: int) -> dict:
   """The same batch with its token arrays mapped to cloned language `language`."""
   out = dict(batch)

@@ -46,11 +46,26 @@ def stack_of(intermediates: dict, family: str, stack: Optional[str] = None) -> d
 
 
 def forward(model, params, batch: dict, *, stack: Optional[str] = None):
-  """(logits, hidden [L + 1, B, T, D]) of one deterministic forward pass."""
+  """(logits, hidden [L + 1, B, T, D]) of one deterministic forward pass.
+
+  Decoder windows (batches.pack_windows) given to an encoder-decoder are read by its encoder: the
+  window's tokens are the encoder input, position for position (`encoder_view`)."""
+  if model.config.family == 'encdec' and 'encoder_input_tokens' not in batch:
+    batch = encoder_view(batch)
   logits, state = model.apply({'params': params}, batch, deterministic=True,
                               mutable=['intermediates'])
   inter = stack_of(state['intermediates'], model.config.family, stack)
   return logits, stack_hidden(inter)
+
+
+def encoder_view(windows: dict) -> dict:
+  """An encoder-decoder batch whose encoder reads the windows' text (segments kept, so packed examples
+  do not attend to each other); the decoder gets one start token, and its output is not used."""
+  tokens = windows['decoder_target_tokens']
+  rows = tokens.shape[0]
+  return {'encoder_input_tokens': tokens, 'encoder_segment_ids': windows['decoder_segment_ids'],
+          'decoder_input_tokens': jnp.zeros((rows, 1), jnp.int32),
+          'decoder_segment_ids': jnp.ones((rows, 1), jnp.int32)}
 
 
 def layer_names(num_hidden: int) -> list[str]:

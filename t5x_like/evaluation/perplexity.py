@@ -3,6 +3,11 @@
 The cloned-language paper scores the last 128 tokens of each 512-token window, so every scored token
 has at least 384 tokens of context; `last_n` does the same (positions length-n .. length-1 of each
 window; padding is never scored).
+
+Encoder-decoder models read the first half of each window and are scored on the second half
+(`batches.prefix_lm_split`, the prefix-LM objective), so their numbers are perplexities of continuations
+given a prefix and are comparable across languages and runs of that model family, not with decoder-only
+perplexities of whole windows. `last_n` then counts from the end of the target half.
 """
 from __future__ import annotations
 
@@ -41,9 +46,13 @@ def _sums(params, batch, *, model, last_n: int):
 def perplexity(model, params, windows: dict, *, batch_size: int = 16,
                last_n: Optional[int] = None) -> dict:
   """{'perplexity', 'loss', 'num_tokens'} over all windows (+ 'last_n' ones when asked for)."""
+  from t5x_like.evaluation import batches
   from t5x_like.evaluation.hidden_states import jitted
-  if model.config.family != 'decoder':
-    raise ValueError('per-language perplexity is implemented for decoder-only models')
+  if model.config.family == 'encdec':
+    windows = batches.prefix_lm_split(windows)
+    if last_n and last_n > windows['decoder_target_tokens'].shape[1]:
+      raise ValueError(f'last_n={last_n} is longer than the scored half of the windows '
+                       f'({windows["decoder_target_tokens"].shape[1]} tokens)')
   fn = jitted(_sums, model, last_n=int(last_n or 0))
   total = None
   for part in chunks(windows, batch_size):

@@ -66,7 +66,12 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]):
-  """Parses gin and checks that every macro set from the command line is used somewhere."""
+  """Parses gin and checks that every macro set from the command line is used somewhere.
+
+  Starts from an empty config, so an in-process call (tests, launchers, `python -m tasks show` before
+  a run) sees only its own files and bindings, as a fresh process would.
+  """
+  gin.clear_config()
   for path in list(search_paths) + [REPO_ROOT, os.getcwd()]:
     gin.add_config_file_search_path(path)
   for f in gin_files:

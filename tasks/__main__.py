@@ -30,6 +30,7 @@ def register_from_gin(gin_files: Sequence[str], bindings: Sequence[str],
   from t5x_like import train as train_lib
   train_lib._import_configurables()  # pylint: disable=protected-access
   if config_text is not None:
+    gin.clear_config()
     gin.parse_config(config_text)
   else:
     train_lib.parse_gin(gin_files, bindings, [])

@@ -76,3 +76,14 @@ def test_bad_input_is_one_line_naming_the_problem(args, expected, clean_gin, cap
   last = err[-1]
   assert last.startswith('error: ') and expected in last, err
   assert not os.path.exists('/tmp/never/checkpoints')
+
+
+def test_parse_gin_starts_from_an_empty_config(clean_gin):
+  """In-process callers (tests, `tasks show`, launchers) must not inherit an earlier parse: a leftover
+  binding such as an eval dataset once made an import -> train run evaluate a split it never had."""
+  train._import_configurables()  # pylint: disable=protected-access
+  gin.parse_config("TrainerConfig.num_microbatches = 4\nTrainerConfig.log_every = 7")
+  train.parse_gin([DEC], ['TrainerConfig.log_every = 3'], [str(REPO)])
+  assert gin.query_parameter('TrainerConfig.log_every') == 3
+  with pytest.raises(ValueError):  # the leftover binding is gone, not merely overridden
+    gin.query_parameter('TrainerConfig.num_microbatches')

@@ -22,9 +22,10 @@ from typing import Optional, Sequence
 
 
 def register_from_gin(gin_files: Sequence[str], bindings: Sequence[str],
-                      config_text: Optional[str] = None) -> None:
+                      config_text: Optional[str] = None) -> tuple[dict, list[str]]:
   """Parses gin like the trainer and builds the train/eval DataConfigs, which registers the tasks
-  their builders make. `config_text` (a parsed config, from gin.config_str()) replaces the files:
+  their builders make. Returns ({scope: DataConfig} for the scopes the gin configures, the one-line
+  errors of the others). `config_text` (a parsed config, from gin.config_str()) replaces the files:
   remote Beam workers get it this way, with no access to the gin files."""
   import gin
   from t5x_like import train as train_lib
@@ -43,8 +44,7 @@ def register_from_gin(gin_files: Sequence[str], bindings: Sequence[str],
     except (TypeError, ValueError, RuntimeError, OSError) as e:
       # A file may configure only one of them; the error is shown if NAME is then not found.
       errors.append(f'{scope}/DataConfig: {train_lib._one_line(e)}')  # pylint: disable=protected-access
-  configs['errors'] = errors
-  return configs
+  return configs, errors
 
 
 def _jsonable(value, vocab):
@@ -59,12 +59,13 @@ def _jsonable(value, vocab):
 
 def show(args, gin_bindings) -> int:
   import seqio
-  configs = register_from_gin(args.gin_file, gin_bindings) if args.gin_file or gin_bindings else {}
+  configs, errors = (register_from_gin(args.gin_file, gin_bindings) if args.gin_file or gin_bindings
+                     else ({}, []))
   try:
     provider = seqio.get_mixture_or_task(args.name)
   except ValueError:
     names = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
-    why = '; '.join(configs.get('errors', []))
+    why = '; '.join(errors)
     raise ValueError(f'no task or mixture named {args.name!r} (registered: {", ".join(names)})'
                      + (f'; building the gin file\'s data failed: {why}' if why else '')) from None
   cfg = configs.get('train')
@@ -98,7 +99,7 @@ def cache_cmd(args, gin_bindings) -> int:
   import gin
   import seqio
   from tasks import beam_cache
-  configs = register_from_gin(args.gin_file, gin_bindings)
+  configs, _ = register_from_gin(args.gin_file, gin_bindings)
   names = args.tasks or [c.name for c in configs.values()]
   task_names = []
   for n in names:

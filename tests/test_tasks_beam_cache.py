@@ -43,3 +43,16 @@ def test_cached_interlinear_task_equals_uncached(shared_data, tmp_path):
   batch = next(iter(data.get_dataset(cfg, 'decoder')))
   assert batch['decoder_target_tokens'].shape == (8, 64)
   assert np.asarray(batch['decoder_loss_weights']).sum() > 0
+
+
+def test_register_from_gin_returns_data_configs_and_errors_apart():
+  """`tasks cache` without --tasks caches the tasks of every configured DataConfig: the values must be
+  DataConfigs (a list of errors among them once broke it)."""
+  import gin
+  from tasks.__main__ import register_from_gin
+  try:
+    configs, errors = register_from_gin(['gin_configs/examples/tiny_decoder_pretrain.gin'], [])
+  finally:
+    gin.clear_config()
+  assert set(configs) == {'train', 'eval'} and errors == []
+  assert all(isinstance(c.name, str) and c.name for c in configs.values())

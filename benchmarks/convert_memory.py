@@ -43,9 +43,7 @@ def setup(workdir: str, dtype: str) -> None:
   params = make(run_dir.abstract_params(cfg))
   run = os.path.join(workdir, 'run')
   from_hf.save_checkpoint(run, params)
-  import dataclasses
-  with open(os.path.join(run, 'model.json'), 'w') as f:
-    json.dump({'family': 'decoder', 'config': dataclasses.asdict(cfg)}, f)
+  run_dir.save_model_config(run, cfg)
 
 
 def run_phase(argv: list[str]) -> tuple[float, float]:

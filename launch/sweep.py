@@ -31,9 +31,10 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from t5x_like.eval import checkpoint_steps
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT = {'P_CLONE': 'p', 'SCHEDULE': 'sched', 'SEED': 'seed', 'FRAC_CLONE': 'frac'}
-BASELINE_KEY = 'P_CLONE'
 
 
 # --- the grid ----------------------------------------------------------------------------------------
@@ -114,13 +115,6 @@ def gin_literal(v) -> str:
 
 
 # --- one run ---------------------------------------------------------------------------------------
-
-def checkpoint_steps(model_dir: str) -> list[int]:
-  d = os.path.join(model_dir, 'checkpoints')
-  if not os.path.isdir(d):
-    return []
-  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
-
 
 def is_finished(model_dir: str, train_steps: int) -> bool:
   steps = checkpoint_steps(model_dir)

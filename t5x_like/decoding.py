@@ -17,8 +17,9 @@ prefill call runs the model on a fixed-size buffer (prompt + room for the new to
 layer's keys and values; each step then runs one token per row at that row's own position, inside
 `jax.lax.while_loop`, attending to the cached positions up to it. Buffer slots past a row's prompt hold
 pad keys until the step that writes them, and the mask never reaches them before that. The encoder runs
-once and its cross-attention keys and values are cached at prefill. Beam search reorders the cache rows
-with the beams. Loops stop early when every row has emitted EOS.
+once and its cross-attention keys and values are cached at prefill. Beam search runs the encoder and
+the prefill once per input row, repeats the result for its beams, and reorders the cache rows with the
+beams. Loops stop early when every row has emitted EOS.
 """
 from __future__ import annotations
 
@@ -59,17 +60,20 @@ def beam_search(params, config, inputs, *, max_new_tokens: int, beam_size: int =
 
 # --- model application --------------------------------------------------------------------------------
 
-def _cached_model(params, config, inputs, length: int):
-  """(prefill, step) for rows of `inputs` and a decoder buffer of `length` tokens (the encoder, if any,
-  runs here, once):
-  prefill(buffer [rows, L]) -> (logits [rows, L, vocab], cache);
-  step(cache, tokens [rows], positions [rows]) -> (next-token logits [rows, vocab], cache)."""
+def _cached_model(params, config, inputs, length: int, repeat: int = 1):
+  """(prefill, step) for the rows of `inputs`, each repeated `repeat` times (the beams), and a decoder
+  buffer of `length` tokens. The encoder (if any) runs here, once per input row:
+  prefill(buffer [rows, L], pos [rows]) -> (logits at pos [rows * repeat, vocab], cache of rows * repeat);
+  step(cache, tokens [rows * repeat], positions [rows * repeat]) -> (next-token logits, cache).
+  Prefill also runs once per input row; its result is repeated, since the beams start identical."""
   model = build_model(config)
+  widen = lambda tree: jax.tree.map(lambda x: jnp.repeat(x, repeat, axis=0), tree)
+  at = lambda logits, pos: jnp.take_along_axis(logits, pos[:, None, None], axis=1)[:, 0]
   if config.family == 'decoder':
-    def prefill(buffer):
+    def prefill(buffer, pos):
       logits, v = model.apply({'params': params}, {'decoder_input_tokens': buffer},
                               deterministic=True, decode='prefill', mutable=['cache'])
-      return logits, v['cache']
+      return widen((at(logits, pos), v['cache']))
 
     def step(cache, tok, pos):
       batch = {'decoder_input_tokens': tok[:, None], 'decoder_positions': pos[:, None]}
@@ -80,15 +84,16 @@ def _cached_model(params, config, inputs, length: int):
 
   encoded = model.apply({'params': params}, {'encoder_input_tokens': inputs}, deterministic=True,
                         method=model.encode)
+  wide_inputs = widen(inputs)
 
-  def prefill(buffer):
+  def prefill(buffer, pos):
     batch = {'encoder_input_tokens': inputs, 'decoder_input_tokens': buffer}
     logits, v = model.apply({'params': params}, batch, encoded, deterministic=True, decode='prefill',
                             mutable=['cache'], method=model.decode)
-    return logits, v['cache']
+    return widen((at(logits, pos), v['cache']))
 
   def step(cache, tok, pos):
-    batch = {'encoder_input_tokens': inputs, 'decoder_input_tokens': tok[:, None],
+    batch = {'encoder_input_tokens': wide_inputs, 'decoder_input_tokens': tok[:, None],
              'decoder_positions': pos[:, None]}
     logits, v = model.apply({'params': params, 'cache': cache}, batch, None, deterministic=True,
                             decode='step', decode_length=length, mutable=['cache'],
@@ -111,11 +116,6 @@ def _start(config, inputs, max_new_tokens: int):
   return jnp.zeros((bsz, max_new_tokens), jnp.int32), jnp.zeros((bsz,), jnp.int32)
 
 
-def _first_logits(prefill, buffer, pos):
-  logits, cache = prefill(buffer)
-  return jnp.take_along_axis(logits, pos[:, None, None], axis=1)[:, 0], cache
-
-
 # --- greedy --------------------------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames=('config', 'max_new_tokens', 'eos_id'))
@@ -124,7 +124,7 @@ def _greedy(params, inputs, *, config, max_new_tokens: int, eos_id: int):
   buffer, pos = _start(config, inputs, max_new_tokens)
   prefill, step = _cached_model(params, config, inputs, buffer.shape[1])
   last = buffer.shape[1] - 1
-  logits, cache = _first_logits(prefill, buffer, pos)
+  logits, cache = prefill(buffer, pos)
   out = jnp.zeros((bsz, max_new_tokens), jnp.int32)
   done = jnp.zeros((bsz,), bool)
 
@@ -156,10 +156,11 @@ def length_penalty(length, alpha: float):
 def _beam(params, inputs, *, config, max_new_tokens: int, beam_size: int, alpha: float, eos_id: int):
   bsz, k = inputs.shape[0], beam_size
   n = bsz * k
-  buffer, pos = _start(config, jnp.repeat(inputs, k, axis=0), max_new_tokens)
-  prefill, step = _cached_model(params, config, jnp.repeat(inputs, k, axis=0), buffer.shape[1])
+  buffer, pos = _start(config, inputs, max_new_tokens)
+  prefill, step = _cached_model(params, config, inputs, buffer.shape[1], repeat=k)
   last = buffer.shape[1] - 1
-  logits, cache = _first_logits(prefill, buffer, pos)
+  logits, cache = prefill(buffer, pos)
+  pos = jnp.repeat(pos, k, axis=0)
   out = jnp.zeros((n, max_new_tokens), jnp.int32)
   # Only the first beam is live at the start, so the first step does not pick k copies of one token.
   scores = jnp.tile(jnp.asarray([0.0] + [NEG_INF] * (k - 1), jnp.float32), bsz)

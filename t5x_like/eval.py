@@ -171,6 +171,10 @@ def tokens_seen(run_info: dict, step: int, num_languages: int) -> Optional[list[
 
 # --- evaluation --------------------------------------------------------------------------------------
 
+def _eval_length(opts: EvalOptions, run_info: dict) -> int:
+  return opts.sequence_length or run_info.get('sequence_length') or 128
+
+
 def _windows(vocab, opts: EvalOptions, length: int):
   from t5x_like.evaluation import batches, text_sources
   if not opts.eval_files:
@@ -187,7 +191,7 @@ def _subset(windows: dict, n: int) -> dict:
   return {k: v[:n] for k, v in windows.items()}
 
 
-def _mexa_sets(vocab, opts: EvalOptions, num_langs: int) -> tuple[tuple, list]:
+def _mexa_sets(opts: EvalOptions, num_langs: int) -> tuple[tuple, list]:
   """(pivot spec, target specs). Default for a cloned model: the pivot text in language 0 against the
   same text in every clone; FLORES English when its tar is there, else the evaluation text."""
   from t5x_like.evaluation import text_sources
@@ -211,7 +215,7 @@ def _mexa_sets(vocab, opts: EvalOptions, num_langs: int) -> tuple[tuple, list]:
 
 def _mexa(model, params, vocab, opts: EvalOptions, num_langs: int) -> dict:
   from t5x_like.evaluation import mexa, text_sources
-  pivot, targets = _mexa_sets(vocab, opts, num_langs)
+  pivot, targets = _mexa_sets(opts, num_langs)
   def embed(spec):
     src, lang = text_sources.parse_spec(spec)
     lines = text_sources.read_lines(src, opts.flores_tar, limit=opts.mexa_n)
@@ -263,20 +267,22 @@ def make_decoder(model, params, vocab, *, batch_size: int = 16, beam_size: int =
   return decode
 
 
-def evaluate(model, params, vocab, step: int, opts: EvalOptions, run_info: dict) -> dict:
-  """All asked-for metrics of one checkpoint -> a results dict (see the module doc)."""
+def evaluate(model, params, vocab, step: int, opts: EvalOptions, run_info: dict,
+             windows: Optional[dict] = None) -> dict:
+  """All asked-for metrics of one checkpoint -> a results dict (see the module doc). `windows`: the
+  evaluation windows if already built (they do not depend on the checkpoint)."""
   from t5x_like.evaluation import alignment, batches, perplexity
   num_langs = batches.num_languages(vocab)
-  length = opts.sequence_length or run_info.get('sequence_length') or 128
+  length = _eval_length(opts, run_info)
   res: dict = {'step': int(step), 'num_languages': num_langs,
                'evaluated_at': time.strftime('%Y-%m-%d %H:%M:%S'),
                'settings': run_info.get('settings', {})}
   seen = tokens_seen(run_info, step, num_langs)
   if seen is not None:
     res['tokens_seen'] = {f'lang{k}': v for k, v in enumerate(seen)}
-  windows = None
   if {'ppl', 'align', 'grad', 'teff'} & set(opts.metrics):
-    windows = _windows(vocab, opts, length)
+    if windows is None:
+      windows = _windows(vocab, opts, length)
     res['eval_data'] = {'files': list(opts.eval_files), 'sequence_length': length,
                         'window_mode': opts.window_mode,
                         'num_windows': int(windows['decoder_input_tokens'].shape[0])}
@@ -329,12 +335,9 @@ def evaluate(model, params, vocab, step: int, opts: EvalOptions, run_info: dict)
 def _init_params(model, params):
   """Freshly initialised parameters of the same model (seed 0), laid out like `params`."""
   import jax
-  import jax.numpy as jnp
+  from t5x_like import run_dir
   from t5x_like.trainer import unbox
-  batch = {'decoder_input_tokens': jnp.zeros((1, 8), jnp.int32)}
-  if model.config.family == 'encdec':
-    batch['encoder_input_tokens'] = jnp.zeros((1, 8), jnp.int32)
-  fresh = unbox(jax.jit(lambda r: model.init(r, batch))(jax.random.key(0))['params'])
+  fresh = unbox(model.init(jax.random.key(0), run_dir._dummy_batch(model.config))['params'])  # pylint: disable=protected-access
   return jax.tree.map(lambda p, f: f.astype(p.dtype), params, fresh)
 
 
@@ -462,6 +465,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   done = read_results(args.model_dir)
+  windows = None  # read and tokenized once, for every step
   for step in steps:
     if args.skip_done and step in done and all(_RESULT_KEY[m] in done[step] for m in opts.metrics):
       print(f'step {step}: already evaluated ({",".join(opts.metrics)})')
@@ -469,7 +473,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     params, step = run_dir.load_params(args.model_dir, step)
     try:
-      res = evaluate(model, params, vocab, step, opts, run_info)
+      if windows is None and {'ppl', 'align', 'grad', 'teff'} & set(opts.metrics):
+        windows = _windows(vocab, opts, _eval_length(opts, run_info))
+      res = evaluate(model, params, vocab, step, opts, run_info, windows)
     except (ValueError, FileNotFoundError) as e:  # bad input (flags, files): one line, exit 2
       print(f'error: step {step}: {e}', file=sys.stderr)
       return 2

@@ -28,16 +28,13 @@ Z = 3.0  # standard errors a difference must exceed to be called evidence
 
 def load_sweep(sweep_dir: str) -> list[dict]:
   """[{'name', 'info', 'results': {step: results}}] of every run dir with a run.json."""
-  from t5x_like.eval import read_results
+  from t5x_like.eval import read_results, read_run_info
   runs = []
   for name in sorted(os.listdir(sweep_dir)):
     d = os.path.join(sweep_dir, name)
-    p = os.path.join(d, 'run.json')
-    if not os.path.exists(p):
+    if not os.path.exists(os.path.join(d, 'run.json')):
       continue
-    with open(p) as f:
-      info = json.load(f)
-    runs.append({'name': name, 'dir': d, 'info': info, 'results': read_results(d)})
+    runs.append({'name': name, 'dir': d, 'info': read_run_info(d), 'results': read_results(d)})
   return runs
 
 

@@ -1,4 +1,5 @@
-"""Reading a model dir back: its model config, vocabulary and parameters (for eval, export, decoding)."""
+"""A model dir's model config (written and read back), vocabulary and parameters (for eval, export,
+decoding)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,13 @@ import jax
 from t5x_like.models import DecoderConfig, EncDecConfig
 
 _FAMILIES = {'decoder': DecoderConfig, 'encdec': EncDecConfig}
+
+
+def save_model_config(model_dir: str, cfg) -> None:
+  """MODEL_DIR/model.json: the family and the config's fields, what load_model_config reads."""
+  import dataclasses
+  with open(os.path.join(model_dir, 'model.json'), 'w') as f:
+    json.dump({'family': cfg.family, 'config': dataclasses.asdict(cfg)}, f, indent=2)
 
 
 def load_model_config(model_dir: str):

@@ -126,7 +126,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except ValueError as e:
     parser.error(str(e))
   args = parser.parse_args(rest)
-  logging.getLogger('absl').addFilter(_DropPackingNotice())
+  absl_logger = logging.getLogger('absl')
+  if not any(isinstance(f, _DropPackingNotice) for f in absl_logger.filters):  # main() may run again
+    absl_logger.addFilter(_DropPackingNotice())
   state = {'in_setup': True}
   try:
     if args.coordinator_address or args.distributed:

@@ -194,15 +194,13 @@ def _write_run_files(model_dir: str, resumed_from: Optional[int], model_config, 
   model.json (family + config, for exporters and evaluators) and the vocabulary."""
   if jax.process_index() != 0:
     return
-  import json
   import os
   import seqio
+  from t5x_like import run_dir
   from tasks import vocab as vocab_lib
   os.makedirs(model_dir, exist_ok=True)
   if resumed_from is None:
-    with open(os.path.join(model_dir, 'model.json'), 'w') as f:
-      json.dump({'family': model_config.family, 'config': dataclasses.asdict(model_config)}, f,
-                indent=2)
+    run_dir.save_model_config(model_dir, model_config)
     vocab = seqio.get_mixture_or_task(train_data.name).output_features['targets'].vocabulary
     vocab_lib.save_vocabulary(vocab, os.path.join(model_dir, 'vocabulary'))
   name = 'config.gin' if resumed_from is None else f'config_resumed_at_{resumed_from}.gin'
@@ -362,10 +360,11 @@ def _all_hosts_have(flag: bool) -> bool:
 def evaluate(steps: CompiledSteps, params, eval_data, family: str, batch_sh, max_batches: int) -> dict:
   from t5x_like import data
   it = data.DataIterator(data.get_dataset(eval_data, family), batch_sh)
+  batches = it.local_batches()
   total = None
   i = 0
   while max_batches < 0 or i < max_batches:
-    local = next(it.local_batches(), None)
+    local = next(batches, None)
     if not _all_hosts_have(local is not None):
       break  # hosts' shards can differ by a batch: stop together, or the others wait forever
     s = steps.eval(params, it.to_global(local))

@@ -251,9 +251,11 @@ def test_import_checks_every_shape_before_writing_and_reads_back(tmp_path):
   restored, step = checkpointing.restore_params(str(out), abstract_params(res['config']))
   assert step == 0
   _, expected = from_hf.read_weights(str(hf))
-  for (path, a), (path2, b) in zip(from_hf._flatten(restored), from_hf._flatten(expected)):
-    assert path == path2
-    np.testing.assert_array_equal(np.asarray(a), b)
+  from flax import traverse_util
+  restored_flat, expected_flat = (traverse_util.flatten_dict(t) for t in (restored, expected))
+  assert list(restored_flat) == list(expected_flat)
+  for path, a in restored_flat.items():
+    np.testing.assert_array_equal(np.asarray(a), expected_flat[path])
   emb = m.model.embed_tokens.weight.detach().numpy()
   np.testing.assert_array_equal(np.asarray(restored['token_embed']['embedding']), emb)
 

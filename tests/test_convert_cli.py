@@ -1,6 +1,5 @@
 """End to end through `python -m t5x_like.convert` (in-process): the demo export, the import -> train 10
 steps -> export loop, and the cloned-vocabulary tokenizer."""
-import json
 import os
 import sys
 
@@ -19,12 +18,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _model_dir(path, cfg, vocab, seed=0):
   """A model dir as the trainer leaves it: model.json, vocabulary/, checkpoints/0 (random params)."""
-  import dataclasses
   from tasks import vocab as vocab_lib
   from test_convert import init_params
   os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, 'model.json'), 'w') as f:
-    json.dump({'family': cfg.family, 'config': dataclasses.asdict(cfg)}, f)
+  run_dir.save_model_config(str(path), cfg)
   vocab_lib.save_vocabulary(vocab, os.path.join(path, 'vocabulary'))
   params = init_params(cfg, seed)
   from_hf.save_checkpoint(str(path), params)

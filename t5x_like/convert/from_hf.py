@@ -16,7 +16,9 @@ import os
 from typing import Optional
 
 import numpy as np
+from flax import traverse_util
 
+from t5x_like import run_dir
 from t5x_like.convert import llama, t5
 from t5x_like.convert import safetensors_stream as st
 from t5x_like.convert.mapping import ConversionError, from_hf, hf_shape
@@ -43,10 +45,7 @@ def read_config(hf_dir: str, has_lm_head: bool, **overrides):
 def read_weights(hf_dir: str, *, param_dtype: str = 'float32', **overrides):
   """(our config, params as a numpy tree) from an HF dir; checks key counts and every shape."""
   cfg, leaves = iter_weights(hf_dir, param_dtype=param_dtype, **overrides)
-  params = {}
-  for path, value in leaves:
-    _set(params, path, value)
-  return cfg, params
+  return cfg, traverse_util.unflatten_dict(dict(leaves))
 
 
 def iter_weights(hf_dir: str, *, param_dtype: str = 'float32', **overrides):
@@ -56,7 +55,6 @@ def iter_weights(hf_dir: str, *, param_dtype: str = 'float32', **overrides):
   before this returns, so a bad checkpoint fails before anything is written. A scanned parameter is
   filled from all its layers' HF tensors before it is yielded.
   """
-  from t5x_like.run_dir import abstract_params
   if not os.path.isdir(hf_dir):
     raise ConversionError(f'--hf {hf_dir} does not exist')
   try:
@@ -74,7 +72,7 @@ def iter_weights(hf_dir: str, *, param_dtype: str = 'float32', **overrides):
                           f'{"..." if len(missing) > 5 else ""} ({len(missing)}), unexpected '
                           f'{unexpected[:5]}{"..." if len(unexpected) > 5 else ""} ({len(unexpected)})')
 
-  abstract = dict(_flatten(abstract_params(cfg)))
+  abstract = traverse_util.flatten_dict(run_dir.abstract_params(cfg))
   by_leaf: dict = {path: [] for path in abstract}
   for r in rules:
     shape = abstract[r.ours].shape
@@ -108,20 +106,6 @@ def _is_stacked(path) -> bool:
   return 'layers' in path
 
 
-def _flatten(tree, prefix=()):
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      yield from _flatten(v, prefix + (k,))
-    else:
-      yield prefix + (k,), v
-
-
-def _set(tree, path, value):
-  for p in path[:-1]:
-    tree = tree.setdefault(p, {})
-  tree[path[-1]] = value
-
-
 def save_checkpoint(out: str, params) -> None:
   """Orbax checkpoint at OUT/checkpoints/0 in the trainer's layout (item 'state' = {step, params}).
 
@@ -134,26 +118,21 @@ def save_checkpoint(out: str, params) -> None:
   from t5x_like import checkpointing
   step_dir = str(checkpointing.checkpoint_dir(out) / '0')
   ocp_v1.partial.save(step_dir, {'step': np.asarray(0, np.int32)})
-  leaves = _flatten(params) if isinstance(params, dict) else params
+  leaves = traverse_util.flatten_dict(params).items() if isinstance(params, dict) else params
   for path, value in leaves:
-    ocp_v1.partial.save(step_dir, {'params': _nest(path, value)})
+    ocp_v1.partial.save(step_dir, {'params': traverse_util.unflatten_dict({path: value})})
     del value
   ocp_v1.partial.finalize(step_dir)
 
 
-def _nest(path, value):
-  for key in reversed(path):
-    value = {key: value}
-  return value
-
-
-def write_vocabulary(hf_dir: str, out: str) -> Optional[str]:
-  """OUT/vocabulary/{spm.model, vocabulary.json} from the HF tokenizer's SentencePiece model, if any."""
+def write_vocabulary(hf_dir: str, out: str) -> tuple[Optional[str], int]:
+  """OUT/vocabulary/{spm.model, vocabulary.json} from the HF tokenizer's SentencePiece model, if any.
+  Returns (the copied model's path or None, the number of T5 extra ids)."""
   import shutil
   from t5x_like.convert.tokenizer import find_spm
   spm = find_spm(hf_dir)
   if spm is None:
-    return None
+    return None, 0
   extra = 0
   tok_json = os.path.join(hf_dir, 'tokenizer.json')
   if os.path.exists(tok_json):
@@ -167,7 +146,7 @@ def write_vocabulary(hf_dir: str, out: str) -> Optional[str]:
   shutil.copyfile(spm, os.path.join(vdir, 'spm.model'))
   with open(os.path.join(vdir, 'vocabulary.json'), 'w') as f:
     json.dump({'type': 'sentencepiece', 'extra_ids': extra, 'vocab_size': size + extra}, f, indent=2)
-  return os.path.join(vdir, 'spm.model')
+  return os.path.join(vdir, 'spm.model'), extra
 
 
 _DATA_EXAMPLE = {
@@ -233,13 +212,8 @@ def import_hf(hf_dir: str, out: str, *, param_dtype: str = 'float32', log=print,
   cfg, leaves = iter_weights(hf_dir, param_dtype=param_dtype, **overrides)
   os.makedirs(out, exist_ok=True)
   save_checkpoint(out, leaves)
-  with open(os.path.join(out, 'model.json'), 'w') as f:
-    json.dump({'family': cfg.family, 'config': dataclasses.asdict(cfg)}, f, indent=2)
-  spm = write_vocabulary(hf_dir, out)
-  extra = 0
-  if spm:
-    with open(os.path.join(out, 'vocabulary', 'vocabulary.json')) as f:
-      extra = json.load(f)['extra_ids']
+  run_dir.save_model_config(out, cfg)
+  spm, extra = write_vocabulary(hf_dir, out)
   gin_path = write_gin(out, cfg, hf_dir, spm, extra)
   n = cfg.num_params()
   log(f'imported {hf_dir} -> {out}: {cfg.family}, {n / 1e6:.2f}M parameters, '

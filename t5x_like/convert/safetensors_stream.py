@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -155,6 +155,3 @@ class Reader:
     count = int(np.prod(spec.shape))
     return np.fromfile(path, dtype=spec.dtype, count=count, offset=start + begin).reshape(spec.shape)
 
-
-def names_in(specs: Iterable[TensorSpec]) -> set[str]:
-  return {s.name for s in specs}

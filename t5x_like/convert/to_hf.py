@@ -11,6 +11,7 @@ import os
 from typing import Optional
 
 import numpy as np
+from flax import traverse_util
 
 from t5x_like.convert import llama, t5
 from t5x_like.convert import safetensors_stream as st
@@ -34,30 +35,26 @@ class CheckpointLeaves:
       raise ConversionError(f'no checkpoint {"" if step is None else f"at step {step} "}in '
                             f'{checkpointing.checkpoint_dir(model_dir)} '
                             f'(steps: {list(self._mngr.all_steps())})')
-    self._abstract = abstract_params(cfg)
+    self._abstract = traverse_util.flatten_dict(abstract_params(cfg))
     self._path, self._value = None, None
 
   def __call__(self, path: tuple) -> np.ndarray:
     import orbax.checkpoint as ocp
     if path != self._path:
       self._path, self._value = None, None  # dropped before the next one is read
-      item = {'params': _nest(path, _leaf(self._abstract, path))}
-      args = {'params': _nest(path, ocp.RestoreArgs(restore_type=np.ndarray,
-                                                     dtype=_leaf(self._abstract, path).dtype))}
+      abstract = self._abstract[path]
+      item = {'params': traverse_util.unflatten_dict({path: abstract})}
+      args = {'params': traverse_util.unflatten_dict(
+          {path: ocp.RestoreArgs(restore_type=np.ndarray, dtype=abstract.dtype)})}
       restored = self._mngr.restore(self.step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=item, restore_args=args, partial_restore=True)))
-      self._path, self._value = path, _leaf(restored['state']['params'], path)
+      self._path = path
+      self._value = traverse_util.flatten_dict(restored['state']['params'])[path]
     return self._value
 
   def close(self):
     self._path, self._value = None, None
     self._mngr.close()
-
-
-def _nest(path, value):
-  for key in reversed(path):
-    value = {key: value}
-  return value
 
 
 def family_rules(cfg) -> list[Rule]:
@@ -81,10 +78,11 @@ def write_weights(params, cfg, out: str, *, dtype: str = 'float32',
   np_dtype = st.np_dtype(dtype)
   get = params if callable(params) else (lambda path: _leaf(params, path))
   abstract = abstract_params(cfg)
+  rules = family_rules(cfg)
   first_use = {}
-  for r in family_rules(cfg):
+  for r in rules:
     first_use.setdefault(r.ours, len(first_use))
-  rules = sorted(family_rules(cfg), key=lambda r: (first_use[r.ours], r.layer or 0))
+  rules = sorted(rules, key=lambda r: (first_use[r.ours], r.layer or 0))
   by_name = {r.hf: r for r in rules}
   specs = []
   for r in rules:
@@ -136,10 +134,9 @@ def export(model_dir: str, out: str, *, step: Optional[int] = None, dtype: Optio
   dtype = dtype or cfg.param_dtype
   if dtype not in _TORCH_DTYPES:
     raise ConversionError(f'--dtype {dtype!r}; choose one of {sorted(_TORCH_DTYPES)}')
-  hf_config(cfg, dtype, hf_arch)  # refuses an unexportable config before anything is read or written
   leaves = CheckpointLeaves(model_dir, cfg, step)  # refuses a missing step before anything is written
   step = leaves.step
-  write_configs(cfg, out, dtype, hf_arch)
+  arch = write_configs(cfg, out, dtype, hf_arch)['architectures'][0]  # refuses before it writes
   files = write_weights(leaves, cfg, out, dtype=dtype, max_shard_bytes=max_shard_bytes)
   leaves.close()
   notes = {}
@@ -150,7 +147,6 @@ def export(model_dir: str, out: str, *, step: Optional[int] = None, dtype: Optio
                                          model_vocab_size=cfg.vocab_size)
   else:
     log(f'note: {vocab_dir} not found: no tokenizer written')
-  arch = json.load(open(os.path.join(out, 'config.json')))['architectures'][0]
   log(f'exported {model_dir} step {step} -> {out}: {arch}, {dtype}, {len(files)} safetensors file(s)'
       + (f', tokenizer with {notes["vocab_entries"]} entries' if notes else ''))
   return {'step': step, 'files': files, 'architecture': arch, **notes}

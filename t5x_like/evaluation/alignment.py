@@ -201,11 +201,16 @@ def grad_groups(grads) -> dict[str, list[np.ndarray]]:
   return groups
 
 
-def grad_cosines(g0, g1) -> dict[str, float]:
-  a, b = grad_groups(g0), grad_groups(g1)
+def grad_vectors(grads) -> dict[str, np.ndarray]:
+  """One float64 vector per group of grad_groups (each gradient is grouped once, then compared twice)."""
+  return {k: np.concatenate(v) for k, v in grad_groups(grads).items()}
+
+
+def grad_cosines(a: dict, b: dict) -> dict[str, float]:
+  """Cosine per group of two grad_vectors results."""
   out = {}
   for k in a:
-    x, y = np.concatenate(a[k]), np.concatenate(b[k])
+    x, y = a[k], b[k]
     out[k] = float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-30))
   return out
 
@@ -224,10 +229,10 @@ def gradient_alignment(model, params, vocab, windows: dict, language: int = 1, *
   w1 = batches_lib.in_language(vocab, windows, language)
   parts0 = list(chunks(windows, batch_size))[:num_batches]
   parts1 = list(chunks(w1, batch_size))[:num_batches]
-  g0 = [jax.device_get(grad_fn(params, p)) for p in parts0]
+  g0 = [grad_vectors(jax.device_get(grad_fn(params, p))) for p in parts0]
   matched, control = [], []
   for j, p1 in enumerate(parts1):
-    g1 = jax.device_get(grad_fn(params, p1))
+    g1 = grad_vectors(jax.device_get(grad_fn(params, p1)))
     matched.append(grad_cosines(g0[j], g1))
     control.append(grad_cosines(g0[j - 1], g1))   # language 0 of batch j-1 vs clone of batch j
   keys = list(matched[0])

@@ -228,7 +228,6 @@ class DecoderStack(nn.Module):
     else:
       bias = relpos(length, length)
       self_mask = layers.segment_mask(segments, segments, causal=True)
-      positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), segments.shape)
     cross_mask = layers.segment_mask(segments, enc_segments, causal=False, kv_valid=enc_valid)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     self.sow('intermediates', 'embedded', x)

@@ -1,0 +1,30 @@
+"""What `python -m t5x_like.train` exits with, so that launchers know whether to restart a job.
+
+| code | name        | meaning                                                         | restart? |
+|------|-------------|-----------------------------------------------------------------|----------|
+| 0    | FINISHED    | reached TRAIN_STEPS (or nothing left to train)                  | no       |
+| 1    | CRASHED     | an unexpected error; everything up to the last checkpoint is safe | yes      |
+| 2    | CONFIG_ERROR| bad gin, data, vocabulary or run dir: a restart would fail again | no       |
+| 3    | DIVERGED    | non-finite loss under the `stop` policy: a restart would diverge again | no |
+| 4    | PEER_LOST   | another process died or hung, or no step finished in time      | yes      |
+| 75   | PREEMPTED   | SIGTERM / preemption notice: the current step was saved; resume me | yes    |
+
+A process killed by a signal (SIGKILL: 137 from a shell, -9 from Python's subprocess) counts as
+CRASHED. 75 is sysexits' EX_TEMPFAIL ("try again later").
+"""
+from __future__ import annotations
+
+FINISHED = 0
+CRASHED = 1
+CONFIG_ERROR = 2
+DIVERGED = 3
+PEER_LOST = 4
+PREEMPTED = 75
+
+RESTARTABLE = frozenset({CRASHED, PEER_LOST, PREEMPTED})
+
+
+def is_restartable(returncode: int) -> bool:
+  """For a launcher: True for the restartable codes and for deaths by a signal (negative in
+  Python's subprocess, 128 + signal from a shell)."""
+  return returncode in RESTARTABLE or returncode < 0 or returncode > 128

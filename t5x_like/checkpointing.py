@@ -1,52 +1,20 @@
 """Orbax checkpoints that hold the train state and the data-iterator position together.
 
 Layout: MODEL_DIR/checkpoints/<step>/{state, data}/. `state` is the sharded {step, params, opt_state}
-pytree (StandardSave, async); `data` holds one tf.data iterator checkpoint per host, so resuming on the
-same number of hosts continues with exactly the next batches.
+pytree (StandardSave, async); `data` is the position in the data, saved by whatever the data module
+hands over (`data_checkpoint`: an object with save_args() / restore_args() -> orbax CheckpointArgs and
+restored(value)): one tf.data iterator checkpoint per host on the seqio path (data_seqio.py), the next
+global batch as JSON on the export path (data_grain.py). Either way a resumed run continues with
+exactly the next batches.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
-import tensorflow as tf
 from etils import epath
-
-
-class DataIteratorHandler(ocp.CheckpointHandler):
-  """Saves each host's tf.data iterator (blocking, so the position saved is the position now)."""
-
-  def save(self, directory: epath.Path, args: 'DataIteratorSave'):
-    path = directory / _host_dir()
-    path.mkdir(parents=True, exist_ok=True)
-    args.checkpoint.write(str(path / 'iterator'))
-
-  def restore(self, directory: epath.Path, args: 'DataIteratorRestore'):
-    path = directory / _host_dir()
-    if not (path / 'iterator.index').exists():
-      found = sorted(p.name for p in directory.iterdir())
-      raise ValueError(f'{directory} has no data-iterator state for {_host_dir()} (found {found}): '
-                       'resume with the number of hosts that wrote it')
-    args.checkpoint.read(str(path / 'iterator')).assert_consumed()
-
-
-def _host_dir() -> str:
-  return f'host_{jax.process_index()}_of_{jax.process_count()}'
-
-
-@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
-@dataclasses.dataclass
-class DataIteratorSave(ocp.args.CheckpointArgs):
-  checkpoint: tf.train.Checkpoint
-
-
-@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
-@dataclasses.dataclass
-class DataIteratorRestore(ocp.args.CheckpointArgs):
-  checkpoint: tf.train.Checkpoint
 
 
 def checkpoint_dir(model_dir: str) -> epath.Path:
@@ -69,19 +37,22 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, data_checkpoint: Optional[tf.train.Checkpoint],
+  def save(self, step: int, state: Any, data_checkpoint: Optional[Any],
            force: bool = False) -> bool:
     items = {'state': ocp.args.StandardSave(state)}
     if data_checkpoint is not None:
-      items['data'] = DataIteratorSave(data_checkpoint)
+      items['data'] = data_checkpoint.save_args()
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(self, step: int, abstract_state: Any,
-              data_checkpoint: Optional[tf.train.Checkpoint] = None) -> Any:
+              data_checkpoint: Optional[Any] = None) -> Any:
     items = {'state': ocp.args.StandardRestore(abstract_state)}
     if data_checkpoint is not None:
-      items['data'] = DataIteratorRestore(data_checkpoint)
-    return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
+      items['data'] = data_checkpoint.restore_args()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    if data_checkpoint is not None:
+      data_checkpoint.restored(restored['data'])
+    return restored['state']
 
   def reached_preemption(self, step: int) -> bool:
     return self.manager.reached_preemption(step)

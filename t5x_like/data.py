@@ -1,33 +1,28 @@
-"""seqio glue: task or mixture -> feature converter -> this host's shard -> global jax.Array batches.
+"""What the trainer reads, and from where: a DataConfig names either a seqio task or mixture, read
+through tf.data (data_seqio.py, imports TensorFlow and seqio), or a directory written by
+`python -m tasks export` (data_grain.py: Grain over ArrayRecord, no TensorFlow). This module
+imports neither; it picks the path and hands out an iterator with one interface:
 
-Each host reads its own disjoint shard (`seqio.ShardInfo(process_index, process_count)`) and batches
-`batch_size / process_count` examples; `jax.make_array_from_process_local_data` assembles the global
-batch with the batch sharding. The tf.data iterator is checkpointable, so the position in the data is
-saved next to the model (see checkpointing.py) and a resumed run sees exactly the batches it would have.
+  iterator.abstract_batch(global_batch)  global shapes of a batch (before any compile)
+  next(iterator)                         the next global batch (jax.Arrays on the batch sharding)
+  iterator.local_batches(), to_global()  this host's batches one by one (evaluation)
+  iterator.checkpoint                    the data item of a checkpoint (see checkpointing.py)
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Mapping, Optional, Union
+import os
+from typing import Any, Mapping, Optional
 
 import gin
-import jax
-import numpy as np
-import seqio
-import tensorflow as tf
-
-# JAX owns the accelerators; tf.data runs on host CPUs only.
-tf.config.set_visible_devices([], 'GPU')
-
-MixtureOrTask = Union[str, seqio.Task, seqio.Mixture]
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """What to read and how: a seqio task or mixture (a registered name, or the object a task builder
-  returns), the feature lengths, the global batch size and the shuffle seed."""
-  mixture_or_task: MixtureOrTask = gin.REQUIRED
+  returns) or an export dir, the feature lengths, the global batch size and the shuffle seed."""
+  mixture_or_task: Any = None
   task_feature_lengths: Mapping[str, int] = gin.REQUIRED
   batch_size: int = 16
   split: str = 'train'
@@ -39,82 +34,51 @@ class DataConfig:
   cache_dir: Optional[str] = None
   # None repeats forever (training); 1 reads the split once (evaluation).
   num_epochs: Optional[int] = None
+  # A directory written by `python -m tasks export`; this config then reads EXPORT_DIR/<split> with
+  # Grain (no TensorFlow) and names no seqio task. See docs/DATA.md.
+  export_dir: Optional[str] = None
+  # Debugging aid of the export path: each host appends the hashes of the rows it feeds, per global
+  # batch, to DIR/host<i>of<n>.jsonl (the elastic-resume test compares them).
+  batch_hash_dir: Optional[str] = None
+
+  def __post_init__(self):
+    if (self.mixture_or_task is None) == (self.export_dir is None):
+      raise ValueError('DataConfig: set exactly one of mixture_or_task (a seqio task) and export_dir '
+                       '(a directory written by `python -m tasks export`)')
 
   @property
   def name(self) -> str:
+    if self.export_dir is not None:
+      from t5x_like import data_grain
+      return data_grain.export_name(self)
     m = self.mixture_or_task
     return m if isinstance(m, str) else m.name
 
 
-def feature_converter(family: str, pack: bool) -> seqio.FeatureConverter:
-  if family == 'decoder':
-    # With an 'inputs' feature length this is a prefix LM (inputs are attended bidirectionally-free,
-    # loss only on targets).
-    return seqio.DecoderFeatureConverter(pack=pack)
-  if family == 'encdec':
-    return seqio.EncDecFeatureConverter(pack=pack)
-  raise ValueError(f'no feature converter for model family {family!r}')
+def open_iterator(cfg: DataConfig, family: str, sharding, *, vocab_size: Optional[int] = None,
+                  num_batches: Optional[int] = None):
+  """This host's iterator over `cfg` for a model of `family`. On the export path the export's
+  meta.json is checked against the config (feature lengths, packing, family, vocabulary size, enough
+  examples for `num_batches`) here, before anything is compiled."""
+  if cfg.export_dir is not None:
+    from t5x_like import data_grain
+    return data_grain.ExportIterator(cfg, family, sharding, vocab_size=vocab_size,
+                                     num_batches=num_batches)
+  from t5x_like import data_seqio
+  return data_seqio.DataIterator(data_seqio.get_dataset(cfg, family), sharding)
 
 
-def get_dataset(cfg: DataConfig, family: str) -> tf.data.Dataset:
-  """This host's batched dataset of model features (numpy-convertible dicts)."""
-  n_hosts = jax.process_count()
-  if cfg.batch_size % n_hosts:
-    raise ValueError(f'DataConfig.batch_size={cfg.batch_size} is not divisible by the '
-                     f'{n_hosts} hosts')
-  name = cfg.name
-  if cfg.cache_dir:
-    seqio.add_global_cache_dirs([cfg.cache_dir])
-  try:
-    seqio.get_mixture_or_task(name)
-  except ValueError as e:
-    raise ValueError(f'DataConfig.mixture_or_task: no seqio task or mixture named {name!r}') from e
-  ds = seqio.get_dataset(
-      name, task_feature_lengths=dict(cfg.task_feature_lengths), dataset_split=cfg.split,
-      shuffle=cfg.shuffle, num_epochs=cfg.num_epochs,
-      feature_converter=feature_converter(family, cfg.pack),
-      shard_info=seqio.ShardInfo(jax.process_index(), n_hosts), use_cached=cfg.use_cached,
-      seed=cfg.seed)
-  # Always whole batches: a partial last batch cannot be laid out over the data-parallel devices, and
-  # hosts must agree on shapes. A finite (eval) split thus drops its last < batch_size examples.
-  return ds.batch(cfg.batch_size // n_hosts, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+def get_dataset(cfg: DataConfig, family: str):
+  """The seqio path's batched tf.data.Dataset for this host (imports TensorFlow)."""
+  from t5x_like import data_seqio
+  return data_seqio.get_dataset(cfg, family)
 
 
-class DataIterator:
-  """Host-local tf.data iterator -> global jax.Array batches; its position is checkpointable."""
-
-  def __init__(self, dataset: tf.data.Dataset, sharding: Optional[jax.sharding.Sharding]):
-    self._tf_iterator = iter(dataset)
-    self._sharding = sharding
-    self.checkpoint = tf.train.Checkpoint(iterator=self._tf_iterator)
-    self.element_spec = dataset.element_spec
-
-  def __iter__(self) -> Iterator[dict[str, Any]]:
-    return self
-
-  def next_local(self) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in next(self._tf_iterator).items()}
-
-  def local_batches(self) -> Iterator[dict[str, np.ndarray]]:
-    while True:
-      try:
-        yield self.next_local()
-      except StopIteration:
-        return
-
-  def to_global(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    if self._sharding is None:
-      return local
-    return {k: jax.make_array_from_process_local_data(self._sharding, v) for k, v in local.items()}
-
-  def __next__(self) -> dict[str, jax.Array]:
-    return self.to_global(self.next_local())
-
-
-def abstract_batch(dataset: tf.data.Dataset, global_batch: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """Global shapes of one batch, for building the model before any data is read."""
-  out = {}
-  for k, spec in dataset.element_spec.items():
-    shape = (global_batch,) + tuple(spec.shape[1:])
-    out[k] = jax.ShapeDtypeStruct(shape, spec.dtype.as_numpy_dtype)
-  return out
+def save_vocabulary(cfg: DataConfig, directory: str) -> None:
+  """Writes the data's vocabulary to `directory` (spm.model + vocabulary.json, see tasks/vocab.py)."""
+  if cfg.export_dir is not None:
+    from t5x_like import data_grain
+    data_grain.copy_vocabulary(cfg, directory)
+    return
+  from t5x_like import data_seqio
+  data_seqio.save_vocabulary(cfg, os.fspath(directory))

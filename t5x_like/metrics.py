@@ -7,12 +7,20 @@ Peak numbers are dense bf16 datasheet values; on other hardware pass `peak_flops
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
+import socket
 import sys
 import time
 from typing import Mapping, Optional
 
 import jax
+import numpy as np
+from etils import epath
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.scalar import metadata as scalar_metadata
+from tensorboard.summary.writer.record_writer import RecordWriter
+from tensorboard.util import tensor_util
 
 PEAK_BF16_FLOPS = (  # substring of jax.Device.device_kind -> dense bf16 FLOP/s per chip
     ('TPU v6 lite', 918e12), ('TPU v6e', 918e12), ('TPU v5p', 459e12), ('TPU v5 lite', 197e12),
@@ -52,8 +60,7 @@ class MetricsLogger:
 
   def _writer(self, name: str):
     if name not in self._writers:
-      from flax.metrics import tensorboard  # imports TensorFlow: only when something is written
-      self._writers[name] = tensorboard.SummaryWriter(os.path.join(self.model_dir, name))
+      self._writers[name] = SummaryWriter(os.path.join(self.model_dir, name))
     return self._writers[name]
 
   def start(self, step: int):
@@ -95,6 +102,39 @@ class MetricsLogger:
   def close(self):
     for w in self._writers.values():
       w.close()
+
+
+class SummaryWriter:
+  """TensorBoard event files without TensorFlow: tensorboard's own RecordWriter and protos (its
+  EventFileWriter imports TensorFlow whenever TensorFlow is installed). Scalars are written as
+  tf.summary.scalar writes them (a float32 tensor with the scalars plugin's metadata), so TensorBoard
+  and readers of the earlier flax/TF files see the same thing."""
+
+  def __init__(self, log_dir: str):
+    path = epath.Path(log_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    name = (f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.'
+            f'{next(_WRITER_IDS)}')
+    self._writer = RecordWriter((path / name).open('wb'))
+    self._write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+
+  def _write(self, event) -> None:
+    self._writer.write(event.SerializeToString())
+
+  def scalar(self, tag: str, value: float, step: int) -> None:
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+        tag=tag, tensor=tensor_util.make_tensor_proto(np.float32(value)),
+        metadata=scalar_metadata.create_summary_metadata(display_name=tag, description=''))])
+    self._write(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+_WRITER_IDS = itertools.count()
 
 
 def _si(x: float) -> str:

@@ -22,15 +22,30 @@ SETUP_ERRORS = (ValueError, TypeError, KeyError, OSError)
 _MACRO = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
 
 
-def _import_configurables():
-  # Everything a gin file may name. Task builders register seqio tasks when gin calls them.
+def _import_configurables(with_tasks: bool = True):
+  # Everything a gin file may name. Task builders register seqio tasks when gin calls them; they
+  # bring TensorFlow and seqio, which a run reading an export (DataConfig.export_dir) does without.
   import t5x_like.data  # noqa: F401
   import t5x_like.losses  # noqa: F401
   import t5x_like.models  # noqa: F401
   import t5x_like.optimizers  # noqa: F401
   import t5x_like.partitioning  # noqa: F401
   import t5x_like.trainer  # noqa: F401
-  import tasks  # noqa: F401
+  if with_tasks:
+    import tasks  # noqa: F401
+
+
+def parse_gin_importing_tasks_if_named(gin_files: Sequence[str], bindings: Sequence[str],
+                                       search_paths: Sequence[str]):
+  """parse_gin; the `tasks` package (seqio, TensorFlow) is imported only when the config names one
+  of its configurables, so a config without seqio tasks runs without TensorFlow."""
+  try:
+    parse_gin(gin_files, bindings, search_paths)
+  except ValueError as e:
+    if 'No configurable matching' not in str(e) or 'tasks' in sys.modules:
+      raise
+    import tasks  # noqa: F401
+    parse_gin(gin_files, bindings, search_paths)
 
 
 @gin.configurable
@@ -135,10 +150,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       import jax
       jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                  num_processes=args.num_processes, process_id=args.process_id)
-    _import_configurables()
+    _import_configurables(with_tasks=False)
     if not args.gin_file:
       raise ValueError('no --gin_file given (see gin_configs/examples/)')
-    parse_gin(args.gin_file, args.gin_bindings + cli_bindings, args.gin_search_paths)
+    parse_gin_importing_tasks_if_named(args.gin_file, args.gin_bindings + cli_bindings,
+                                       args.gin_search_paths)
     train(on_setup_done=lambda: state.update(in_setup=False))
   except SETUP_ERRORS as e:
     if not state['in_setup'] or args.traceback:

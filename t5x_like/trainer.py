@@ -195,14 +195,11 @@ def _write_run_files(model_dir: str, resumed_from: Optional[int], model_config, 
   if jax.process_index() != 0:
     return
   import os
-  import seqio
-  from t5x_like import run_dir
-  from tasks import vocab as vocab_lib
+  from t5x_like import data, run_dir
   os.makedirs(model_dir, exist_ok=True)
   if resumed_from is None:
     run_dir.save_model_config(model_dir, model_config)
-    vocab = seqio.get_mixture_or_task(train_data.name).output_features['targets'].vocabulary
-    vocab_lib.save_vocabulary(vocab, os.path.join(model_dir, 'vocabulary'))
+    data.save_vocabulary(train_data, os.path.join(model_dir, 'vocabulary'))
   name = 'config.gin' if resumed_from is None else f'config_resumed_at_{resumed_from}.gin'
   path = os.path.join(model_dir, name)
   if resumed_from is None and os.path.exists(path):
@@ -242,13 +239,17 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
                        f"{dp} data-parallel devices (mesh data x fsdp)")
   family = model_config.family
   model = build_model(model_config)
-  train_ds = data.get_dataset(train_data, family)
-  abstract_batch = data.abstract_batch(train_ds, train_data.batch_size)
+  batch_sh = partitioning.batch_sharding(mesh)
+  iterator = data.open_iterator(train_data, family, batch_sh,
+                                vocab_size=getattr(model_config, 'vocab_size', None),
+                                num_batches=train_steps)
+  abstract_batch = iterator.abstract_batch(train_data.batch_size)
+  for e in evals:  # an eval export's meta.json is checked now, not at the first evaluation
+    if e.export_dir is not None:
+      data.open_iterator(e, family, batch_sh, vocab_size=getattr(model_config, 'vocab_size', None))
   schedule = optimizers.make_schedule(optimizer_config, train_steps)
   tx = optimizers.make_optimizer(optimizer_config, train_steps)
   abstract_state, shardings = state_shardings(model, tx, abstract_batch, mesh)
-  batch_sh = partitioning.batch_sharding(mesh)
-  iterator = data.DataIterator(train_ds, batch_sh)
   ckpt = checkpointing.Checkpointer(model_dir, save_every=cfg.checkpoint_every,
                                     keep=cfg.keep_checkpoints, async_save=cfg.async_checkpointing)
   latest = ckpt.latest_step()
@@ -359,7 +360,7 @@ def _all_hosts_have(flag: bool) -> bool:
 
 def evaluate(steps: CompiledSteps, params, eval_data, family: str, batch_sh, max_batches: int) -> dict:
   from t5x_like import data
-  it = data.DataIterator(data.get_dataset(eval_data, family), batch_sh)
+  it = data.open_iterator(eval_data, family, batch_sh)
   batches = it.local_batches()
   total = None
   i = 0

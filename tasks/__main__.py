@@ -12,6 +12,13 @@
                         [--pipeline_options=--runner=DirectRunner,...]
       Preprocesses the tasks up to their CacheDatasetPlaceholder with Apache Beam (see
       docs/DATA.md for Dataflow / Flink / Spark); train with DataConfig.use_cached = True.
+  python -m tasks export --gin_file F --output DIR [--scopes train eval]
+                         [--steps N | --num_examples N] [--epoch] [--examples_per_shard K]
+      Writes the gin file's train (and eval) data after feature conversion and packing to
+      ArrayRecord shards + meta.json in DIR/<split>/ (tasks/export.py); train from it without
+      TensorFlow with DataConfig.export_dir = DIR (docs/DATA.md). The infinite train stream is
+      exported for --steps x batch size examples (default: TRAIN_STEPS); --epoch writes one
+      unshuffled pass instead, which the reader then shuffles by seed per epoch.
 """
 from __future__ import annotations
 
@@ -112,6 +119,49 @@ def cache_cmd(args, gin_bindings) -> int:
   return 0
 
 
+def _model_family(override: Optional[str]) -> str:
+  if override:
+    return override
+  import gin
+  from t5x_like import models
+  try:
+    selector = gin.query_parameter('train.model').selector
+  except ValueError:
+    raise ValueError('the gin file binds no train.model: pass --family decoder|encdec') from None
+  return getattr(models, selector.split('.')[-1]).family
+
+
+def export_cmd(args, gin_bindings, argv) -> int:
+  import dataclasses
+  import gin
+  from tasks import export
+  configs, errors = register_from_gin(args.gin_file, gin_bindings)
+  family = _model_family(args.family)
+  out = {}
+  for scope in args.scopes:
+    if scope not in configs:
+      why = '; '.join(e for e in errors if e.startswith(scope)) or 'not configured'
+      raise ValueError(f'--scopes {scope}: {why}')
+    cfg = configs[scope]
+    num = None
+    if args.epoch and cfg.num_epochs is None:
+      cfg = dataclasses.replace(cfg, num_epochs=1, shuffle=False)
+    elif cfg.num_epochs is None:
+      steps = args.steps
+      if steps is None and args.num_examples is None:
+        try:  # the run's own length, as the trainer reads it
+          steps = int(gin.query_parameter('%TRAIN_STEPS'))
+        except (ValueError, TypeError):
+          steps = None
+      num = args.num_examples or (steps * cfg.batch_size if steps else None)
+    meta = export.export_split(cfg, family, args.output, num_examples=num,
+                               examples_per_shard=args.examples_per_shard,
+                               command='python -m tasks ' + ' '.join(argv))
+    out[scope] = {k: meta[k] for k in ('name', 'split', 'mode', 'num_examples', 'content_sha256')}
+  print(json.dumps({'export_dir': args.output, 'splits': out}))
+  return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   from t5x_like.train import split_gin_flags
@@ -136,7 +186,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   c.add_argument('--tasks', nargs='*')
   c.add_argument('--min_shards', type=int, default=1)
   c.add_argument('--pipeline_options', default='--runner=DirectRunner')
-  for q in (s, c):
+  e = sub.add_parser('export', help='write converted, packed examples to ArrayRecord (no TF to read)')
+  e.add_argument('--output', required=True, help='export dir: DIR/<split>/ and DIR/vocabulary/')
+  e.add_argument('--scopes', nargs='+', default=['train', 'eval'],
+                 help='which gin DataConfigs to export (train/DataConfig, eval/DataConfig)')
+  e.add_argument('--steps', type=int, help='train stream: export steps x batch size examples')
+  e.add_argument('--num_examples', type=int, help='train stream: export this many examples')
+  e.add_argument('--epoch', action='store_true', help='train split: one unshuffled pass instead')
+  e.add_argument('--examples_per_shard', type=int, default=8192)
+  e.add_argument('--family', choices=['decoder', 'encdec'],
+                 help="the model's feature converter (default: from the gin file's train.model)")
+  for q in (s, c, e):
     q.add_argument('--gin_file', action='append', default=[])
     q.add_argument('--gin_bindings', action='append', default=[])
   args = p.parse_args(rest)
@@ -145,6 +205,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return show(args, args.gin_bindings + cli_bindings)
     if args.cmd == 'vocab':
       return vocab_cmd(args)
+    if args.cmd == 'export':
+      return export_cmd(args, args.gin_bindings + cli_bindings, argv)
     return cache_cmd(args, args.gin_bindings + cli_bindings)
   except (ValueError, TypeError, KeyError, OSError) as e:
     msg = str(e).strip().splitlines()

@@ -219,9 +219,9 @@ class ExportIterator:
       # The order is the training order (schedules!); more than one pass would repeat examples.
       self.num_batches = n // cfg.batch_size
     else:
-      if cfg.shuffle:
-        ds = ds.shuffle(seed=cfg.seed or 0)
       ds = ds[:n // cfg.batch_size * cfg.batch_size]  # whole global batches only, as the seqio path
+      if cfg.shuffle:  # a new permutation each epoch (grain folds the epoch into the seed)
+        ds = ds.shuffle(seed=cfg.seed or 0)
       ds = ds.repeat(cfg.num_epochs)
       self.num_batches = None if cfg.num_epochs is None else (
           n // cfg.batch_size * cfg.num_epochs)

@@ -205,14 +205,22 @@ def test_elastic_resume_two_to_one_and_one_to_two_processes(export_dir, tmp_path
                         timeout=600, log_dir=str(tmp_path))
     return _losses(outs[0])
 
-  straight = run('straight', 8, 1)
+  straight = run('straight', 8, 1)  # checkpoints at 4 and 8
   expected = _global_batches(tmp_path / 'straight_h')
   assert sorted(expected) == list(range(8)) and all(len(v) == BATCH for v in expected.values())
-  for name, before, after in (('two_to_one', 2, 1), ('one_to_two', 1, 2)):
-    first = run(name, 4, before)
-    second = run(name, 8, after)
-    assert sorted(second) == [5, 6, 7, 8]
+  # 1 -> 2: the uninterrupted run's checkpoint at step 4, resumed by two processes.
+  shutil.copytree(tmp_path / 'straight', tmp_path / 'one_to_two')
+  shutil.rmtree(tmp_path / 'one_to_two' / 'checkpoints' / '8')
+  os.makedirs(tmp_path / 'one_to_two_h')
+  with open(tmp_path / 'one_to_two_h' / 'host0of1.jsonl', 'w') as f:
+    f.writelines(l + '\n' for l in (tmp_path / 'straight_h' / 'host0of1.jsonl').read_text()
+                 .splitlines() if json.loads(l)['batch'] < 4)
+  resumed = {'one_to_two': {**{s: straight[s] for s in range(1, 5)}, **run('one_to_two', 8, 2)}}
+  # 2 -> 1.
+  first = run('two_to_one', 4, 2)
+  resumed['two_to_one'] = {**first, **run('two_to_one', 8, 1)}
+  for name, seen in resumed.items():
     assert _global_batches(tmp_path / f'{name}_h') == expected, name
-    seen = {**first, **second}
-    for s in range(1, 9):  # the same global batches on the same 8-device mesh
-      assert seen[s] == pytest.approx(straight[s], abs=2e-4), (name, s)
+    assert sorted(seen) == list(range(1, 9))
+    for s in range(1, 9):  # the same global batches on an 8-device mesh either way
+      assert seen[s] == pytest.approx(straight[s], abs=2e-4), (name, s, seen[s], straight[s])

@@ -147,8 +147,8 @@ def scalars(results: dict) -> dict[str, float]:
 
 
 def write_tensorboard(model_dir: str, step: int, results: dict) -> None:
-  from flax.metrics import tensorboard
-  w = tensorboard.SummaryWriter(os.path.join(model_dir, 'eval', 'suite'))
+  from t5x_like.metrics import SummaryWriter  # TensorBoard files without TensorFlow
+  w = SummaryWriter(os.path.join(model_dir, 'eval', 'suite'))
   for k, v in scalars(results).items():
     w.scalar(k, v, step)
   w.flush()

@@ -30,8 +30,9 @@ def load_model_config(model_dir: str):
 
 
 def load_vocabulary(model_dir: str):
-  from tasks import vocab
-  return vocab.load_vocabulary(os.path.join(model_dir, 'vocabulary'))
+  """MODEL_DIR/vocabulary, without TensorFlow or seqio (t5x_like/vocabulary.py)."""
+  from t5x_like import vocabulary
+  return vocabulary.load_vocabulary(os.path.join(model_dir, 'vocabulary'))
 
 
 def boxed_abstract_params(cfg):

@@ -57,6 +57,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  help='experiment config (e.g. gin_configs/experiments/clone_ablation_gpu.gin)')
   p.add_argument('--eval_windows', type=int, default=128,
                  help='held-out windows for perplexity (half of them, at most 64, for alignment)')
+  p.add_argument('--export', action='store_true',
+                 help='export each run\'s data once and train from it without TensorFlow '
+                      '(launch/sweep.py --export)')
   p.add_argument('--gin', action='append', default=[], metavar='NAME=VALUE',
                  help='extra gin override for every run (repeatable), e.g. NUM_LAYERS=2')
   args = p.parse_args(argv)
@@ -80,7 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       f'--align_windows {min(args.eval_windows // 2, 64) if args.eval_windows < 256 else 128}',
       f"--gin.TRAIN_FILES=['{train}']", f"--gin.VALIDATION_FILES=['{valid}']",
       f'--gin.VOCAB_SIZE={args.vocab_size}', f'--gin.MODEL_VOCAB_SIZE={2 * args.vocab_size}',
-  ] + [f'--gin.{g}' for g in args.gin]
+  ] + [f'--gin.{g}' for g in args.gin] + (['--export'] if args.export else [])
   rc = sweep.main(argv_sweep)
   report = os.path.join(out, 'report.md')
   if os.path.exists(report):

@@ -14,6 +14,9 @@
 - Re-running skips finished runs (final checkpoint step == TRAIN_STEPS) and resumes unfinished ones
   (the trainer restores its latest checkpoint). Runs go one after another (`--jobs N`: N at a time);
   each logs to MODEL_DIR/train.log. `--launcher print` only prints the commands (for cluster launchers).
+- `--export`: each run's data is exported once (`python -m tasks export`, to SWEEP_DIR/exports/<run>)
+  and the run trains from it (DataConfig.export_dir): the training processes then run no tf.data
+  pipeline and import neither TensorFlow nor seqio. A re-run reuses the exports.
 - `--eval`: every finished run is evaluated (see t5x_like/eval.py) -- per-language perplexity at every
   checkpoint, and at the final step alignment, gradient alignment, MEXA (with the untrained-model
   control), and token efficiency against the sweep's monolingual runs (p_clone=0). Steps already
@@ -285,6 +288,8 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument('--jobs', type=int, default=1,
                  help='local runs at a time (each pinned to its share of the cores)')
   p.add_argument('--launcher', choices=('local', 'print'), default='local')
+  p.add_argument('--export', action='store_true',
+                 help="export each run's data once and train from the export (no TensorFlow in training)")
   p.add_argument('--eval', action='store_true', help='evaluate every finished run')
   p.add_argument('--eval_flags', default='', help='extra flags for t5x_like.eval, one string')
   p.add_argument('--report', action='store_true', help='write SWEEP_DIR/report.md and plots')
@@ -309,10 +314,31 @@ def plan(args, overrides: Sequence[str]) -> list[dict]:
   for settings in expand(grid, extra):
     name = run_name(settings)
     model_dir = os.path.join(os.path.abspath(args.sweep_dir), name)
+    run_overrides = list(overrides)
+    export_dir = None
+    if getattr(args, 'export', False):
+      export_dir = os.path.join(os.path.abspath(args.sweep_dir), 'exports', name)
+      run_overrides += ['--gin.DataConfig.mixture_or_task=None',
+                        f'--gin.DataConfig.export_dir={gin_literal(export_dir)}']
     runs.append({'name': name, 'settings': settings, 'model_dir': model_dir,
+                 'export_dir': export_dir, 'overrides': overrides,
                  'cmd': train_command(model_dir, args.gin_file, settings, args.train_steps,
-                                      overrides)})
+                                      run_overrides)})
   return runs
+
+
+def export_runs(runs: list[dict], gin_files: Sequence[str], train_steps: int, say=print) -> None:
+  """Each run's data, exported once (python -m tasks export) where it is not yet."""
+  from tasks import __main__ as tasks_main
+  for r in runs:
+    if os.path.exists(os.path.join(r['export_dir'], 'train', 'meta.json')):
+      continue
+    say(f'[sweep] exporting the data of {r["name"]} -> {r["export_dir"]}')
+    argv = ['export', *[f'--gin_file={f}' for f in gin_files], '--output', r['export_dir'],
+            f'--gin.MODEL_DIR={gin_literal(r["model_dir"])}', f'--gin.TRAIN_STEPS={train_steps}',
+            *r['overrides'], *[f'--gin.{k}={gin_literal(v)}' for k, v in r['settings'].items()]]
+    if tasks_main.main(argv) != 0:
+      raise ValueError(f'exporting the data of {r["name"]} failed (see above)')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -346,6 +372,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
   with open(os.path.join(args.sweep_dir, 'sweep.json'), 'w') as f:
     json.dump({'argv': argv, 'runs': [r['name'] for r in runs]}, f, indent=1)
+  if args.export:
+    try:
+      export_runs(todo, args.gin_file, args.train_steps)
+    except ValueError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
   status = train_all(todo, args.jobs)
   failed = [n for n, rc in status.items() if rc != 0]
   finished = [r for r in runs if is_finished(r['model_dir'], args.train_steps)]

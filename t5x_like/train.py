@@ -35,17 +35,34 @@ def _import_configurables(with_tasks: bool = True):
     import tasks  # noqa: F401
 
 
+# Configurables of the `tasks` package (task builders register under tasks.*; the vocabulary builder
+# under its bare name).
+_TASK_CONFIGURABLE = re.compile(r'^(tasks\.|sentencepiece_vocabulary$)')
+_UNKNOWN = re.compile(r"No configurable matching (?:reference )?'@?([A-Za-z0-9_.]+)")
+
+
 def parse_gin_importing_tasks_if_named(gin_files: Sequence[str], bindings: Sequence[str],
-                                       search_paths: Sequence[str]):
-  """parse_gin; the `tasks` package (seqio, TensorFlow) is imported only when the config names one
-  of its configurables, so a config without seqio tasks runs without TensorFlow."""
-  try:
-    parse_gin(gin_files, bindings, search_paths)
-  except ValueError as e:
-    if 'No configurable matching' not in str(e) or 'tasks' in sys.modules:
-      raise
-    import tasks  # noqa: F401
-    parse_gin(gin_files, bindings, search_paths)
+                                       search_paths: Sequence[str]) -> list[str]:
+  """parse_gin; the `tasks` package (seqio, TensorFlow) is imported only when the config needs it,
+  so a config without seqio tasks runs without TensorFlow. When the command line points the data at
+  an export (`DataConfig.export_dir`, with `DataConfig.mixture_or_task=None`), the experiment file's
+  task configurables are left unread instead; returns their names."""
+  reads_export = any(re.match(r'^\s*([\w/]*/)?DataConfig\.export_dir\s*=', b) for b in bindings)
+  skipped: list[str] = []
+  while True:
+    try:
+      parse_gin(gin_files, bindings, search_paths, skip_unknown=skipped or False)
+      return skipped
+    except ValueError as e:
+      m = _UNKNOWN.search(str(e))
+      if not m or 'tasks' in sys.modules:
+        raise
+      if reads_export and _TASK_CONFIGURABLE.match(m.group(1)) and m.group(1) not in skipped:
+        skipped.append(m.group(1))
+        continue
+      import tasks  # noqa: F401
+      parse_gin(gin_files, bindings, search_paths)
+      return []
 
 
 @gin.configurable
@@ -80,7 +97,8 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   return bindings, rest
 
 
-def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]):
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str],
+              skip_unknown=False):
   """Parses gin and checks that every macro set from the command line is used somewhere.
 
   Starts from an empty config, so an in-process call (tests, launchers, `python -m tasks show` before
@@ -92,13 +110,33 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
   for f in gin_files:
     if not any(os.path.exists(os.path.join(p, f)) for p in ['', *search_paths, REPO_ROOT, os.getcwd()]):
       raise FileNotFoundError(f'gin file not found: {f}')
-  gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+  gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False,
+                                     skip_unknown=skip_unknown)
   text = gin.config_str()
+  if skip_unknown:  # the skipped task bindings still use macros (P_CLONE, ...): read the files too
+    text += ''.join(_gin_texts(gin_files, [*search_paths, REPO_ROOT, os.getcwd()]))
   for b in bindings:
     name = b.split('=', 1)[0].strip()
     if _MACRO.match(name) and not re.search(rf'%{name}\b', text):
       raise ValueError(f'gin macro {name} is set on the command line but no gin file uses %{name} '
                        '(misspelt?)')
+
+
+def _gin_texts(gin_files: Sequence[str], search_paths: Sequence[str], seen=None) -> list[str]:
+  """The text of gin files and of the files they include."""
+  seen = set() if seen is None else seen
+  out = []
+  for f in gin_files:
+    path = next((os.path.join(p, f) for p in ['', *search_paths] if os.path.exists(os.path.join(p, f))),
+                None)
+    if path is None or path in seen:
+      continue
+    seen.add(path)
+    with open(path) as fh:
+      text = fh.read()
+    out.append(text)
+    out += _gin_texts(re.findall(r"^include\s+['\"]([^'\"]+)['\"]", text, re.M), search_paths, seen)
+  return out
 
 
 def _one_line(e: BaseException) -> str:

@@ -131,6 +131,14 @@ def _model_family(override: Optional[str]) -> str:
   return getattr(models, selector.split('.')[-1]).family
 
 
+def _binds(name: str) -> bool:
+  import gin
+  try:
+    return gin.query_parameter(name) is not None
+  except ValueError:
+    return False
+
+
 def export_cmd(args, gin_bindings, argv) -> int:
   import dataclasses
   import gin
@@ -138,7 +146,7 @@ def export_cmd(args, gin_bindings, argv) -> int:
   configs, errors = register_from_gin(args.gin_file, gin_bindings)
   family = _model_family(args.family)
   out = {}
-  for scope in args.scopes:
+  for scope in args.scopes or ['train'] + (['eval'] if _binds('train.eval_data') else []):
     if scope not in configs:
       why = '; '.join(e for e in errors if e.startswith(scope)) or 'not configured'
       raise ValueError(f'--scopes {scope}: {why}')
@@ -188,8 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   c.add_argument('--pipeline_options', default='--runner=DirectRunner')
   e = sub.add_parser('export', help='write converted, packed examples to ArrayRecord (no TF to read)')
   e.add_argument('--output', required=True, help='export dir: DIR/<split>/ and DIR/vocabulary/')
-  e.add_argument('--scopes', nargs='+', default=['train', 'eval'],
-                 help='which gin DataConfigs to export (train/DataConfig, eval/DataConfig)')
+  e.add_argument('--scopes', nargs='+',
+                 help='which gin DataConfigs to export: train, eval (default: those train() reads)')
   e.add_argument('--steps', type=int, help='train stream: export steps x batch size examples')
   e.add_argument('--num_examples', type=int, help='train stream: export this many examples')
   e.add_argument('--epoch', action='store_true', help='train split: one unshuffled pass instead')

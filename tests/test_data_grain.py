@@ -224,3 +224,31 @@ def test_elastic_resume_two_to_one_and_one_to_two_processes(export_dir, tmp_path
     assert sorted(seen) == list(range(1, 9))
     for s in range(1, 9):  # the same global batches on an 8-device mesh either way
       assert seen[s] == pytest.approx(straight[s], abs=2e-4), (name, s, seen[s], straight[s])
+
+
+def test_an_experiment_file_pointed_at_an_export_is_parsed_without_the_tasks_package(export_dir):
+  # What launch.sweep --export does: the experiment's own gin file, its data overridden.
+  code = '''
+import sys
+import gin
+from t5x_like import data, train
+train._import_configurables(with_tasks=False)
+skipped = train.parse_gin_importing_tasks_if_named(
+    ['gin_configs/experiments/clone_ablation_cpu.gin'],
+    ["MODEL_DIR = '/tmp/unused'", 'TRAIN_STEPS = 5', 'P_CLONE = 0.1',
+     'DataConfig.mixture_or_task = None', f'DataConfig.export_dir = {sys.argv[1]!r}'], [])
+with gin.config_scope('train'):
+  cfg = data.DataConfig()
+print(sorted(skipped), cfg.export_dir == sys.argv[1], cfg.pack, 'tasks' in sys.modules,
+      'tensorflow' in sys.modules)
+'''
+  out = subprocess.run([sys.executable, '-c', code, export_dir], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split('\n')[-2] == (
+      "['sentencepiece_vocabulary', 'tasks.cloned.cloned_lm_task'] True False False False")
+  # A misspelt macro is still caught although the task bindings that use the others are skipped.
+  bad = code.replace("'P_CLONE = 0.1'", "'P_CLONNE = 0.1'")
+  out = subprocess.run([sys.executable, '-c', bad, export_dir], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert 'gin macro P_CLONNE is set on the command line but no gin file uses' in out.stderr

@@ -61,3 +61,14 @@ def test_core_slots_split_the_cores():
   if len(os.sched_getaffinity(0)) >= 2:
     assert len(slots) == 2 and not (slots[0] & slots[1])
   assert sweep._core_slots(1) == [None]
+
+
+def test_export_option_points_every_run_at_its_own_export(tmp_path):
+  args = sweep.make_parser().parse_args([str(tmp_path), '--gin_file=a.gin', '--train_steps=20',
+                                         '--grid', 'p_clone=0.5,0.1', '--export'])
+  runs = sweep.plan(args, ['--gin.BATCH_SIZE=8'])
+  for r in runs:
+    assert r['export_dir'] == str(tmp_path / 'exports' / r['name'])
+    assert '--gin.DataConfig.mixture_or_task=None' in r['cmd']
+    assert f"--gin.DataConfig.export_dir='{r['export_dir']}'" in r['cmd']
+  assert runs[0]['export_dir'] != runs[1]['export_dir']

@@ -44,6 +44,16 @@ def test_cached_interlinear_task_equals_uncached(shared_data, tmp_path):
   assert batch['decoder_target_tokens'].shape == (8, 64)
   assert np.asarray(batch['decoder_loss_weights']).sum() > 0
 
+  # Beam's cache -> an export (the TF-free path's input): the same first batches.
+  from tasks import export
+  export.export_split(cfg, 'decoder', str(tmp_path / 'export'), num_examples=16)
+  it = data.open_iterator(data.DataConfig(None, lengths, batch_size=8, export_dir=str(
+      tmp_path / 'export')), 'decoder', None)
+  for theirs in data.get_dataset(cfg, 'decoder').take(2).as_numpy_iterator():
+    mine = next(it)
+    for k in theirs:
+      np.testing.assert_array_equal(mine[k], theirs[k])
+
 
 def test_register_from_gin_returns_data_configs_and_errors_apart():
   """`tasks cache` without --tasks caches the tasks of every configured DataConfig: the values must be

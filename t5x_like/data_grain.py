@@ -85,7 +85,8 @@ def encode(example: dict[str, np.ndarray], spec) -> bytes:
 class Decoder:
   """One record -> {feature: array}; a record of the wrong size names its shard."""
 
-  def __init__(self, meta: dict):
+  def __init__(self, meta: dict, where: str):
+    self.where = where
     self.spec = features(meta)
     self.offsets = []
     off = 0
@@ -94,7 +95,6 @@ class Decoder:
       self.offsets.append((name, off, shape, dtype))
       off += n
     self.record_bytes = off
-    self.where = ''
 
   def __call__(self, record: bytes) -> dict[str, np.ndarray]:
     if len(record) != self.record_bytes:
@@ -210,8 +210,7 @@ class ExportIterator:
                        f'{n_hosts} hosts')
     self.local_batch = cfg.batch_size // n_hosts
     self._host, self._n_hosts = host, n_hosts
-    self._decoder = Decoder(meta)
-    self._decoder.where = self.path
+    self._decoder = Decoder(meta, self.path)
     src = grain.sources.ArrayRecordDataSource(check_shards(self.path, meta))
     ds = grain.MapDataset.source(src)
     n = meta['num_examples']

@@ -241,12 +241,12 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   model = build_model(model_config)
   batch_sh = partitioning.batch_sharding(mesh)
   iterator = data.open_iterator(train_data, family, batch_sh,
-                                vocab_size=getattr(model_config, 'vocab_size', None),
+                                vocab_size=model_config.vocab_size,
                                 num_batches=train_steps)
   abstract_batch = iterator.abstract_batch(train_data.batch_size)
   for e in evals:  # an eval export's meta.json is checked now, not at the first evaluation
     if e.export_dir is not None:
-      data.open_iterator(e, family, batch_sh, vocab_size=getattr(model_config, 'vocab_size', None))
+      data.open_iterator(e, family, batch_sh, vocab_size=model_config.vocab_size)
   schedule = optimizers.make_schedule(optimizer_config, train_steps)
   tx = optimizers.make_optimizer(optimizer_config, train_steps)
   abstract_state, shardings = state_shardings(model, tx, abstract_batch, mesh)

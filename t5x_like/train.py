@@ -4,6 +4,9 @@ Parses gin (several --gin_file, --gin_bindings, T5X-style --gin.NAME=VALUE overr
 can before anything is compiled, then hands over to `trainer.fit`. Bad input during set-up (a misspelt
 binding, a missing gin or data file, a batch that doesn't divide the mesh) ends with one line,
 `error: ...`, and exit status 2; pass --traceback to see the whole stack.
+
+A config that reads an export (DataConfig.export_dir, docs/DATA.md) runs without TensorFlow: the
+`tasks` package (seqio, TensorFlow) is imported only when the gin config needs it.
 """
 from __future__ import annotations
 

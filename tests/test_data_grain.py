@@ -159,10 +159,14 @@ def _tiny_args(export_dir, model_dir, steps, hashes):
 
 
 def test_training_from_an_export_imports_neither_tensorflow_nor_seqio(export_dir, tmp_path):
+  # The tools that read a run back (evaluation, decoding, the HF converters) import neither either.
   code = ('import sys; from t5x_like import train; rc = train.main(sys.argv[1:]); '
+          'import t5x_like.eval, t5x_like.decoding, t5x_like.convert.__main__; '
+          'import os; from t5x_like import run_dir; run_dir.load_vocabulary(os.environ["RUN"]); '
           "print('MODULES', 'tensorflow' in sys.modules, 'seqio' in sys.modules, "
           "'tasks' in sys.modules); sys.exit(rc)")
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             RUN=str(tmp_path / 'run'))
   out = subprocess.run([sys.executable, '-c', code,
                         *_tiny_args(export_dir, tmp_path / 'run', 6, tmp_path / 'h')],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -257,3 +257,21 @@ print(sorted(skipped), cfg.export_dir == sys.argv[1], cfg.pack, 'tasks' in sys.m
   out = subprocess.run([sys.executable, '-c', bad, export_dir], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
   assert 'gin macro P_CLONNE is set on the command line but no gin file uses' in out.stderr
+
+
+def test_export_command_writes_train_and_eval_and_never_overwrites(small_text, tmp_path, capsys,
+                                                                    monkeypatch):
+  from tasks import __main__ as tasks_main
+  monkeypatch.chdir(REPO)
+  argv = ['export', '--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin',
+          "--gin.MODEL_DIR='/tmp/unused'", '--gin.TRAIN_STEPS=3', '--gin.BATCH_SIZE=4',
+          f"--gin.TRAIN_FILES=['{small_text['train']}']",
+          f"--gin.VALIDATION_FILES=['{small_text['validation']}']", '--output', str(tmp_path / 'x')]
+  assert tasks_main.main(argv) == 0
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert out['splits']['train']['num_examples'] == 12  # TRAIN_STEPS x BATCH_SIZE
+  assert out['splits']['train']['mode'] == 'stream' and out['splits']['eval']['mode'] == 'epoch'
+  meta = data_grain.read_meta(str(tmp_path / 'x' / 'validation'))
+  assert meta['family'] == 'decoder' and meta['task_feature_lengths'] == {'targets': 64}
+  assert tasks_main.main(argv) == 2
+  assert 'already holds an export' in capsys.readouterr().err

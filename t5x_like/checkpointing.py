@@ -95,6 +95,8 @@ class Checkpointer:
   def diagnose(self, step: int, abstract_state: Any, error: BaseException) -> ValueError:
     """Why restoring `step` failed: CheckpointMismatch when its saved shapes differ from
     `abstract_state`, else CheckpointDamaged naming the file that could not be read."""
+    if isinstance(error, (CheckpointDamaged, CheckpointMismatch)):
+      return error
     step_dir = self.directory / str(step)
     where = f'checkpoint at step {step} in {self.directory}'
     try:
@@ -131,10 +133,23 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state: Any,
               data_checkpoint: Optional[tf.train.Checkpoint] = None) -> Any:
-    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    state = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))['state']
     if data_checkpoint is not None:
-      items['data'] = DataIteratorRestore(data_checkpoint)
-    return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
+      # Restored on its own, so that a failure here is known to be the iterator's.
+      where = self.directory / str(step) / 'data' / _host_dir()
+      try:
+        self.manager.restore(step, args=ocp.args.Composite(data=DataIteratorRestore(data_checkpoint)))
+      except ValueError as e:
+        if 'has no data-iterator state' in str(e):
+          raise CheckpointMismatch(f'checkpoint at step {step} in {self.directory} does not match '
+                                   f'this run: {_reason(e)}') from e
+        raise CheckpointDamaged(f'checkpoint at step {step} in {self.directory} is damaged: '
+                                f'{where}: {_reason(e)}') from e
+      except Exception as e:  # tf.errors.* (truncated, missing file) are not ValueErrors
+        raise CheckpointDamaged(f'checkpoint at step {step} in {self.directory} is damaged: '
+                                f'{where}: {_reason(e)}') from e
+    return state
 
   def reached_preemption(self, step: int) -> bool:
     return self.manager.reached_preemption(step)

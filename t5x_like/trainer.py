@@ -328,8 +328,12 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   if ckpt.all_steps() or cfg.restore_step is not None:
     run_dir.check_model_config(model_dir, model_config, f'resuming {model_dir}', log=say)
     run_dir.check_vocabulary(model_dir, vocab, f'resuming {model_dir}')
-    state, latest = _restore(ckpt, cfg, partitioning.with_sharding(abstract_state, shardings),
-                             iterator.checkpoint, say)
+    try:
+      state, latest = _restore(ckpt, cfg, partitioning.with_sharding(abstract_state, shardings),
+                               iterator.checkpoint, say)
+    except Exception:
+      ckpt.close()
+      raise
   else:
     latest = None
     state = create_state(model, tx, abstract_batch, mesh, shardings, rng)
@@ -465,7 +469,8 @@ def _restore(ckpt, cfg: TrainerConfig, abstract_state, data_checkpoint, say):
       state = ckpt.restore(s, abstract_state, data_checkpoint)
     except Exception as e:  # pylint: disable=broad-except  # classified below
       error = ckpt.diagnose(s, abstract_state, e)
-      error.__cause__ = e
+      if error is not e:
+        error.__cause__ = e
     if _all_hosts_have(error is None):
       newer = [x for x in available if x > s]
       if newer:

@@ -305,3 +305,94 @@ def test_distributed_init_timeout_names_coordinator_and_process(tmp_path):
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith(f'error: process 1 of 2 could not join the coordinator at 127.0.0.1:{port} '
                          'within 3 s'), last
+
+
+# --- real processes: 2 x 4 devices through launch/local.py -------------------------------------------
+
+def _train_args(model_dir, steps, text, *extra):
+  return ['--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin',
+          f"--gin.MODEL_DIR='{model_dir}'", f'--gin.TRAIN_STEPS={steps}',
+          f"--gin.TRAIN_FILES=['{text['train']}']", f"--gin.VALIDATION_FILES=['{text['validation']}']",
+          '--gin.MeshConfig.data=2', '--gin.MeshConfig.fsdp=4', '--gin.TrainerConfig.log_every=1',
+          '--gin.TrainerConfig.checkpoint_every=100', '--gin.TrainerConfig.eval_every=0', *extra]
+
+
+def _start_launcher(train_args):
+  """launch.local in its own process (no --log_dir); returns it and its log folder (from stderr)."""
+  proc = subprocess.Popen([sys.executable, '-m', 'launch.local', '--num_processes=2',
+                           '--devices_per_process=4', '--', *train_args], cwd=REPO,
+                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+  first = proc.stderr.readline()
+  assert 'logs in ' in first, first
+  return proc, pathlib.Path(first.split('logs in ')[1].split('/process_*')[0])
+
+
+def _wait_for(path, text, proc, timeout=300):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if path.exists() and text in path.read_text():
+      return
+    assert proc.poll() is None, f'launcher exited {proc.returncode} before {text!r} in {path}'
+    time.sleep(0.2)
+  raise AssertionError(f'{text!r} not in {path} after {timeout} s')
+
+
+def _worker_pid(launcher, process_id):
+  children = pathlib.Path(f'/proc/{launcher.pid}/task/{launcher.pid}/children').read_text().split()
+  for pid in children:
+    if f'--process_id={process_id}' in pathlib.Path(f'/proc/{pid}/cmdline').read_text():
+      return int(pid)
+  raise AssertionError(f'no worker {process_id} among {children}')
+
+
+def _tb_losses(model_dir):
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  out = {}
+  for f in sorted((pathlib.Path(model_dir) / 'train').glob('events.out.tfevents.*')):
+    ea = event_accumulator.EventAccumulator(str(f), size_guidance={'tensors': 0})
+    ea.Reload()
+    for e in ea.Tensors('loss'):
+      out[e.step] = float(tensor_util.make_ndarray(e.tensor_proto))
+  return out
+
+
+def test_two_processes_sigterm_save_one_step_exit_75_and_resume_bit_exactly(small_text, tmp_path):
+  from launch import local
+  straight = tmp_path / 'straight'
+  local.launch(_train_args(straight, 8, small_text), 2, 4, stream=None, timeout=600,
+               log_dir=str(tmp_path / 'logs_straight'))
+  run = tmp_path / 'run'
+  launcher, logs = _start_launcher(_train_args(run, 8, small_text))
+  _wait_for(logs / 'process_0.log', 'step 3/8', launcher)
+  launcher.send_signal(signal.SIGTERM)  # passed on to both workers, as a pod's notice reaches every host
+  assert launcher.wait(timeout=120) == exit_codes.PREEMPTED, launcher.stderr.read()[-3000:]
+  log0 = (logs / 'process_0.log').read_text()
+  saved = int(log0.split('preempted at step ')[1].split(':')[0])
+  assert 'StepAlreadyExistsError' not in log0 + (logs / 'process_1.log').read_text()
+  assert _steps_on_disk(run)[-1] == saved
+  assert sorted(p.name for p in (run / 'checkpoints' / str(saved) / 'data').iterdir() if p.is_dir()) == [
+      'host_0_of_2', 'host_1_of_2']
+  outs = local.launch(_train_args(run, 8, small_text), 2, 4, stream=None, timeout=600,
+                      log_dir=str(tmp_path / 'logs_resume'))
+  assert f'Resuming from checkpoint at step {saved}' in outs[0] and 'step 8/8' in outs[0]
+  assert _tb_losses(run) == _tb_losses(straight)  # every step 1..8, bit for bit
+
+
+@pytest.mark.parametrize('how', ['SIGKILL', 'SIGSTOP'])
+def test_a_dead_or_hung_peer_stops_the_job_with_a_clear_exit(how, small_text, tmp_path):
+  launcher, logs = _start_launcher(_train_args(tmp_path / 'run', 1000, small_text,
+                                               '--gin.TrainerConfig.step_timeout_secs=5'))
+  _wait_for(logs / 'process_0.log', 'step    3/1000', launcher)
+  victim = _worker_pid(launcher, 1)
+  t0 = time.monotonic()
+  os.kill(victim, getattr(signal, how))
+  code = launcher.wait(timeout=120)
+  err = launcher.stderr.read()
+  assert time.monotonic() - t0 < 40, err
+  if how == 'SIGKILL':  # the launcher sees it die and stops process 0
+    assert code == 128 + signal.SIGKILL and 'process 1 failed first (exit -9' in err, err
+  else:  # process 0 waits in a collective until its step watchdog gives up
+    assert code == exit_codes.PEER_LOST and 'process 0 failed first (exit 4' in err, err
+    assert 'no train step finished for' in (logs / 'process_0.log').read_text()
+  assert f'logs in {logs}' in err

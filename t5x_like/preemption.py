@@ -34,59 +34,83 @@ def _jax_preemption_service() -> bool:
   return jax.process_count() > 1 and distributed.global_state.preemption_sync_manager is not None
 
 
+_notice = {'at': None, 'grace_secs': 30.0, 'timer': None}
+
+
+def _on_sigterm(signum, frame):
+  del signum, frame
+  if _notice['at'] is None:
+    _notice['at'] = time.monotonic()
+    _start_grace_timer()
+
+
+def install_sigterm_handler(grace_secs: Optional[float] = None):
+  """Catches SIGTERM from now on (the entry point calls this first, so that a notice during set-up
+  or compile is not lost). In a multi-process job, `jax.distributed.initialize` later installs
+  jax's own notifier over it, which is what the processes then agree through."""
+  if grace_secs is not None:
+    _notice['grace_secs'] = grace_secs
+  if threading.current_thread() is threading.main_thread():
+    return signal.signal(signal.SIGTERM, _on_sigterm)
+  return None
+
+
+def _start_grace_timer():
+  grace = _notice['grace_secs']
+  if grace and grace > 0 and _notice['timer'] is None:
+    _notice['timer'] = threading.Timer(grace, _out_of_time, args=(grace,))
+    _notice['timer'].daemon = True
+    _notice['timer'].start()
+
+
+def _out_of_time(grace):
+  print(f'preempted: the grace period of {grace:g} s ran out before the checkpoint was committed; '
+        'exiting (the last committed checkpoint is intact; resume from it)',
+        file=sys.stderr, flush=True)
+  os._exit(exit_codes.PREEMPTED)  # pylint: disable=protected-access
+
+
 class PreemptionWatcher:
   """`reached(step, at_log_step)` is True at the one step where every process stops."""
 
   def __init__(self, grace_secs: float, say: Callable[[str], None] = print):
-    self.grace_secs = grace_secs
-    self._say = say
-    self._signalled_at: Optional[float] = None
-    self._timer: Optional[threading.Timer] = None
+    del say
+    _notice['grace_secs'] = grace_secs
     self._old_handler = None
     self._use_jax = _jax_preemption_service()
-    if not self._use_jax and threading.current_thread() is threading.main_thread():
-      self._old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+    if not self._use_jax and signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+      self._old_handler = install_sigterm_handler()
 
-  def _on_sigterm(self, signum, frame):
-    del signum, frame
-    if self._signalled_at is None:
-      self._signalled_at = time.monotonic()
-      self._start_grace_timer()
+  @property
+  def _signalled_at(self):
+    return _notice['at']
 
   def reached(self, step: int, at_log_step: bool) -> bool:
     if self._use_jax:
       from jax.experimental import multihost_utils
       hit = multihost_utils.reached_preemption_sync_point(step)
-      if hit and self._signalled_at is None:
-        self._signalled_at = time.monotonic()
-        self._start_grace_timer()
+      if hit and _notice['at'] is None:
+        _notice['at'] = time.monotonic()
+        _start_grace_timer()
       return hit
     if jax.process_count() == 1:
-      return self._signalled_at is not None
+      return _notice['at'] is not None
     if not at_log_step:
       return False
     from jax.experimental import multihost_utils
-    flags = multihost_utils.process_allgather(np.asarray(self._signalled_at is not None))
-    if np.any(flags) and self._signalled_at is None:
-      self._signalled_at = time.monotonic()
-      self._start_grace_timer()
+    flags = multihost_utils.process_allgather(np.asarray(_notice['at'] is not None))
+    if np.any(flags) and _notice['at'] is None:
+      _notice['at'] = time.monotonic()
+      _start_grace_timer()
     return bool(np.any(flags))
 
-  def _start_grace_timer(self):
-    if self.grace_secs and self.grace_secs > 0 and self._timer is None:
-      self._timer = threading.Timer(self.grace_secs, self._out_of_time)
-      self._timer.daemon = True
-      self._timer.start()
-
-  def _out_of_time(self):
-    print(f'preempted: the grace period of {self.grace_secs:g} s ran out before the checkpoint '
-          'was committed; exiting (the last committed checkpoint is intact; resume from it)',
-          file=sys.stderr, flush=True)
-    os._exit(exit_codes.PREEMPTED)  # pylint: disable=protected-access
-
   def close(self):
-    if self._timer is not None:
-      self._timer.cancel()
+    """Stops the grace timer (the process is exiting by itself) and puts back the handler that
+    was there before fit, if fit installed one."""
+    if _notice['timer'] is not None:
+      _notice['timer'].cancel()
+    _notice['timer'] = None
+    _notice['at'] = None
     if self._old_handler is not None:
       signal.signal(signal.SIGTERM, self._old_handler)
       self._old_handler = None

@@ -15,6 +15,7 @@ import logging
 import importlib.util  # noqa: F401  (gin 0.5 looks up search paths through importlib.util)
 import os
 import re
+import signal
 import sys
 import threading
 from typing import Optional, Sequence
@@ -22,6 +23,7 @@ from typing import Optional, Sequence
 import gin
 
 from t5x_like import exit_codes
+from t5x_like import preemption
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUP_ERRORS = (ValueError, TypeError, KeyError, OSError)
@@ -188,6 +190,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not any(isinstance(f, _DropPackingNotice) for f in absl_logger.filters):  # main() may run again
     absl_logger.addFilter(_DropPackingNotice())
   state = {'in_setup': True}
+  old_handler = preemption.install_sigterm_handler(args.preemption_grace_secs)
+  try:
+    return _run(args, cli_bindings, state)
+  finally:
+    if old_handler is not None:
+      signal.signal(signal.SIGTERM, old_handler)
+
+
+def _run(args, cli_bindings, state) -> int:
   if args.coordinator_address or args.distributed:
     initialize_distributed(args)
   _import_configurables()

@@ -85,7 +85,7 @@ def interrupted_run(model_dir, steps, checkpoint_every, n, rng, log_dir, say):
       sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
       plan = {'kind': kind, 'signal': signal.Signals(sig).name,
               'delay': rng.uniform(1.0, 12.0) if kind == 'startup' else rng.uniform(0.0, 0.3),
-              'steps': rng.randint(1, 2 * checkpoint_every)}
+              'after_steps': rng.randint(1, 2 * checkpoint_every)}
     first_step = None
     sent = False
     while proc.poll() is None:
@@ -100,9 +100,9 @@ def interrupted_run(model_dir, steps, checkpoint_every, n, rng, log_dir, say):
         if logged:  # started faster than the delay: interrupt at once instead
           fire = True
       elif plan['kind'] == 'step':
-        fire = bool(logged) and logged[-1] >= first_step + plan['steps'] - 1
+        fire = bool(logged) and logged[-1] >= first_step + plan['after_steps'] - 1
       else:  # just after a checkpoint step was logged: its save is being written
-        fire = bool(logged) and logged[-1] >= first_step + plan['steps'] - 1 and \
+        fire = bool(logged) and logged[-1] >= first_step + plan['after_steps'] - 1 and \
             logged[-1] % checkpoint_every == 0
       if fire:
         time.sleep(plan['delay'] if plan['kind'] != 'startup' else 0)

@@ -99,6 +99,14 @@ def test_divergence_stops_at_the_exact_step_and_no_checkpoint_holds_nan(lm_task,
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state['params'])), s
 
 
+def test_skip_policy_trains_on_counts_skipped_steps_and_saves_only_finite_state(lm_task, tmp_path):
+  out = _fit(tmp_path / 'run', 6, lm_task, lr=1e6, nonfinite_policy='skip', checkpoint_every=3)
+  assert 0 < out['nonfinite_skipped'] <= 6 and np.isfinite(out['loss'])
+  assert _steps_on_disk(tmp_path / 'run') == [1, 3, 6]
+  for s, state in _restore_all(tmp_path / 'run').items():
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state)), s
+
+
 def test_skip_policy_leaves_params_unchanged_on_a_nonfinite_step_and_counts_it(lm_task):
   model = build_model(MODEL)
   opt = optimizers.OptimizerConfig(learning_rate=1e-2, warmup_steps=0)

@@ -114,11 +114,13 @@ def interrupted_run(model_dir, steps, checkpoint_every, n, rng, log_dir, say):
     logged = _steps_logged(log_path)
     event = {'attempt': attempt, 'exit': code, 'steps': [logged[0], logged[-1]] if logged else None,
              'secs': round(time.monotonic() - t0, 1), **(plan or {})}
+    say(json.dumps(event))
+    if code == 0:
+      if len(events) < n:
+        raise RuntimeError(f'the run finished after {len(events)} of {n} interruptions: raise --steps')
+      return events, attempt
     if sent:
       events.append(event)
-    say(json.dumps(event))
-    if code == 0 and not sent:
-      return events, attempt
     if code not in (0, 75, -9, -15, 137, 143) or attempt > 3 * n + 5:
       raise RuntimeError(f'attempt {attempt} exited {code}: see {log_path}')
 
@@ -126,7 +128,7 @@ def interrupted_run(model_dir, steps, checkpoint_every, n, rng, log_dir, say):
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--interruptions', type=int, default=20)
-  p.add_argument('--steps', type=int, default=80)
+  p.add_argument('--steps', type=int, default=200)
   p.add_argument('--checkpoint_every', type=int, default=4)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--work_dir', help='default: a new temporary folder (removed when all matched)')

@@ -6,7 +6,10 @@
 
 It exercises exactly the multi-host code path of a TPU pod or GPU cluster (jax.distributed, per-host data
 shards, per-host iterator checkpoints, Orbax writing from every process). Output of process 0 is
-printed; the others' go to MODEL_DIR-independent logs in --log_dir. Exits non-zero if any process fails.
+printed; every process's output goes to --log_dir (default: a new temporary folder, named at start).
+When any process fails, the others are stopped (SIGTERM, then SIGKILL after 10 s) and the launcher
+exits with the first failure's status (t5x_like/exit_codes.py); a SIGTERM to the launcher is passed
+on to every process (preemption: each saves the same step and exits 75).
 
 On real clusters the same `python -m t5x_like.train` command runs once per host: on TPU VMs with
 `gcloud compute tpus tpu-vm ssh NAME --worker=all --command="... --distributed"`, under SLURM with
@@ -16,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 WORKER = ('import sys, jax; jax.config.update("jax_cpu_collectives_implementation", "gloo"); '
@@ -32,28 +37,72 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def _wait_all(procs, timeout):
-  """Waits for every process; when one fails, stops the rest (they would wait on it forever)."""
+class ProcessesFailed(RuntimeError):
+  """One process failed (`.process`, `.returncode`: the first to fail, the cause); the others were
+  stopped."""
+
+  def __init__(self, msg: str, process: int, returncode: int):
+    super().__init__(msg)
+    self.process, self.returncode = process, returncode
+
+
+def _stop(procs, grace: float = 10.0):
+  """SIGTERM (each process saves at a preemption point if it can), then SIGKILL after `grace`."""
+  for p in procs:
+    if p.poll() is None:
+      p.terminate()
+  deadline = time.monotonic() + grace
+  while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+
+
+def _wait_all(procs, timeout, say=lambda msg: None):
+  """Waits for every process; when one fails (or the timeout passes), stops the others, which would
+  otherwise wait on it inside a collective. Returns (codes, index of the first to fail or None)."""
   deadline = None if timeout is None else time.monotonic() + timeout
-  while any(p.poll() is None for p in procs):
-    failed = any(p.returncode not in (None, 0) for p in procs)
-    late = deadline is not None and time.monotonic() > deadline
-    if failed or late:
-      for p in procs:
-        if p.poll() is None:
-          p.kill()
+  first_failed = None
+  while True:
+    codes = [p.poll() for p in procs]  # every process, every time: a later one may be the one dead
+    failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
+    if failed and first_failed is None:
+      first_failed = failed[0]
+    if all(c is not None for c in codes):
       break
-    time.sleep(0.5)
-  return [p.wait() for p in procs]
+    late = deadline is not None and time.monotonic() > deadline
+    if first_failed is not None or late:
+      say(f'process {first_failed} exited with {codes[first_failed]}: stopping the others'
+          if first_failed is not None else f'timeout of {timeout:g} s: stopping all processes')
+      _stop(procs)
+      break
+    time.sleep(0.2)
+  return [p.wait() for p in procs], first_failed
+
+
+def _forward_sigterm(procs):
+  """A launcher that gets SIGTERM (SLURM, a preempted VM) passes it on: each process saves at the
+  same step and exits 75."""
+  def handler(signum, frame):
+    del frame
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signum)
+  return signal.signal(signal.SIGTERM, handler)
 
 
 def launch(train_args, num_processes: int, devices_per_process: int, log_dir: str | None = None,
            stream=sys.stdout, timeout: float | None = None) -> list[str]:
-  """Runs the processes to completion; returns each one's combined output."""
+  """Runs the processes to completion; returns each one's combined output. Raises ProcessesFailed
+  naming the first process to fail, its exit status and the log folder."""
   port = free_port()
   env = dict(os.environ, PYTHONUNBUFFERED='1',
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
   log_dir = log_dir or tempfile.mkdtemp(prefix='launch_local_')
+  os.makedirs(log_dir, exist_ok=True)
+  print(f'launch.local: {num_processes} processes x {devices_per_process} devices; logs in '
+        f'{log_dir}/process_*.log', file=sys.stderr, flush=True)
   procs, logs = [], []
   for pid in range(num_processes):
     log = open(os.path.join(log_dir, f'process_{pid}.log'), 'w+')
@@ -61,7 +110,13 @@ def launch(train_args, num_processes: int, devices_per_process: int, log_dir: st
             f'--num_processes={num_processes}', f'--process_id={pid}']
     procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
     logs.append(log)
-  codes = _wait_all(procs, timeout)
+  old = _forward_sigterm(procs) if threading.current_thread() is threading.main_thread() else None
+  try:
+    codes, first = _wait_all(procs, timeout,
+                             say=lambda m: print(f'launch.local: {m}', file=sys.stderr, flush=True))
+  finally:
+    if old is not None:
+      signal.signal(signal.SIGTERM, old)
   outs = []
   for log in logs:
     log.seek(0)
@@ -69,10 +124,13 @@ def launch(train_args, num_processes: int, devices_per_process: int, log_dir: st
     log.close()
   if stream is not None:
     stream.write(outs[0])
-  failed = [i for i, c in enumerate(codes) if c]
-  if failed:
-    raise RuntimeError(f'processes {failed} failed (exit {[codes[i] for i in failed]}); logs in '
-                       f'{log_dir}:\n' + outs[failed[0]][-3000:])
+  if first is None and any(codes):
+    first = next(i for i, c in enumerate(codes) if c)
+  if first is not None:
+    code = codes[first]
+    raise ProcessesFailed(
+        f'process {first} failed first (exit {code}; all: {codes}); logs in {log_dir}:\n' +
+        outs[first][-3000:], first, 128 - code if code < 0 else code)
   return outs
 
 
@@ -86,9 +144,9 @@ def main(argv=None) -> int:
   train_args = args.train_args[1:] if args.train_args[:1] == ['--'] else args.train_args
   try:
     launch(train_args, args.num_processes, args.devices_per_process, args.log_dir)
-  except RuntimeError as e:
+  except ProcessesFailed as e:
     print(f'error: {e}', file=sys.stderr)
-    return 1
+    return e.returncode  # the first failure's exit status: a launcher decides on it (exit_codes)
   return 0
 
 

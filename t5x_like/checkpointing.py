@@ -10,7 +10,9 @@ exactly the next batches.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+import re
+import time
+from typing import Any, Optional, Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -24,18 +26,71 @@ def checkpoint_dir(model_dir: str) -> epath.Path:
   return epath.Path(model_dir) / 'checkpoints'
 
 
+class CheckpointDamaged(ValueError):
+  """A checkpoint that cannot be read (truncated or missing file): the message names step and file."""
+
+
+class CheckpointMismatch(ValueError):
+  """A readable checkpoint whose arrays differ from what this config builds."""
+
+
 class Checkpointer:
-  """A CheckpointManager that saves every `save_every` steps, keeps the last `keep`."""
+  """A CheckpointManager that saves every `save_every` steps, keeps the last `keep`.
+
+  Orbax writes each step into a temporary folder and renames it when every process has finished
+  (the commit), so a step folder that exists is complete; temporary folders left by a killed run are
+  removed at start (`cleanup_tmp_directories`) and never block a later save of the same step.
+  """
 
   def __init__(self, model_dir: str, *, save_every: int, keep: Optional[int] = 3,
                async_save: bool = True):
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_every, max_to_keep=keep, create=True,
-        enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(checkpoint_dir(model_dir), options=options)
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+    self.directory = checkpoint_dir(model_dir)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def due(self, step: int) -> bool:
+    """Whether the periodic policy (or a preemption sync point) saves at `step`."""
+    return self.manager.should_save(step)
+
+  def diagnose(self, step: int, abstract_state: Any, error: BaseException) -> ValueError:
+    """Why restoring `step` failed: CheckpointMismatch when its saved shapes differ from
+    `abstract_state`, else CheckpointDamaged naming the file that could not be read."""
+    if isinstance(error, (CheckpointDamaged, CheckpointMismatch)):
+      return error
+    step_dir = self.directory / str(step)
+    where = f'checkpoint at step {step} in {self.directory}'
+    try:
+      saved = ocp.StandardCheckpointHandler().metadata(step_dir / 'state').tree
+    except Exception as e:  # pylint: disable=broad-except
+      return CheckpointDamaged(f'{where} is damaged: {_failed_file(e, step_dir / "state")}: '
+                               f'{_reason(e)}')
+    diff = _first_difference(saved, abstract_state)
+    if diff:
+      return CheckpointMismatch(f'{where} does not match this config: {diff}')
+    return CheckpointDamaged(f'{where} is damaged: {_failed_file(error, step_dir)}: {_reason(error)}')
+
+  def set_aside(self, steps: Sequence[int]) -> Optional[epath.Path]:
+    """Moves the folders of `steps` (newer than the one resumed from) out of the checkpoint dir into
+    MODEL_DIR/set_aside_checkpoints/<time>/, so that they neither get overwritten nor block the saves
+    of those steps; nothing is deleted."""
+    if not steps:
+      return None
+    dest = self.directory.parent / 'set_aside_checkpoints' / time.strftime('%Y%m%d-%H%M%S')
+    if jax.process_index() == 0:
+      dest.mkdir(parents=True, exist_ok=True)
+      for s in steps:
+        (self.directory / str(s)).rename(dest / str(s))
+    _sync_processes('set_aside')
+    self.manager.reload()
+    return dest
 
   def save(self, step: int, state: Any, data_checkpoint: Optional[Any],
            force: bool = False) -> bool:
@@ -46,13 +101,25 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state: Any,
               data_checkpoint: Optional[Any] = None) -> Any:
-    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    state = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))['state']
     if data_checkpoint is not None:
-      items['data'] = data_checkpoint.restore_args()
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    if data_checkpoint is not None:
+      # Restored on its own, so that a failure here is known to be the data position's.
+      where = self.directory / str(step) / 'data'
+      try:
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(data=data_checkpoint.restore_args()))
+      except ValueError as e:
+        if 'has no data-iterator state' in str(e):
+          raise CheckpointMismatch(f'checkpoint at step {step} in {self.directory} does not match '
+                                   f'this run: {_reason(e)}') from e
+        raise CheckpointDamaged(f'checkpoint at step {step} in {self.directory} is damaged: '
+                                f'{_failed_file(e, where)}: {_reason(e)}') from e
+      except Exception as e:  # tf.errors.* (truncated, missing file) are not ValueErrors
+        raise CheckpointDamaged(f'checkpoint at step {step} in {self.directory} is damaged: '
+                                f'{_failed_file(e, where)}: {_reason(e)}') from e
       data_checkpoint.restored(restored['data'])
-    return restored['state']
+    return state
 
   def reached_preemption(self, step: int) -> bool:
     return self.manager.reached_preemption(step)
@@ -62,6 +129,42 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
+
+
+def _sync_processes(name: str):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def _reason(e: BaseException) -> str:
+  lines = str(e).strip().splitlines()
+  first = lines[0] if lines else type(e).__name__
+  return first.split(' [tensorstore_spec=')[0][:300]
+
+
+def _failed_file(e: BaseException, under: epath.Path) -> str:
+  """The path under `under` that the error names (tensorstore, tf.train.Checkpoint and Orbax all
+  quote it somewhere in their messages), else `under` itself."""
+  found = re.findall(re.escape(str(under)) + r'[^\s"\'\]\[,;:]*', str(e))
+  return max(found, key=len).rstrip('/.') if found else str(under)
+
+
+def _first_difference(saved: Any, abstract: Any) -> Optional[str]:
+  """'params/x/kernel: checkpoint (64, 32) vs config (32, 32)' for the first leaf that differs."""
+  from flax import traverse_util
+  flat_saved = traverse_util.flatten_dict(saved, sep='/') if isinstance(saved, dict) else {}
+  flat_new = traverse_util.flatten_dict(abstract, sep='/') if isinstance(abstract, dict) else {}
+  only_saved = sorted(set(flat_saved) - set(flat_new))
+  only_new = sorted(set(flat_new) - set(flat_saved))
+  if only_saved or only_new:
+    return (f'parameters only in the checkpoint: {only_saved[:3]}, only in this config: '
+            f'{only_new[:3]}')
+  for k in sorted(flat_new):
+    a, b = flat_saved[k], flat_new[k]
+    if tuple(getattr(a, 'shape', ())) != tuple(getattr(b, 'shape', ())):
+      return f'{k}: checkpoint shape {tuple(a.shape)} vs config {tuple(b.shape)}'
+  return None
 
 
 def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = None):

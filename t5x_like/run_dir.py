@@ -67,3 +67,86 @@ def _dummy_batch(cfg):
   if cfg.family == 'encdec':
     batch['encoder_input_tokens'] = jnp.zeros((1, 8), jnp.int32)
   return batch
+
+
+# ---------------------------------------------------------------------------------------------------
+# Identity: before anything is restored from a run dir (resume, init_params_from), its model config
+# and vocabulary are compared with the current ones; a same-size vocabulary trained on other text
+# would otherwise resume silently and train on ids that now mean other pieces.
+
+class RunDirMismatch(ValueError):
+  """The run dir was written by another model config or vocabulary; the message names both values."""
+
+
+def check_model_config(model_dir: str, cfg, what: str, log=print) -> None:
+  """Raises RunDirMismatch when MODEL_DIR/model.json has another family or other parameter shapes
+  than `cfg`; fields that change no shape (dropout, dtype) only get a note. No model.json: nothing
+  to compare (runs from before it was written)."""
+  import dataclasses
+  path = os.path.join(model_dir, 'model.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    meta = json.load(f)
+  if meta['family'] != cfg.family:
+    raise RunDirMismatch(f'{what}: {path} is a {meta["family"]!r} model, this config builds a '
+                         f'{cfg.family!r} model (model family differs)')
+  new = dataclasses.asdict(cfg)
+  saved = meta['config']
+  diff = {k: (saved.get(k), new.get(k)) for k in sorted(set(saved) | set(new))
+          if _as_json(saved.get(k)) != _as_json(new.get(k))}
+  if not diff:
+    return
+  text = ', '.join(f'{k}: {a!r} (run) vs {b!r} (this config)' for k, (a, b) in diff.items())
+  old_shapes = jax.tree.map(lambda x: x.shape, abstract_params(_FAMILIES[meta['family']](**saved)))
+  new_shapes = jax.tree.map(lambda x: x.shape, abstract_params(cfg))
+  if old_shapes != new_shapes:
+    raise RunDirMismatch(f'{what}: {path} has other parameter shapes than this config: {text}')
+  log(f'note: {what}: model config differs from {path} in fields that change no shape: {text}')
+
+
+def _as_json(x):
+  return json.loads(json.dumps(x))
+
+
+def vocabulary_fingerprint(directory: str) -> dict:
+  """What identifies a saved vocabulary: vocabulary.json's content and the SentencePiece model's
+  sha256 (hashing the file's bytes needs no vocabulary loader)."""
+  import hashlib
+  out = {}
+  meta = os.path.join(directory, 'vocabulary.json')
+  if os.path.exists(meta):
+    with open(meta) as f:
+      out['meta'] = json.load(f)
+  spm = os.path.join(directory, 'spm.model')
+  if os.path.exists(spm):
+    with open(spm, 'rb') as f:
+      out['spm_sha256'] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def check_vocabulary(model_dir: str, vocab, what: str) -> None:
+  """Raises RunDirMismatch when MODEL_DIR/vocabulary differs from `vocab` in content (not only size).
+  No saved vocabulary: nothing to compare."""
+  import tempfile
+  from tasks import vocab as vocab_lib
+  saved = vocabulary_fingerprint(os.path.join(model_dir, 'vocabulary'))
+  if not saved:
+    return
+  with tempfile.TemporaryDirectory() as tmp:
+    vocab_lib.save_vocabulary(vocab, tmp)
+    current = vocabulary_fingerprint(tmp)
+  source = getattr(vocab, 'sentencepiece_model_file', None) or getattr(
+      getattr(vocab, 'base', None), 'sentencepiece_model_file', 'the configured vocabulary')
+  if saved.get('meta') != current.get('meta'):
+    a, b = saved.get('meta', {}), current.get('meta', {})
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    raise RunDirMismatch(
+        f'{what}: vocabulary differs from {model_dir}/vocabulary: ' +
+        ', '.join(f'{k}: {a.get(k)!r} (run) vs {b.get(k)!r} ({source})' for k in keys[:4]))
+  if saved.get('spm_sha256') != current.get('spm_sha256'):
+    size = saved.get('meta', {}).get('vocab_size')
+    raise RunDirMismatch(
+        f'{what}: vocabulary content differs from {model_dir}/vocabulary/spm.model: sha256 '
+        f'{saved.get("spm_sha256", "?")[:12]} (run) vs {current.get("spm_sha256", "?")[:12]} '
+        f'({source}), same size {size}: a SentencePiece model trained on other text?')

@@ -3,7 +3,10 @@
 Parses gin (several --gin_file, --gin_bindings, T5X-style --gin.NAME=VALUE overrides), validates what it
 can before anything is compiled, then hands over to `trainer.fit`. Bad input during set-up (a misspelt
 binding, a missing gin or data file, a batch that doesn't divide the mesh) ends with one line,
-`error: ...`, and exit status 2; pass --traceback to see the whole stack.
+`error: ...`, and exit status 2; pass --traceback to see the whole stack. The exit status tells a
+launcher whether to restart (t5x_like/exit_codes.py, docs/RELIABILITY.md): 0 finished, 1 crashed,
+2 bad config/data/run dir, 3 diverged, 4 a peer was lost or no step finished in time, 75 preempted
+(checkpoint saved; resume me).
 
 A config that reads an export (DataConfig.export_dir, docs/DATA.md) runs without TensorFlow: the
 `tasks` package (seqio, TensorFlow) is imported only when the gin config needs it.
@@ -15,10 +18,15 @@ import logging
 import importlib.util  # noqa: F401  (gin 0.5 looks up search paths through importlib.util)
 import os
 import re
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
 import gin
+
+from t5x_like import exit_codes
+from t5x_like import preemption
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUP_ERRORS = (ValueError, TypeError, KeyError, OSError)
@@ -170,8 +178,60 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument('--process_id', type=int)
   p.add_argument('--distributed', action='store_true',
                  help='call jax.distributed.initialize() (implied by --coordinator_address)')
+  p.add_argument('--distributed_timeout_secs', type=float, default=60.0,
+                 help='multi-host: give up (exit 4) when the processes have not all joined the '
+                 'coordinator within this time')
+  p.add_argument('--heartbeat_timeout_secs', type=int, default=90,
+                 help="multi-host: jax's coordination service declares a silent process dead after "
+                 'this (a backstop behind TrainerConfig.step_timeout_secs)')
+  p.add_argument('--restore_step', type=int,
+                 help='resume from this checkpoint step instead of the latest '
+                 '(= --gin.TrainerConfig.restore_step=N)')
+  p.add_argument('--restore_fallback', action='store_true',
+                 help='if the latest checkpoint is damaged, resume from the newest readable one '
+                 '(= --gin.TrainerConfig.restore_fallback=True)')
+  p.add_argument('--preemption_grace_secs', type=float,
+                 help='after SIGTERM, save and exit within this (= TrainerConfig.preemption_grace_secs)')
   p.add_argument('--traceback', action='store_true', help='show full tracebacks for set-up errors')
   return p
+
+
+def initialize_distributed(args) -> None:
+  """jax.distributed.initialize with a bounded wait. jax aborts with a C++ stack dump when the
+  coordinator cannot be reached; a timer a little earlier says who waited for whom, then exits 4."""
+  import jax
+  where = (f'process {args.process_id} of {args.num_processes}' if args.process_id is not None
+           else 'this process')
+  coordinator = args.coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS',
+                                                           '(found by jax from the cluster)')
+
+  def give_up():
+    print(f'error: {where} could not join the coordinator at {coordinator} within '
+          f'{args.distributed_timeout_secs:g} s (--distributed_timeout_secs): is process 0 running '
+          'and reachable, and did every process start?', file=sys.stderr, flush=True)
+    os._exit(exit_codes.PEER_LOST)  # pylint: disable=protected-access
+
+  timer = threading.Timer(args.distributed_timeout_secs, give_up)
+  timer.daemon = True
+  timer.start()
+  try:
+    jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                               num_processes=args.num_processes, process_id=args.process_id,
+                               initialization_timeout=int(args.distributed_timeout_secs) + 30,
+                               heartbeat_timeout_seconds=args.heartbeat_timeout_secs)
+  finally:
+    timer.cancel()
+
+
+def _reliability_bindings(args) -> list[str]:
+  out = []
+  if args.restore_step is not None:
+    out.append(f'TrainerConfig.restore_step = {args.restore_step}')
+  if args.restore_fallback:
+    out.append('TrainerConfig.restore_fallback = True')
+  if args.preemption_grace_secs is not None:
+    out.append(f'TrainerConfig.preemption_grace_secs = {args.preemption_grace_secs}')
+  return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -186,23 +246,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not any(isinstance(f, _DropPackingNotice) for f in absl_logger.filters):  # main() may run again
     absl_logger.addFilter(_DropPackingNotice())
   state = {'in_setup': True}
+  old_handler = preemption.install_sigterm_handler(args.preemption_grace_secs)
   try:
-    if args.coordinator_address or args.distributed:
-      import jax
-      jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                                 num_processes=args.num_processes, process_id=args.process_id)
-    _import_configurables(with_tasks=False)
+    return _run(args, cli_bindings, state)
+  finally:
+    if old_handler is not None:
+      signal.signal(signal.SIGTERM, old_handler)
+
+
+def _run(args, cli_bindings, state) -> int:
+  if args.coordinator_address or args.distributed:
+    initialize_distributed(args)
+  _import_configurables(with_tasks=False)
+  from t5x_like import trainer as trainer_lib
+  try:
     if not args.gin_file:
       raise ValueError('no --gin_file given (see gin_configs/examples/)')
-    parse_gin_importing_tasks_if_named(args.gin_file, args.gin_bindings + cli_bindings,
-                                       args.gin_search_paths)
+    parse_gin_importing_tasks_if_named(
+        args.gin_file, args.gin_bindings + cli_bindings + _reliability_bindings(args),
+        args.gin_search_paths)
     train(on_setup_done=lambda: state.update(in_setup=False))
   except SETUP_ERRORS as e:
     if not state['in_setup'] or args.traceback:
       raise
     print(f'error: {_one_line(e)}', file=sys.stderr)
-    return 2
-  return 0
+    return exit_codes.CONFIG_ERROR
+  except trainer_lib.Diverged as e:
+    print(f'error: {e}', file=sys.stderr)
+    return exit_codes.DIVERGED
+  except trainer_lib.Preempted:
+    return exit_codes.PREEMPTED
+  return exit_codes.FINISHED
 
 
 if __name__ == '__main__':

@@ -23,6 +23,9 @@ import optax
 from t5x_like import losses
 from t5x_like import optimizers
 from t5x_like import partitioning
+from t5x_like import preemption as preemption_lib
+from t5x_like import run_dir
+from t5x_like import watchdog as watchdog_lib
 
 State = dict
 
@@ -39,6 +42,27 @@ class TrainerConfig:
   num_microbatches: int = 1     # gradient accumulation: the batch is split into this many pieces
   peak_flops_per_device: Optional[float] = None
   seed: int = 0
+  # Reliability (docs/RELIABILITY.md).
+  nonfinite_policy: str = 'stop'      # 'stop': exit 3 naming the step; 'skip': drop that update, count it
+  preemption_grace_secs: float = 30.0  # SIGTERM -> save, commit and exit 75 within this (xpk: 30 s)
+  step_timeout_secs: float = 60.0     # no step finished this long (after the first): exit 4; 0: off
+  restore_step: Optional[int] = None  # resume from this step instead of the latest
+  restore_fallback: bool = False      # latest checkpoint damaged: resume from the newest readable one
+
+
+NONFINITE_POLICIES = ('stop', 'skip')
+
+
+class Diverged(FloatingPointError):
+  """A non-finite loss, gradient or state under the `stop` policy; nothing non-finite was saved."""
+
+
+class Preempted(Exception):
+  """SIGTERM or a preemption notice: the step in `.step` was saved and committed."""
+
+  def __init__(self, msg: str, step: int):
+    super().__init__(msg)
+    self.step = step
 
 
 def unbox(tree):
@@ -136,6 +160,36 @@ def train_step(state: State, batch: dict, rng: jax.Array, *, model: nn.Module,
   return new_state, metrics
 
 
+def guarded_train_step(state: State, batch: dict, rng: jax.Array, guard: dict, *,
+                       skip_nonfinite: bool, **step_kw):
+  """train_step plus an on-device finiteness record, read on the host only at log and save time.
+
+  guard: {'first_nonfinite': step number of the first non-finite loss or gradient norm (-1: none),
+  'nonfinite_steps': how many}. With skip_nonfinite, such a step leaves params and opt_state as they
+  were (the step counter and the data still advance: the batch is skipped)."""
+  new_state, metrics = train_step(state, batch, rng, **step_kw)
+  ok = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+  if skip_nonfinite:
+    kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o),
+                        {'params': new_state['params'], 'opt_state': new_state['opt_state']},
+                        {'params': state['params'], 'opt_state': state['opt_state']})
+    new_state = {**new_state, **kept}
+  first = guard['first_nonfinite']
+  guard = {'first_nonfinite': jnp.where(ok | (first >= 0), first, state['step'] + 1),
+           'nonfinite_steps': guard['nonfinite_steps'] + jnp.where(ok, 0, 1).astype(jnp.int32)}
+  return new_state, {**metrics, 'nonfinite': jnp.where(ok, 0.0, 1.0)}, guard
+
+
+def new_guard() -> dict:
+  return {'first_nonfinite': jnp.full((), -1, jnp.int32), 'nonfinite_steps': jnp.zeros((), jnp.int32)}
+
+
+def all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 def eval_step(params, batch: dict, *, model: nn.Module, loss_cfg: losses.LossConfig):
   """Sums over one batch; the caller adds them up over batches and divides at the end."""
   _, stats = _token_stats(model, params, batch, None, loss_cfg, deterministic=True)
@@ -152,14 +206,18 @@ def summarize_eval(total: dict) -> dict:
 class CompiledSteps:
   """train_step / eval_step jitted with explicit shardings for one mesh."""
 
-  def __init__(self, model, tx, schedule, loss_cfg, mesh, shardings, num_microbatches: int):
+  def __init__(self, model, tx, schedule, loss_cfg, mesh, shardings, num_microbatches: int,
+               skip_nonfinite: bool = False):
     self.mesh = mesh
     batch_sh = partitioning.batch_sharding(mesh)
     rep = partitioning.replicated(mesh)
     self._train = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, schedule=schedule, loss_cfg=loss_cfg,
-                          num_microbatches=num_microbatches),
-        in_shardings=(shardings, batch_sh, rep), out_shardings=(shardings, rep), donate_argnums=(0,))
+        functools.partial(guarded_train_step, model=model, tx=tx, schedule=schedule,
+                          loss_cfg=loss_cfg, num_microbatches=num_microbatches,
+                          skip_nonfinite=skip_nonfinite),
+        in_shardings=(shardings, batch_sh, rep, rep), out_shardings=(shardings, rep, rep),
+        donate_argnums=(0, 3))
+    self._finite = jax.jit(all_finite, in_shardings=(shardings,), out_shardings=rep)
     self._eval = jax.jit(functools.partial(eval_step, model=model, loss_cfg=loss_cfg),
                          in_shardings=(shardings['params'], batch_sh), out_shardings=rep)
 
@@ -169,12 +227,18 @@ class CompiledSteps:
   def compile_train(self, abstract_state, abstract_batch, rng):
     with self._ctx():
       t0 = time.perf_counter()
-      self._train = self._train.lower(abstract_state, abstract_batch, rng).compile()
+      guard = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), new_guard())
+      self._train = self._train.lower(abstract_state, abstract_batch, rng, guard).compile()
       return time.perf_counter() - t0
 
-  def train(self, state, batch, rng):
+  def train(self, state, batch, rng, guard):
+    """-> (state, metrics, guard); see guarded_train_step."""
     with self._ctx():
-      return self._train(state, batch, rng)
+      return self._train(state, batch, rng, guard)
+
+  def state_is_finite(self, state) -> bool:
+    with self._ctx():
+      return bool(jax.device_get(self._finite(state)))
 
   def eval(self, params, batch):
     with self._ctx():
@@ -225,6 +289,9 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   say = log if is_main else (lambda *a, **k: None)
   if train_steps < 1:
     raise ValueError(f'TRAIN_STEPS={train_steps} must be >= 1')
+  if cfg.nonfinite_policy not in NONFINITE_POLICIES:
+    raise ValueError(f'TrainerConfig.nonfinite_policy={cfg.nonfinite_policy!r}: expected one of '
+                     f'{NONFINITE_POLICIES}')
 
   # --- set-up: everything here is validated before any compile -------------------------------------
   mesh = partitioning.make_mesh(mesh_config)
@@ -252,24 +319,29 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   abstract_state, shardings = state_shardings(model, tx, abstract_batch, mesh)
   ckpt = checkpointing.Checkpointer(model_dir, save_every=cfg.checkpoint_every,
                                     keep=cfg.keep_checkpoints, async_save=cfg.async_checkpointing)
-  latest = ckpt.latest_step()
   rng = jax.random.key(cfg.seed)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state['params']))
   say(f'model: {family}, {n_params / 1e6:.2f}M parameters | mesh {dict(mesh.shape)} on '
       f'{jax.device_count()} {jax.devices()[0].platform} devices, {jax.process_count()} host(s) | '
       f'data: {train_data.name}, batch {train_data.batch_size} x '
       f'{dict(train_data.task_feature_lengths)}')
-  if latest is not None:
-    say(f'Resuming from checkpoint at step {latest} in {checkpointing.checkpoint_dir(model_dir)}')
+  vocab = _train_vocabulary(train_data)
+  if ckpt.all_steps() or cfg.restore_step is not None:
+    run_dir.check_model_config(model_dir, model_config, f'resuming {model_dir}', log=say)
+    run_dir.check_vocabulary(model_dir, vocab, f'resuming {model_dir}')
     try:
-      state = ckpt.restore(latest, partitioning.with_sharding(abstract_state, shardings),
-                           iterator.checkpoint)
-    except Exception as e:  # orbax's messages run to pages; say what and where
-      raise ValueError(f'checkpoint at step {latest} in {checkpointing.checkpoint_dir(model_dir)} '
-                       f'does not match this config: {str(e).splitlines()[0][:300]}') from e
+      state, latest = _restore(ckpt, cfg, partitioning.with_sharding(abstract_state, shardings),
+                               iterator.checkpoint, say)
+    except Exception:
+      ckpt.close()
+      raise
   else:
+    latest = None
     state = create_state(model, tx, abstract_batch, mesh, shardings, rng)
     if init_params_from:
+      what = f'train.init_params_from={init_params_from!r}'
+      run_dir.check_model_config(init_params_from, model_config, what, log=say)
+      run_dir.check_vocabulary(init_params_from, vocab, what)
       try:
         params, from_step = checkpointing.restore_params(
             init_params_from, partitioning.with_sharding(abstract_state['params'],
@@ -289,7 +361,8 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     say(f'already at step {start} >= TRAIN_STEPS={train_steps}: nothing to train')
     ckpt.close()
     return {}
-  steps = CompiledSteps(model, tx, schedule, loss_config, mesh, shardings, cfg.num_microbatches)
+  steps = CompiledSteps(model, tx, schedule, loss_config, mesh, shardings, cfg.num_microbatches,
+                        skip_nonfinite=cfg.nonfinite_policy == 'skip')
   abstract_in = partitioning.with_sharding(abstract_state, shardings)
   abstract_b = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
                 for k, v in abstract_batch.items()}
@@ -306,41 +379,139 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   window: list = []
   step = start
   last_logged = start
-  while step < train_steps:
-    batch = next(iterator)
-    state, m = steps.train(state, batch, rng)
-    step += 1
-    window.append(m)
-    if step % cfg.log_every == 0 or step == train_steps:
-      host = jax.device_get(window)
-      avg = {k: float(np.mean([w[k] for w in host])) for k in host[0]}
-      avg['learning_rate'] = float(host[-1]['learning_rate'])
-      if not np.isfinite(avg['loss']):
-        raise FloatingPointError(f'loss is {avg["loss"]} between steps {last_logged + 1} and {step}; '
-                                 f'last good checkpoint: {ckpt.latest_step()}')
-      last = logger.log_train(step, avg, tokens_per_step)
-      history.append((step, avg['loss']))
-      window, last_logged = [], step
-    if evals and cfg.eval_every and step % cfg.eval_every == 0 and step < train_steps:
-      last['eval'] = run_evals(steps, state['params'], evals, family, batch_sh, cfg.eval_steps,
-                               logger, step)
-      logger.start(step)  # eval time is not step time
-    ckpt.save(step, state, iterator.checkpoint, force=step == train_steps)
-    if step < train_steps and ckpt.reached_preemption(step):
-      ckpt.save(step, state, iterator.checkpoint, force=True)
+  guard = jax.device_put(new_guard(), partitioning.replicated(mesh))
+  preemption = preemption_lib.PreemptionWatcher(cfg.preemption_grace_secs, say)
+  dog = watchdog_lib.StepWatchdog(cfg.step_timeout_secs)
+  try:
+    while step < train_steps:
+      try:
+        batch = next(iterator)
+      except StopIteration:
+        raise ValueError(f'training data {train_data.name} ran out at step {step + 1}: no full batch '
+                         f'of {train_data.batch_size} left (num_epochs set?)') from None
+      state, m, guard = steps.train(state, batch, rng, guard)
+      step += 1
+      dog.dispatched(step, m['loss'])
+      window.append(m)
+      log_now = step % cfg.log_every == 0 or step == train_steps
+      if log_now:
+        host, g = jax.device_get((window, guard))
+        _check_finite(cfg, g, ckpt, model_dir)
+        finite = [w for w in host if not w['nonfinite']] or host
+        avg = {k: float(np.mean([w[k] for w in finite])) for k in finite[0] if k != 'nonfinite'}
+        avg['learning_rate'] = float(host[-1]['learning_rate'])
+        if cfg.nonfinite_policy == 'skip':
+          avg['nonfinite_skipped'] = float(g['nonfinite_steps'])
+        last = logger.log_train(step, avg, tokens_per_step)
+        history.append((step, avg['loss']))
+        window, last_logged = [], step
+      if evals and cfg.eval_every and step % cfg.eval_every == 0 and step < train_steps:
+        with dog.paused():
+          last['eval'] = run_evals(steps, state['params'], evals, family, batch_sh, cfg.eval_steps,
+                                   logger, step)
+        logger.start(step)  # eval time is not step time
+      preempted = step < train_steps and preemption.reached(step, log_now)
+      if step == train_steps or preempted or ckpt.due(step):
+        with dog.paused():
+          # Nothing non-finite is ever written, so rotation can only drop finite checkpoints for
+          # newer finite ones: the last good checkpoint always survives.
+          _check_finite(cfg, jax.device_get(guard), ckpt, model_dir)
+          if not steps.state_is_finite(state):
+            raise Diverged(_diverged_message(f'the state after step {step} holds NaN or Inf '
+                                             '(loss and gradients were finite)', ckpt, model_dir))
+          ckpt.save(step, state, iterator.checkpoint, force=True)
+      if preempted:
+        with dog.paused():
+          ckpt.wait()
+        ckpt.close()
+        msg = (f'preempted at step {step}: checkpoint saved and committed in '
+               f'{checkpointing.checkpoint_dir(model_dir)}; exiting to be restarted')
+        say(msg)
+        raise Preempted(msg, step)
+    if evals and step == train_steps:
+      with dog.paused():
+        last['eval'] = run_evals(steps, state['params'], evals, family, batch_sh, cfg.eval_steps,
+                                 logger, step)
+    with dog.paused():
       ckpt.wait()
-      say(f'preemption notice at step {step}: checkpoint saved; exiting to be restarted')
-      break
-  if evals and step == train_steps:
-    last['eval'] = run_evals(steps, state['params'], evals, family, batch_sh, cfg.eval_steps,
-                             logger, step)
-  ckpt.wait()
+  finally:
+    dog.close()
+    preemption.close()
   ckpt.close()
   logger.close()
   last['history'] = history
   say(f'done at step {step}. TensorBoard: tensorboard --logdir {model_dir} | checkpoints: '
       f'{checkpointing.checkpoint_dir(model_dir)}')
   return last
+
+
+def _train_vocabulary(train_data):
+  import seqio
+  return seqio.get_mixture_or_task(train_data.name).output_features['targets'].vocabulary
+
+
+def _restore(ckpt, cfg: TrainerConfig, abstract_state, data_checkpoint, say):
+  """(state, step) from the latest checkpoint, TrainerConfig.restore_step, or (restore_fallback) the
+  newest readable one. Checkpoints newer than the one restored are set aside, not deleted."""
+  from t5x_like import checkpointing
+  available = ckpt.all_steps()
+  where = ckpt.directory
+  if cfg.restore_step is not None:
+    if cfg.restore_step not in available:
+      raise ValueError(f'TrainerConfig.restore_step={cfg.restore_step}: no checkpoint of that step '
+                       f'in {where} (found {available or "none"})')
+    candidates = [cfg.restore_step]
+  else:
+    candidates = sorted(available, reverse=True)
+  for i, s in enumerate(candidates):
+    say(f'Resuming from checkpoint at step {s} in {where}')
+    error = None
+    try:
+      state = ckpt.restore(s, abstract_state, data_checkpoint)
+    except Exception as e:  # pylint: disable=broad-except  # classified below
+      error = ckpt.diagnose(s, abstract_state, e)
+      if error is not e:
+        error.__cause__ = e
+    if _all_hosts_have(error is None):
+      newer = [x for x in available if x > s]
+      if newer:
+        dest = ckpt.set_aside(newer)
+        say(f'WARNING: checkpoints of steps {newer} are newer than step {s}: moved to {dest} so '
+            f'that training from step {s} does not overwrite them')
+      return state, s
+    if error is None:
+      error = checkpointing.CheckpointDamaged(f'checkpoint at step {s} in {where} could not be '
+                                              'read on another host (see its log)')
+    others = [x for x in available if x < s]
+    if isinstance(error, checkpointing.CheckpointMismatch) or not cfg.restore_fallback or \
+        i + 1 == len(candidates):
+      hint = ''
+      if isinstance(error, checkpointing.CheckpointDamaged):
+        hint = (f'; resume from an earlier step with --restore_step={others[-1]} (or set '
+                f'TrainerConfig.restore_fallback=True / --restore_fallback)' if others else
+                '; no earlier checkpoint to fall back to')
+      raise type(error)(str(error) + hint) from error.__cause__
+    say(f'WARNING: {error}; falling back to step {candidates[i + 1]} '
+        '(TrainerConfig.restore_fallback=True)')
+  raise AssertionError('unreachable')
+
+
+def _diverged_message(what: str, ckpt, model_dir: str) -> str:
+  from t5x_like import checkpointing
+  ckpt.wait()
+  good = ckpt.latest_step()
+  last = (f'last good checkpoint: step {good} in {checkpointing.checkpoint_dir(model_dir)} (no '
+          'checkpoint holding NaN/Inf was written)' if good is not None else
+          'no checkpoint was written')
+  return (f'{what}; {last}. Lower the learning rate or set TrainerConfig.nonfinite_policy="skip", '
+          'then run again to resume from it')
+
+
+def _check_finite(cfg: TrainerConfig, guard: dict, ckpt, model_dir: str) -> None:
+  first = int(guard['first_nonfinite'])
+  if first >= 0 and cfg.nonfinite_policy == 'stop':
+    raise Diverged(_diverged_message(f'non-finite loss or gradient at step {first} (policy stop)',
+                                     ckpt, model_dir))
 
 
 def run_evals(steps, params, evals, family, batch_sh, max_batches, logger, step) -> dict:

@@ -27,7 +27,16 @@ def train_sentencepiece(files: Sequence[str], model_prefix: str, vocab_size: int
 
   `user_defined_symbols` are kept as single pieces (language tags such as '<en>').
   """
+  import itertools
   import sentencepiece as spm
+  if sentence_iterator is not None:
+    first = next(sentence_iterator, None)
+    if first is None:
+      raise sources.InputError(f'no text to train a SentencePiece model {model_prefix} on: the '
+                               'sources gave no non-empty line')
+    sentence_iterator = itertools.chain([first], sentence_iterator)
+  else:
+    sources.check_text_files(files, f'SentencePiece training input for {model_prefix}')
   os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
   tmp_prefix = model_prefix + '.tmp'
   source = ({'sentence_iterator': sentence_iterator} if sentence_iterator is not None

@@ -107,7 +107,14 @@ def test_mismatched_resume_fails_clearly_and_keeps_the_checkpoint(lm_task, tmp_p
   ckdir = tmp_path / 'run' / 'checkpoints'
   before = sorted(str(p.relative_to(ckdir)) for p in ckdir.rglob('*'))
   bigger = DecoderConfig(**{**MODEL.__dict__, 'embed_dim': 64})
-  with pytest.raises(ValueError, match='checkpoint at step 5 .* does not match this config'):
+  with pytest.raises(ValueError, match=r'model.json has other parameter shapes than this config: '
+                     r'embed_dim: 32 \(run\) vs 64 \(this config\)'):
+    _fit(tmp_path / 'run', 10, lm_task, model=bigger)
+  assert sorted(str(p.relative_to(ckdir)) for p in ckdir.rglob('*')) == before
+  # Without model.json (older run dirs) the checkpoint's own shapes are compared, leaf by leaf.
+  os.remove(tmp_path / 'run' / 'model.json')
+  with pytest.raises(checkpointing.CheckpointMismatch,
+                     match=r'checkpoint at step 5 .* does not match this config: .*shape'):
     _fit(tmp_path / 'run', 10, lm_task, model=bigger)
   assert sorted(str(p.relative_to(ckdir)) for p in ckdir.rglob('*')) == before
 

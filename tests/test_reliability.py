@@ -1,0 +1,406 @@
+"""Issue 12: preemption, divergence, run-dir identity, damaged checkpoints, bad input, dead peers.
+
+Each test reproduces one failure mode of a weekend run on a tiny model (8 fake CPU devices, or real
+localhost processes through launch/local.py) and checks that it ends in one line that says what
+happened, that nothing already saved is lost, and that no checkpoint holds NaN or another vocabulary.
+"""
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t5x_like import checkpointing, data, exit_codes, losses, optimizers, partitioning, run_dir
+from t5x_like import train, trainer
+from t5x_like.models import DecoderConfig, EncDecConfig, build_model
+from tasks import sources, vocab as vocab_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MODEL = DecoderConfig(vocab_size=500, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      head_dim=8, mlp_dim=64, dtype='float32')
+MESH = partitioning.MeshConfig(data=2, fsdp=2, tensor=2)
+
+
+def _fit(model_dir, steps, task, *, lr=3e-3, model=MODEL, **trainer_kw):
+  kw = dict(log_every=1, checkpoint_every=2, async_checkpointing=True)
+  kw.update(trainer_kw)
+  return trainer.fit(
+      model_dir=str(model_dir), train_steps=steps, model_config=model,
+      train_data=data.DataConfig(task, {'targets': 32}, batch_size=8, seed=3), eval_data=None,
+      optimizer_config=optimizers.OptimizerConfig(learning_rate=lr, warmup_steps=2, decay_steps=40),
+      loss_config=losses.LossConfig(), mesh_config=MESH,
+      trainer_config=trainer.TrainerConfig(**kw), log=lambda *a, **k: None)
+
+
+def _steps_on_disk(model_dir):
+  ck = pathlib.Path(model_dir) / 'checkpoints'
+  return sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit())
+
+
+def _restore_all(model_dir, model=MODEL):
+  """Every checkpoint of a run, restored with the abstract state of `model`."""
+  tx = optimizers.make_optimizer(optimizers.OptimizerConfig(), 10)
+  batch = {'decoder_input_tokens': jax.ShapeDtypeStruct((8, 32), np.int32)}
+  mesh = partitioning.make_mesh(MESH)
+  abstract, sh = trainer.state_shardings(build_model(model), tx, batch, mesh)
+  ck = checkpointing.Checkpointer(str(model_dir), save_every=1)
+  out = {s: ck.restore(s, partitioning.with_sharding(abstract, sh)) for s in ck.all_steps()}
+  ck.close()
+  return out
+
+
+# --- preemption --------------------------------------------------------------------------------------
+
+def test_sigterm_saves_that_step_once_and_the_run_resumes_bit_exactly(lm_task, tmp_path, monkeypatch):
+  straight = dict(_fit(tmp_path / 'a', 6, lm_task, checkpoint_every=4)['history'])
+  real_train = trainer.CompiledSteps.train
+  calls = []
+
+  def train_then_sigterm(self, *args):
+    out = real_train(self, *args)
+    calls.append(1)
+    if len(calls) == 3:  # as a preempted VM would, between steps 3 and 4
+      os.kill(os.getpid(), signal.SIGTERM)
+    return out
+
+  monkeypatch.setattr(trainer.CompiledSteps, 'train', train_then_sigterm)
+  with pytest.raises(trainer.Preempted, match='preempted at step 3: checkpoint saved') as info:
+    _fit(tmp_path / 'b', 6, lm_task, checkpoint_every=4)
+  # Orbax saves the first step of a fresh run; then the preempted step once (no second save of 3).
+  assert info.value.step == 3 and _steps_on_disk(tmp_path / 'b') == [1, 3]
+  monkeypatch.setattr(trainer.CompiledSteps, 'train', real_train)
+  resumed = dict(_fit(tmp_path / 'b', 6, lm_task, checkpoint_every=4)['history'])
+  assert sorted(resumed) == [4, 5, 6]
+  for s in (4, 5, 6):
+    assert resumed[s] == straight[s], (s, resumed[s], straight[s])
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # fit put the handler back
+
+
+# --- divergence --------------------------------------------------------------------------------------
+
+def test_divergence_stops_at_the_exact_step_and_no_checkpoint_holds_nan(lm_task, tmp_path):
+  # The issue's case: checkpoint_every=2 is not a multiple of log_every=10.
+  with pytest.raises(trainer.Diverged) as info:
+    _fit(tmp_path / 'run', 10, lm_task, lr=1e6, log_every=10, checkpoint_every=2, keep_checkpoints=1)
+  msg = str(info.value)
+  first = int(msg.split('non-finite loss or gradient at step ')[1].split()[0])
+  on_disk = _steps_on_disk(tmp_path / 'run')
+  assert on_disk and max(on_disk) < first, (on_disk, msg)
+  assert f'last good checkpoint: step {max(on_disk)}' in msg
+  for s, state in _restore_all(tmp_path / 'run').items():
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state['params'])), s
+
+
+def test_skip_policy_trains_on_counts_skipped_steps_and_saves_only_finite_state(lm_task, tmp_path):
+  out = _fit(tmp_path / 'run', 6, lm_task, lr=1e6, nonfinite_policy='skip', checkpoint_every=3)
+  assert 0 < out['nonfinite_skipped'] <= 6 and np.isfinite(out['loss'])
+  assert _steps_on_disk(tmp_path / 'run') == [1, 3, 6]
+  for s, state in _restore_all(tmp_path / 'run').items():
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state)), s
+
+
+def test_skip_policy_leaves_params_unchanged_on_a_nonfinite_step_and_counts_it(lm_task):
+  model = build_model(MODEL)
+  opt = optimizers.OptimizerConfig(learning_rate=1e-2, warmup_steps=0)
+  tx, sched = optimizers.make_optimizer(opt, 10), optimizers.make_schedule(opt, 10)
+  ds = data.get_dataset(data.DataConfig(lm_task, {'targets': 32}, batch_size=8), 'decoder')
+  batch = {k: jnp.asarray(v) for k, v in next(iter(ds)).items()}
+  abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+  state = trainer.unbox(trainer.init_fn(model, tx, abstract, jax.random.key(0)))
+  step = jax.jit(lambda s, b, g: trainer.guarded_train_step(
+      s, b, jax.random.key(1), g, skip_nonfinite=True, model=model, tx=tx, schedule=sched,
+      loss_cfg=losses.LossConfig()))
+  bad = {**batch, 'decoder_loss_weights': batch['decoder_loss_weights'] * jnp.nan}
+  after_bad, m, guard = step(state, bad, trainer.new_guard())
+  assert float(m['nonfinite']) == 1.0 and int(after_bad['step']) == 1
+  assert int(guard['first_nonfinite']) == 1 and int(guard['nonfinite_steps']) == 1
+  for a, b in zip(jax.tree.leaves(state['params']), jax.tree.leaves(after_bad['params'])):
+    np.testing.assert_array_equal(a, b)
+  after_good, m, guard = step(after_bad, batch, guard)
+  assert float(m['nonfinite']) == 0.0 and int(guard['nonfinite_steps']) == 1
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after_bad['params']),
+                                                      jax.tree.leaves(after_good['params'])))
+
+
+# --- run-dir identity --------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def other_text_task(shared_data, small_text, tmp_path_factory):
+  """Same files as lm_task, but a vocabulary of the same size trained on German captions."""
+  from tasks import lm
+  d = tmp_path_factory.mktemp('de')
+  de = d / 'de.txt'
+  lines = (shared_data / 'parallel' / 'multi30k' / 'train.de').read_text('utf-8').splitlines()
+  de.write_text('\n'.join(lines[:4000]) + '\n', encoding='utf-8')
+  vocab = vocab_lib.sentencepiece_vocabulary(train_files=[str(de)], vocab_size=500,
+                                             cache_dir=str(d / 'spm'))
+  return lm.text_lm_task(name='test_small_lm_other_vocab', train_files=[small_text['train']],
+                         vocabulary=vocab)
+
+
+def test_same_size_vocabulary_with_other_content_is_refused_before_restoring(
+    lm_task, other_text_task, tmp_path):
+  _fit(tmp_path / 'run', 2, lm_task)
+  spm = tmp_path / 'run' / 'vocabulary' / 'spm.model'
+  saved = spm.read_bytes()
+  with pytest.raises(run_dir.RunDirMismatch,
+                     match=r'vocabulary content differs from .*spm.model: sha256 \w+ \(run\) vs '
+                     r'\w+ \(.*\), same size 500'):
+    _fit(tmp_path / 'run', 4, other_text_task)
+  assert spm.read_bytes() == saved and _steps_on_disk(tmp_path / 'run') == [1, 2]
+
+
+def test_other_model_family_is_named_as_such(tmp_path):
+  run_dir.save_model_config(str(tmp_path), MODEL)
+  encdec = EncDecConfig(vocab_size=500, embed_dim=32, num_encoder_layers=1, num_decoder_layers=1,
+                        num_heads=4, head_dim=8, mlp_dim=64, dtype='float32')
+  with pytest.raises(run_dir.RunDirMismatch, match=r"is a 'decoder' model, this config builds an? "
+                     r"'encdec' model \(model family differs\)"):
+    run_dir.check_model_config(str(tmp_path), encdec, 'resuming')
+  notes = []  # a field that changes no shape is a note, not an error
+  run_dir.check_model_config(str(tmp_path), DecoderConfig(**{**MODEL.__dict__, 'dtype': 'bfloat16'}),
+                             'resuming', log=notes.append)
+  assert notes and "dtype: 'float32' (run) vs 'bfloat16'" in notes[0]
+
+
+# --- damaged checkpoints -----------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def four_steps(lm_task, tmp_path_factory):
+  """A run with checkpoints at steps 1, 2 and 4, and its losses."""
+  d = tmp_path_factory.mktemp('four') / 'run'
+  hist = dict(_fit(d, 4, lm_task)['history'])
+  return d, hist
+
+
+def _truncate_arrays(step_dir):
+  for f in (step_dir / 'state').rglob('*'):
+    if f.is_file() and f.parent.name == 'd':
+      with open(f, 'r+b') as fh:
+        fh.truncate(8)
+
+
+def _truncate_iterator(step_dir):
+  for f in (step_dir / 'data').rglob('iterator.data*'):
+    with open(f, 'r+b') as fh:
+      fh.truncate(16)
+
+
+DAMAGE = {
+    'truncated array files': (_truncate_arrays, r'state'),
+    'deleted _METADATA': (lambda d: os.remove(d / 'state' / '_METADATA'), r'state'),
+    'truncated iterator file': (_truncate_iterator, r'data'),
+}
+
+
+@pytest.mark.parametrize('damage', list(DAMAGE))
+def test_damaged_checkpoint_is_reported_as_damaged_with_step_file_and_way_out(damage, four_steps,
+                                                                             lm_task, tmp_path):
+  src, _ = four_steps
+  run = tmp_path / 'run'
+  shutil.copytree(src, run)
+  fn, where = DAMAGE[damage]
+  fn(run / 'checkpoints' / '4')
+  with pytest.raises(checkpointing.CheckpointDamaged) as info:
+    _fit(run, 6, lm_task)
+  msg = str(info.value)
+  assert f'checkpoint at step 4 in {run / "checkpoints"} is damaged: ' in msg, msg
+  assert f'{run / "checkpoints" / "4" / where}' in msg, msg
+  assert 'does not match' not in msg and '--restore_step=2' in msg, msg
+  assert _steps_on_disk(run) == [1, 2, 4]  # nothing deleted
+
+
+def test_fallback_and_restore_step_resume_exactly_and_set_newer_steps_aside(four_steps, lm_task,
+                                                                           tmp_path):
+  src, hist = four_steps
+  for how in ({'restore_fallback': True}, {'restore_step': 2}):
+    run = tmp_path / str(len(how)) / next(iter(how))
+    shutil.copytree(src, run)
+    if 'restore_fallback' in how:
+      _truncate_arrays(run / 'checkpoints' / '4')
+    # A folder left by a save that was killed before its commit: never restored, never in the way.
+    (run / 'checkpoints' / '6.orbax-checkpoint-tmp-1700000000').mkdir()
+    resumed = dict(_fit(run, 6, lm_task, **how)['history'])
+    assert sorted(resumed) == [3, 4, 5, 6]
+    assert resumed[3] == hist[3] and resumed[4] == hist[4]  # from step 2's state, exactly as before
+    assert _steps_on_disk(run) == [2, 4, 6]
+    aside = list((run / 'set_aside_checkpoints').glob('*/4'))
+    assert len(aside) == 1 and (aside[0] / 'state').is_dir()
+    assert not list((run / 'checkpoints').glob('*tmp*'))
+
+
+def test_restore_step_that_does_not_exist_names_the_steps_there(four_steps, lm_task, tmp_path):
+  src, _ = four_steps
+  shutil.copytree(src, tmp_path / 'run')
+  with pytest.raises(ValueError, match=r'TrainerConfig.restore_step=3: no checkpoint of that step '
+                     r'in .* \(found \[1, 2, 4\]\)'):
+    _fit(tmp_path / 'run', 6, lm_task, restore_step=3)
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('content, expected', [
+    (b'', r'{path}: empty file'),
+    (b'\n   \n\n', r'{path}: no usable examples: every line is blank'),
+    ('A man rides a horse.\nZwei Männer\n'.encode('latin-1'), r'{path}:2: invalid UTF-8'),
+])
+def test_bad_text_files_are_one_line_naming_file_and_line(content, expected, tmp_path):
+  path = tmp_path / 'train.txt'
+  path.write_bytes(content)
+  pattern = expected.format(path=path)
+  with pytest.raises(sources.InputError, match=pattern):
+    sources.text_line_source({'train': [str(path)]}, 'TRAIN_FILES')
+  with pytest.raises(sources.InputError, match=pattern):  # vocabulary training reads the same files
+    vocab_lib.sentencepiece_vocabulary(train_files=[str(path)], vocab_size=100,
+                                       cache_dir=str(tmp_path / 'spm'))
+
+
+@pytest.fixture
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def test_entry_point_refuses_an_empty_training_file_before_compiling(tmp_path, small_vocab, clean_gin,
+                                                                    capsys):
+  empty = tmp_path / 'empty.txt'
+  empty.write_text('')
+  code = train.main(['--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin',
+                     f"--gin.MODEL_DIR='{tmp_path / 'run'}'", '--gin.TRAIN_STEPS=5',
+                     f"--gin.TRAIN_FILES=['{empty}']"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == exit_codes.CONFIG_ERROR and err[-1].startswith(f'error: {empty}: empty file ('), err
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+# --- dead peers and hangs ----------------------------------------------------------------------------
+
+def test_step_watchdog_exits_peer_lost_when_no_step_finishes(tmp_path):
+  script = ('import time\n'
+            'from t5x_like import watchdog\n'
+            'class Done:\n  def block_until_ready(self): pass\n'
+            'class Never:\n  def block_until_ready(self): time.sleep(3600)\n'
+            'dog = watchdog.StepWatchdog(1.0)\n'
+            'dog.dispatched(1, Done())\n'
+            'dog.dispatched(2, Never())\n'
+            'time.sleep(30)\n')
+  t0 = time.monotonic()
+  out = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert out.returncode == exit_codes.PEER_LOST, out.stderr
+  assert time.monotonic() - t0 < 20
+  assert 'no train step finished for' in out.stderr and 'last finished step 1' in out.stderr
+
+
+def test_distributed_init_timeout_names_coordinator_and_process(tmp_path):
+  from launch import local
+  port = local.free_port()
+  out = subprocess.run(
+      [sys.executable, '-m', 't5x_like.train', '--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin',
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', '--process_id=1',
+       '--distributed_timeout_secs=3'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode == exit_codes.PEER_LOST, out.stderr[-2000:]
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'error: process 1 of 2 could not join the coordinator at 127.0.0.1:{port} '
+                         'within 3 s'), last
+
+
+# --- real processes: 2 x 4 devices through launch/local.py -------------------------------------------
+
+def _train_args(model_dir, steps, text, *extra):
+  return ['--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin',
+          f"--gin.MODEL_DIR='{model_dir}'", f'--gin.TRAIN_STEPS={steps}',
+          f"--gin.TRAIN_FILES=['{text['train']}']", f"--gin.VALIDATION_FILES=['{text['validation']}']",
+          '--gin.MeshConfig.data=2', '--gin.MeshConfig.fsdp=4', '--gin.TrainerConfig.log_every=1',
+          '--gin.TrainerConfig.checkpoint_every=100', '--gin.TrainerConfig.eval_every=0', *extra]
+
+
+def _start_launcher(train_args):
+  """launch.local in its own process (no --log_dir); returns it and its log folder (from stderr)."""
+  proc = subprocess.Popen([sys.executable, '-m', 'launch.local', '--num_processes=2',
+                           '--devices_per_process=4', '--', *train_args], cwd=REPO,
+                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+  first = proc.stderr.readline()
+  assert 'logs in ' in first, first
+  return proc, pathlib.Path(first.split('logs in ')[1].split('/process_*')[0])
+
+
+def _wait_for(path, text, proc, timeout=300):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if path.exists() and text in path.read_text():
+      return
+    assert proc.poll() is None, f'launcher exited {proc.returncode} before {text!r} in {path}'
+    time.sleep(0.2)
+  raise AssertionError(f'{text!r} not in {path} after {timeout} s')
+
+
+def _worker_pid(launcher, process_id):
+  children = pathlib.Path(f'/proc/{launcher.pid}/task/{launcher.pid}/children').read_text().split()
+  for pid in children:
+    if f'--process_id={process_id}' in pathlib.Path(f'/proc/{pid}/cmdline').read_text():
+      return int(pid)
+  raise AssertionError(f'no worker {process_id} among {children}')
+
+
+def _tb_losses(model_dir):
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  out = {}
+  for f in sorted((pathlib.Path(model_dir) / 'train').glob('events.out.tfevents.*')):
+    ea = event_accumulator.EventAccumulator(str(f), size_guidance={'tensors': 0})
+    ea.Reload()
+    for e in ea.Tensors('loss'):
+      out[e.step] = float(tensor_util.make_ndarray(e.tensor_proto))
+  return out
+
+
+def test_two_processes_sigterm_save_one_step_exit_75_and_resume_bit_exactly(small_text, tmp_path):
+  from launch import local
+  straight = tmp_path / 'straight'
+  local.launch(_train_args(straight, 8, small_text), 2, 4, stream=None, timeout=600,
+               log_dir=str(tmp_path / 'logs_straight'))
+  run = tmp_path / 'run'
+  launcher, logs = _start_launcher(_train_args(run, 8, small_text))
+  _wait_for(logs / 'process_0.log', 'step 3/8', launcher)
+  launcher.send_signal(signal.SIGTERM)  # passed on to both workers, as a pod's notice reaches every host
+  assert launcher.wait(timeout=120) == exit_codes.PREEMPTED, launcher.stderr.read()[-3000:]
+  log0 = (logs / 'process_0.log').read_text()
+  saved = int(log0.split('preempted at step ')[1].split(':')[0])
+  assert 'StepAlreadyExistsError' not in log0 + (logs / 'process_1.log').read_text()
+  assert _steps_on_disk(run)[-1] == saved
+  assert sorted(p.name for p in (run / 'checkpoints' / str(saved) / 'data').iterdir() if p.is_dir()) == [
+      'host_0_of_2', 'host_1_of_2']
+  outs = local.launch(_train_args(run, 8, small_text), 2, 4, stream=None, timeout=600,
+                      log_dir=str(tmp_path / 'logs_resume'))
+  assert f'Resuming from checkpoint at step {saved}' in outs[0] and 'step 8/8' in outs[0]
+  assert _tb_losses(run) == _tb_losses(straight)  # every step 1..8, bit for bit
+
+
+@pytest.mark.parametrize('how', ['SIGKILL', 'SIGSTOP'])
+def test_a_dead_or_hung_peer_stops_the_job_with_a_clear_exit(how, small_text, tmp_path):
+  launcher, logs = _start_launcher(_train_args(tmp_path / 'run', 1000, small_text,
+                                               '--gin.TrainerConfig.step_timeout_secs=5'))
+  _wait_for(logs / 'process_0.log', 'step    3/1000', launcher)
+  victim = _worker_pid(launcher, 1)
+  t0 = time.monotonic()
+  os.kill(victim, getattr(signal, how))
+  code = launcher.wait(timeout=120)
+  err = launcher.stderr.read()
+  assert time.monotonic() - t0 < 40, err
+  if how == 'SIGKILL':  # the launcher sees it die and stops process 0
+    assert code == 128 + signal.SIGKILL and 'process 1 failed first (exit -9' in err, err
+  else:  # process 0 waits in a collective until its step watchdog gives up
+    assert code == exit_codes.PEER_LOST and 'process 0 failed first (exit 4' in err, err
+    assert 'no train step finished for' in (logs / 'process_0.log').read_text()
+  assert f'logs in {logs}' in err

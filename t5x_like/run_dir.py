@@ -125,19 +125,17 @@ def vocabulary_fingerprint(directory: str) -> dict:
   return out
 
 
-def check_vocabulary(model_dir: str, vocab, what: str) -> None:
-  """Raises RunDirMismatch when MODEL_DIR/vocabulary differs from `vocab` in content (not only size).
+def check_vocabulary(model_dir: str, write_vocabulary, source: str, what: str) -> None:
+  """Raises RunDirMismatch when MODEL_DIR/vocabulary differs in content (not only size) from the
+  vocabulary that `write_vocabulary(directory)` writes (the data's: seqio task or export).
   No saved vocabulary: nothing to compare."""
   import tempfile
-  from tasks import vocab as vocab_lib
   saved = vocabulary_fingerprint(os.path.join(model_dir, 'vocabulary'))
   if not saved:
     return
   with tempfile.TemporaryDirectory() as tmp:
-    vocab_lib.save_vocabulary(vocab, tmp)
+    write_vocabulary(tmp)
     current = vocabulary_fingerprint(tmp)
-  source = getattr(vocab, 'sentencepiece_model_file', None) or getattr(
-      getattr(vocab, 'base', None), 'sentencepiece_model_file', 'the configured vocabulary')
   if saved.get('meta') != current.get('meta'):
     a, b = saved.get('meta', {}), current.get('meta', {})
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

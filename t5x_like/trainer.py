@@ -325,10 +325,12 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
       f'{jax.device_count()} {jax.devices()[0].platform} devices, {jax.process_count()} host(s) | '
       f'data: {train_data.name}, batch {train_data.batch_size} x '
       f'{dict(train_data.task_feature_lengths)}')
-  vocab = _train_vocabulary(train_data)
+  def write_vocab(directory):
+    data.save_vocabulary(train_data, directory)
+  vocab_source = f'the vocabulary of {train_data.name}'
   if ckpt.all_steps() or cfg.restore_step is not None:
     run_dir.check_model_config(model_dir, model_config, f'resuming {model_dir}', log=say)
-    run_dir.check_vocabulary(model_dir, vocab, f'resuming {model_dir}')
+    run_dir.check_vocabulary(model_dir, write_vocab, vocab_source, f'resuming {model_dir}')
     try:
       state, latest = _restore(ckpt, cfg, partitioning.with_sharding(abstract_state, shardings),
                                iterator.checkpoint, say)
@@ -341,7 +343,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     if init_params_from:
       what = f'train.init_params_from={init_params_from!r}'
       run_dir.check_model_config(init_params_from, model_config, what, log=say)
-      run_dir.check_vocabulary(init_params_from, vocab, what)
+      run_dir.check_vocabulary(init_params_from, write_vocab, vocab_source, what)
       try:
         params, from_step = checkpointing.restore_params(
             init_params_from, partitioning.with_sharding(abstract_state['params'],
@@ -443,11 +445,6 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   say(f'done at step {step}. TensorBoard: tensorboard --logdir {model_dir} | checkpoints: '
       f'{checkpointing.checkpoint_dir(model_dir)}')
   return last
-
-
-def _train_vocabulary(train_data):
-  import seqio
-  return seqio.get_mixture_or_task(train_data.name).output_features['targets'].vocabulary
 
 
 def _restore(ckpt, cfg: TrainerConfig, abstract_state, data_checkpoint, say):

@@ -172,6 +172,11 @@ class CompiledSteps:
       self._train = self._train.lower(abstract_state, abstract_batch, rng).compile()
       return time.perf_counter() - t0
 
+  @property
+  def compiled_train(self):
+    """After compile_train: the AOT-compiled step (memory_analysis, cost_analysis; the preflight)."""
+    return self._train
+
   def train(self, state, batch, rng):
     with self._ctx():
       return self._train(state, batch, rng)

@@ -52,13 +52,13 @@ def manifest(train_args: Sequence[str], *, name: str, image: str, tpu: Optional[
     replicas, pods = num_slices, target.hosts_per_slice
     node_selector = {'cloud.google.com/gke-tpu-accelerator': target.gke_accelerator,
                      'cloud.google.com/gke-tpu-topology': target.topology}
-    resources = {'limits': {'google.com/tpu': target.chips_per_host}}
+    resources = {'limits': {'google.com/tpu': str(target.chips_per_host)}}
   else:
     if num_slices != 1:
       raise ValueError('--num_slices is for TPUs; GPU node count comes from --gpu NxGxh100')
     replicas, pods = 1, target.num_slices
     node_selector = {'cloud.google.com/gke-accelerator': target.gke_accelerator}
-    resources = {'limits': {'nvidia.com/gpu': target.chips_per_slice}}
+    resources = {'limits': {'nvidia.com/gpu': str(target.chips_per_slice)}}
     # jax.distributed on GPUs: pod 0 of the Job coordinates (JobSet gives pods stable DNS names);
     # Kubernetes expands $(JOB_COMPLETION_INDEX) in args.
     args += [f'--coordinator_address={name}-slice-0-0.{name}:{COORDINATOR_PORT}',

@@ -115,7 +115,9 @@ def _shard_bytes(abstract_tree, shardings) -> int:
 
 def _hbm_overflow(msg: str) -> Optional[tuple[float, float]]:
   """(used, capacity) bytes from XLA's TPU out-of-memory compile error, if that is what it is."""
-  m = re.search(r'Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm', msg)
+  m = (re.search(r'Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm', msg)
+       or re.search(r'required for [\w ]+\(([\d.]+)([KMGT]?)\) exceeds available HBM '
+                    r'\(([\d.]+)([KMGT]?)\)', msg))
   if not m:
     return None
   unit = {'': 1, 'K': 2 ** 10, 'M': 2 ** 20, 'G': 2 ** 30, 'T': 2 ** 40}

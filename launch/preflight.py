@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -178,17 +179,35 @@ def compile_step(run: RunSpec, devices) -> dict:
   total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
            + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
   target_len = batch['decoder_target_tokens'].shape[1]
+  xla_flops = float(cost.get('flops', float('nan'))) * len(devices)
+  if getattr(run.model, 'scan_layers', False):
+    xla_flops = _unrolled_flops(run, tx, schedule, batch)
   return {
       'compile_s': time.perf_counter() - t0, 'mesh': dict(mesh.shape),
       'num_devices': len(devices), 'device_kind': devices[0].device_kind,
       'num_params': int(sum(np.prod(a.shape) for a in jax.tree.leaves(abstract_state['params']))),
       'state_bytes': state_bytes, 'params_bytes': params_bytes,
       'argument_bytes': mem.argument_size_in_bytes, 'temp_bytes': mem.temp_size_in_bytes,
-      'total_bytes': total, 'xla_flops': float(cost.get('flops', float('nan'))),
+      'total_bytes': total, 'xla_flops': xla_flops,
       'tokens_per_step': run.batch_size * target_len,
       'formula_flops_per_step': run.model.flops_per_token(target_len) * run.batch_size * target_len,
       'batch': {k: list(v.shape) for k, v in batch.items()},
   }
+
+
+def _unrolled_flops(run: RunSpec, tx, schedule, batch) -> float:
+  """XLA's FLOPs of the whole step (all devices). Its cost analysis counts a scanned layer stack's loop
+  body once, so the same step with unrolled layers is lowered, unsharded and not compiled, and XLA's
+  HLO cost analysis reads it (for the host backend: the TPU one analyses only compiled programs)."""
+  model = build_model(dataclasses.replace(run.model, scan_layers=False))
+  abstract = jax.eval_shape(functools.partial(trainer_lib.init_fn, model, tx, batch),
+                            jax.random.key(0))
+  step = jax.jit(functools.partial(trainer_lib.train_step, model=model, tx=tx, schedule=schedule,
+                                   loss_cfg=run.loss, num_microbatches=run.trainer.num_microbatches))
+  cost = step.lower(trainer_lib.unbox(abstract), batch, jax.eval_shape(lambda: jax.random.key(0))
+                    ).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', float('nan'))) if cost else float('nan')
 
 
 def activation_estimate(run: RunSpec, dp: int) -> float:
@@ -244,8 +263,9 @@ def _report_lines(run: RunSpec, target: targets_lib.Target, r: dict, mfu: float,
         f"memory per device (compiled): parameters + optimizer state {_fmt_gib(r['state_bytes'])}, "
         f"temporaries {_fmt_gib(r['temp_bytes'])}, total {_fmt_gib(total)} of "
         f'{_fmt_gib(target.hbm_bytes)} HBM ({100 * total / target.hbm_bytes:.0f}%)',
-        f"FLOPs per step: XLA {r['xla_flops'] * r['num_devices']:.3e} (all devices) vs 6N + attention "
-        f"{r['formula_flops_per_step']:.3e} (ratio {r['xla_flops'] * r['num_devices'] / r['formula_flops_per_step']:.2f})",
+        f"FLOPs per step: XLA {r['xla_flops']:.3e} (all devices) vs 6N + attention "
+        f"{r['formula_flops_per_step']:.3e} (ratio {r['xla_flops'] / r['formula_flops_per_step']:.2f}; "
+        'XLA counts remat recomputation)',
     ]
   lines.append(f'expected step time at {mfu:.0%} MFU: {step_s * 1e3:.1f} ms; '
                f"{_count(r['tokens_per_step'] / step_s * 86400)} tokens/day "
@@ -301,7 +321,9 @@ def preflight(train_args: Sequence[str], topology: str, mfu: float = 0.5, search
       devices = targets_lib.tpu_devices(target)
       r = compile_step(cand, devices)
     else:
-      r = _gpu_compile(train_args, target.num_chips, overrides)
+      # The fused cuDNN kernel does not exist on CPU; XLA's attention has the same shapes.
+      cpu_attention = (f'--gin.{type(run.model).__name__}.attention_impl=None',)
+      r = _gpu_compile(train_args, target.num_chips, overrides + cpu_attention)
     if 'oom' in r:
       used, cap = r['oom']
       line = (f'does not fit: XLA needs {_fmt_gib(used)} per device, {_fmt_gib(used - cap)} over the '

@@ -36,7 +36,7 @@ def test_tiny_decoder_compiles_for_v5p_8(capsys):
   full_state = 12 * r['num_params']
   assert full_state / 2 <= r['state_bytes'] < full_state
   assert r['state_bytes'] < r['total_bytes'] < 95 * preflight.GiB
-  assert 0.5 < r['xla_flops'] * 4 / r['formula_flops_per_step'] < 2  # scanned 2 layers: both counted
+  assert 0.7 < r['xla_flops'] / r['formula_flops_per_step'] < 1.5  # every scanned layer counted
   assert 'compiled by XLA for TPU v5' in out and 'expected step time at 50% MFU' in out
 
 

@@ -81,11 +81,13 @@ def remote_run_command(train_args: Sequence[str], *, slice_id: int, num_slices: 
              f'MEGASCALE_PORT={MEGASCALE_PORT}']
   train = command.join(command.train_argv(train_args, python='.venv/bin/python'))
   prefix = ' '.join(envs) + ' ' if envs else ''
+  job = f'{prefix}{train} >> {RUN_DIR}/train.log 2>&1; echo $? > {RUN_DIR}/exit_code'
+  # Its own session, so that a restart can stop every process of the previous attempt.
   return (f'mkdir -p {RUN_DIR} && cd {CODE_DIR} && '
-          f'{{ [ -f {RUN_DIR}/pid ] && kill $(cat {RUN_DIR}/pid) 2>/dev/null; '
+          f'{{ [ -f {RUN_DIR}/pid ] && kill -- -$(cat {RUN_DIR}/pid) 2>/dev/null; '
           f'rm -f {RUN_DIR}/exit_code; true; }} && '
-          f'( {prefix}{train} >> {RUN_DIR}/train.log 2>&1; echo $? > {RUN_DIR}/exit_code ) '
-          f'> /dev/null 2>&1 < /dev/null & echo $! > {RUN_DIR}/pid')
+          f'setsid bash -c {command.join([job])} > /dev/null 2>&1 < /dev/null & '
+          f'echo $! > {RUN_DIR}/pid')
 
 
 FOLLOW = (f'touch {RUN_DIR}/train.log; tail -n 0 -F {RUN_DIR}/train.log & t=$!; '

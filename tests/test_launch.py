@@ -60,7 +60,10 @@ def test_tpu_commands_quote_user_strings(num_slices, tmp_path):
   for slice_id, argv in enumerate(runs):
     remote = [a for a in argv if a.startswith('--command=')][0][len('--command='):]
     _bash_ok(remote)
-    tokens = shlex.split(remote)
+    outer = shlex.split(remote)
+    job = outer[outer.index('setsid') + 3]  # setsid bash -c JOB
+    _bash_ok(job)
+    tokens = shlex.split(job)
     assert _train_part(tokens, '.venv/bin/python') == TRAIN
     if num_slices > 1:
       assert f'MEGASCALE_SLICE_ID={slice_id}' in tokens

@@ -308,7 +308,7 @@ def preflight(train_args: Sequence[str], topology: str, mfu: float = 0.5, search
                   f'{run.mesh.dcn_data}; add --gin.MeshConfig.dcn_data={target.num_slices}')
   candidates = [(run.model.remat_policy, run.batch_size, ())]
   if search:
-    dp_guess = target.num_chips
+    dp_guess = target.num_chips // max(run.mesh.tensor, 1)
     per_device = sorted({max(1, run.batch_size // dp_guess) * f for f in (1, 2, 4)} | {1})
     candidates = [(p, b * dp_guess, (f"--gin.{type(run.model).__name__}.remat_policy='{p}'",
                                       f'--gin.train/DataConfig.batch_size={b * dp_guess}'))

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 from launch import command
 from launch import restarts
 from launch import targets as targets_lib
+from t5x_like import exit_codes
 
 RUN_DIR = '~/t5x_like_run'
 CODE_DIR = '~/t5x_like'
@@ -174,7 +175,9 @@ def execute(p: Plan, max_restarts: int, log=print) -> int:
       rc = _run_step(step, log)
       if rc:
         log(f'launch: {step.what} failed (exit {rc}): {command.join(step.argv)}')
-        return rc if attempt == 0 else 1  # a failed set-up after a preemption: try again
+        # The first set-up failing (quota, name, zone) will fail again; after a preemption the
+        # slice may be coming back: try again.
+        return exit_codes.CONFIG_ERROR if attempt == 0 else exit_codes.CRASHED
     return _run_step(p.follow, log)
   return restarts.run_with_restarts(once, max_restarts, log)
 

@@ -134,7 +134,7 @@ def _advice(run: RunSpec) -> str:
   return 'try ' + ', '.join(tips)
 
 
-def compile_step(run: RunSpec, devices) -> dict:
+def compile_step(run: RunSpec, devices, count_flops: bool = True) -> dict:
   """AOT-compiles the trainer's train step for `devices` with the run's mesh, shardings and batch."""
   try:
     mesh = partitioning.make_mesh(run.mesh, devices)
@@ -181,7 +181,7 @@ def compile_step(run: RunSpec, devices) -> dict:
   target_len = batch['decoder_target_tokens'].shape[1]
   xla_flops = float(cost.get('flops', float('nan'))) * len(devices)
   if getattr(run.model, 'scan_layers', False):
-    xla_flops = _unrolled_flops(run, tx, schedule, batch)
+    xla_flops = float('nan') if not count_flops else _unrolled_flops(run, tx, schedule, batch)
   return {
       'compile_s': time.perf_counter() - t0, 'mesh': dict(mesh.shape),
       'num_devices': len(devices), 'device_kind': devices[0].device_kind,
@@ -248,7 +248,7 @@ def _report_lines(run: RunSpec, target: targets_lib.Target, r: dict, mfu: float,
   if gpu:
     dp = r['mesh']['data'] * r['mesh']['fsdp']
     act = activation_estimate(run, dp)
-    est = r['state_bytes'] * 1.0 + r['params_bytes'] + act  # state + fp32 gradients + activations
+    est = r['state_bytes'] + r['params_bytes'] + act  # state + fp32 gradients + activations
     lines += [
         f"memory per device (estimated): parameters + optimizer state {_fmt_gib(r['state_bytes'])} "
         f"(exact, from the shardings), gradients {_fmt_gib(r['params_bytes'])}, activations "
@@ -259,13 +259,14 @@ def _report_lines(run: RunSpec, target: targets_lib.Target, r: dict, mfu: float,
     total = est
   else:
     total = r['total_bytes']
+    xla = (f"XLA {r['xla_flops']:.3e} (all devices) vs " if np.isfinite(r['xla_flops']) else '')
     lines += [
         f"memory per device (compiled): parameters + optimizer state {_fmt_gib(r['state_bytes'])}, "
         f"temporaries {_fmt_gib(r['temp_bytes'])}, total {_fmt_gib(total)} of "
         f'{_fmt_gib(target.hbm_bytes)} HBM ({100 * total / target.hbm_bytes:.0f}%)',
-        f"FLOPs per step: XLA {r['xla_flops']:.3e} (all devices) vs 6N + attention "
-        f"{r['formula_flops_per_step']:.3e} (ratio {r['xla_flops'] / r['formula_flops_per_step']:.2f}; "
-        'XLA counts remat recomputation)',
+        f"FLOPs per step: {xla}6N + attention {r['formula_flops_per_step']:.3e}"
+        + (f" (ratio {r['xla_flops'] / r['formula_flops_per_step']:.2f}; XLA counts remat "
+           'recomputation)' if xla else ''),
     ]
   lines.append(f'expected step time at {mfu:.0%} MFU: {step_s * 1e3:.1f} ms; '
                f"{_count(r['tokens_per_step'] / step_s * 86400)} tokens/day "
@@ -319,7 +320,7 @@ def preflight(train_args: Sequence[str], topology: str, mfu: float = 0.5, search
                                batch_size=batch)
     if target.kind == 'tpu':
       devices = targets_lib.tpu_devices(target)
-      r = compile_step(cand, devices)
+      r = compile_step(cand, devices, count_flops=not search)
     else:
       # The fused cuDNN kernel does not exist on CPU; XLA's attention has the same shapes.
       cpu_attention = (f'--gin.{type(run.model).__name__}.attention_impl=None',)

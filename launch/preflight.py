@@ -320,7 +320,7 @@ def preflight(train_args: Sequence[str], topology: str, mfu: float = 0.5, search
                                batch_size=batch)
     if target.kind == 'tpu':
       devices = targets_lib.tpu_devices(target)
-      r = compile_step(cand, devices, count_flops=not search)
+      r = compile_step(cand, devices)
     else:
       # The fused cuDNN kernel does not exist on CPU; XLA's attention has the same shapes.
       cpu_attention = (f'--gin.{type(run.model).__name__}.attention_impl=None',)
@@ -335,15 +335,21 @@ def preflight(train_args: Sequence[str], topology: str, mfu: float = 0.5, search
     r.update(policy=policy, batch=batch, lines=lines, problem=problem,
              step_s=r['formula_flops_per_step'] / (target.num_chips * target.peak_flops * mfu))
     results.append(r)
+    # For the search: XLA's FLOPs include remat's recomputation, so at the same hardware utilisation a
+    # policy that recomputes more is slower. (Utilisation itself is not modelled: a larger per-device
+    # batch usually raises it, so ties go to the larger batch.)
+    r['hw_tokens_per_s'] = (r['tokens_per_step'] * target.num_chips * target.peak_flops * mfu
+                            / r['xla_flops']) if np.isfinite(r['xla_flops']) else float('nan')
     if search:
       print_fn(f"  remat_policy={policy!r} batch {batch}: "
-               + (problem or f"{_fmt_gib(r.get('total_bytes', 0))} per device, "
-                  f"{r['tokens_per_step'] / r['step_s']:.0f} tokens/s"))
+               + (problem or f"{_fmt_gib(r.get('total_bytes', 0))} per device, XLA "
+                  f"{r['xla_flops']:.3e} FLOPs/step, {r['hw_tokens_per_s']:.4g} tokens/s at "
+                  f'{mfu:.0%} of peak'))
   if search:
     fits = [r for r in results if not r['problem']]
     if not fits:
       raise Refusal(f'no remat policy x batch fits {target.name}: ' + results[-1]['problem'])
-    best = max(fits, key=lambda r: r['tokens_per_step'] / r['step_s'])
+    best = max(fits, key=lambda r: (np.nan_to_num(r['hw_tokens_per_s']), r['batch']))
     print_fn(f"fastest that fits: remat_policy={best['policy']!r}, batch {best['batch']}")
     for line in best['lines']:
       print_fn(line)

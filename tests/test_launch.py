@@ -171,3 +171,11 @@ def test_local_config_error_is_not_restarted(tmp_path):
   assert res.returncode == 2
   assert "doesn't have a parameter named 'num_layer'" in res.stderr
   assert 'CONFIG_ERROR) is not restartable' in res.stdout
+
+
+def test_local_dry_run_uses_launch_local_for_several_processes():
+  argv = shlex.split(_dry(['local', '--num_processes', '2', '--devices_per_process', '4']))
+  assert argv[1:5] == ['-m', 'launch.local', '--num_processes=2', '--devices_per_process=4']
+  assert argv[argv.index('--') + 1:] == TRAIN
+  argv = shlex.split(_dry(['local']))
+  assert argv[1:3] == ['-m', 't5x_like.train'] and argv[3:] == TRAIN

@@ -268,7 +268,7 @@ def _report_lines(run: RunSpec, target: targets_lib.Target, r: dict, mfu: float,
         + (f" (ratio {r['xla_flops'] / r['formula_flops_per_step']:.2f}; XLA counts remat "
            'recomputation)' if xla else ''),
     ]
-  lines.append(f'expected step time at {mfu:.0%} MFU: {step_s * 1e3:.1f} ms; '
+  lines.append(f'expected step time at {mfu:.0%} MFU: {step_s * 1e3:.4g} ms; '
                f"{_count(r['tokens_per_step'] / step_s * 86400)} tokens/day "
                f'(peak {target.peak_flops / 1e12:.0f} TFLOP/s per chip)')
   if total > target.hbm_bytes:

@@ -11,7 +11,7 @@ fi
 stamp=.venv/.installed-$(cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[seqio,hf,beam,test]" --config-settings editable_mode=compat 2>&1 | grep -v "is ignored: it is neither" || true
+  .venv/bin/python -m pip install -q -e ".[seqio,hf,beam,test,tpu]" --config-settings editable_mode=compat 2>&1 | grep -v "is ignored: it is neither" || true
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -231,6 +231,11 @@ class CompiledSteps:
       self._train = self._train.lower(abstract_state, abstract_batch, rng, guard).compile()
       return time.perf_counter() - t0
 
+  @property
+  def compiled_train(self):
+    """After compile_train: the AOT-compiled step (memory_analysis, cost_analysis; the preflight)."""
+    return self._train
+
   def train(self, state, batch, rng, guard):
     """-> (state, metrics, guard); see guarded_train_step."""
     with self._ctx():

@@ -1,0 +1,401 @@
+"""Will this run fit the target, and how fast should it go? Compiled by XLA for the target, on a CPU.
+
+    python -m launch preflight --topology v5p-256 \
+        --gin_file=gin_configs/models/llama_8b.gin ... [--gin.NAME=VALUE ...] [--mfu 0.5] [--search]
+
+TPU targets: libtpu describes the target's devices (`jax.experimental.topologies`, no TPU needed), the
+run's mesh is built over them with `partitioning.make_mesh`, and the trainer's real train step
+(`trainer.CompiledSteps`, the run's shardings, batch shapes from `t5x_like.batch_shapes`) is compiled
+ahead of time for them, as MaxText's train_compile does. Memory and FLOPs are XLA's for the target.
+GPU targets (`8xh100`, `2x8xh200`): no deviceless GPU compile exists, so the step is compiled over as
+many fake CPU devices (a subprocess) to validate the sharding, and memory is an analytical estimate; the
+report labels which numbers are compiled and which estimated.
+
+Refuses with one line (`error: ...`, exit 2): unknown topology, a mesh or batch that does not divide,
+memory over HBM (by how much, and what to change).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import gin
+import jax
+import numpy as np
+
+from launch import targets as targets_lib
+from t5x_like import batch_shapes
+from t5x_like import exit_codes
+from t5x_like import losses
+from t5x_like import optimizers
+from t5x_like import partitioning
+from t5x_like import train as train_lib
+from t5x_like import trainer as trainer_lib
+from t5x_like.models import build_model
+
+GiB = 1024 ** 3
+SEARCH_REMAT = ('none', 'dots_with_no_batch_dims', 'dots', 'full')
+# Placeholders for the macros a run sets on its command line; the preflight writes nothing.
+_DEFAULT_MACROS = {'MODEL_DIR': "'/nonexistent/preflight'", 'TRAIN_STEPS': '10000'}
+
+
+class Refusal(ValueError):
+  """The run cannot go on this target; the message is the one line the user sees."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  model: Any
+  batch_size: int
+  feature_lengths: dict
+  pack: bool
+  optimizer: optimizers.OptimizerConfig
+  loss: losses.LossConfig
+  mesh: partitioning.MeshConfig
+  trainer: trainer_lib.TrainerConfig
+  train_steps: int
+
+
+def _build(param: str, default=None):
+  """Calls the configurable that `train.<param>` references, in its gin scope."""
+  try:
+    ref = gin.query_parameter(f'train.{param}')
+  except ValueError:
+    return default
+  if not isinstance(ref, gin.config.ConfigurableReference):
+    return ref
+  scope = ref.scoped_selector.rpartition('/')[0]
+  with gin.config_scope(scope or None):
+    return ref.configurable.wrapper()
+
+
+def load_run(gin_files: Sequence[str], bindings: Sequence[str], search_paths=()) -> RunSpec:
+  """The run's configs from its gin files, without calling any task builder (no data is read)."""
+  train_lib._import_configurables()
+  set_macros = {b.split('=', 1)[0].strip() for b in bindings}
+  defaults = [f'{k} = {v}' for k, v in _DEFAULT_MACROS.items() if k not in set_macros]
+  train_lib.parse_gin(gin_files, defaults + list(bindings), search_paths)
+  from t5x_like.data import DataConfig
+  try:
+    ref = gin.query_parameter('train.train_data')
+  except ValueError as e:
+    raise Refusal('gin: train.train_data is not bound') from e
+  scope = ref.scoped_selector.rpartition('/')[0]
+  # The data is never read: the task builder is replaced by a name, so only shapes remain.
+  for selector in {'DataConfig', ref.scoped_selector}:
+    gin.bind_parameter(f'{selector}.mixture_or_task', 'preflight')
+  with gin.config_scope(scope or None):
+    data = DataConfig()
+  return RunSpec(
+      model=_build('model'), batch_size=data.batch_size,
+      feature_lengths=dict(data.task_feature_lengths), pack=data.pack,
+      optimizer=_build('optimizer', optimizers.OptimizerConfig()),
+      loss=_build('loss', losses.LossConfig()), mesh=_build('mesh', partitioning.MeshConfig()),
+      trainer=_build('trainer', trainer_lib.TrainerConfig()),
+      train_steps=int(_build('train_steps')))
+
+
+def _with_sharding(abstract: dict, sharding) -> dict:
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in abstract.items()}
+
+
+def _shard_bytes(abstract_tree, shardings) -> int:
+  leaves = jax.tree.leaves(abstract_tree)
+  shs = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  return int(sum(np.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
+                 for a, s in zip(leaves, shs)))
+
+
+def _hbm_overflow(msg: str) -> Optional[tuple[float, float]]:
+  """(used, capacity) bytes from XLA's TPU out-of-memory compile error, if that is what it is."""
+  m = (re.search(r'Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm', msg)
+       or re.search(r'required for [\w ]+\(([\d.]+)([KMGT]?)\) exceeds available HBM '
+                    r'\(([\d.]+)([KMGT]?)\)', msg))
+  if not m:
+    return None
+  unit = {'': 1, 'K': 2 ** 10, 'M': 2 ** 20, 'G': 2 ** 30, 'T': 2 ** 40}
+  return float(m.group(1)) * unit[m.group(2)], float(m.group(3)) * unit[m.group(4)]
+
+
+def _advice(run: RunSpec) -> str:
+  tips = []
+  if run.model.remat_policy != 'full':
+    tips.append(f"{type(run.model).__name__}.remat_policy='full'")
+  tips.append(f'a larger MeshConfig.fsdp (now {run.mesh.fsdp})')
+  tips.append(f'a smaller batch (now {run.batch_size}) or TrainerConfig.num_microbatches')
+  return 'try ' + ', '.join(tips)
+
+
+def compile_step(run: RunSpec, devices, count_flops: bool = True) -> dict:
+  """AOT-compiles the trainer's train step for `devices` with the run's mesh, shardings and batch."""
+  try:
+    mesh = partitioning.make_mesh(run.mesh, devices)
+  except ValueError as e:
+    raise Refusal(f'mesh does not divide: {e}') from e
+  dp = mesh.shape['data'] * mesh.shape['fsdp']
+  if run.batch_size % dp:
+    raise Refusal(f'batch {run.batch_size} does not divide over the {dp} data-parallel devices '
+                  f'(mesh {dict(mesh.shape)}); make BATCH_SIZE a multiple of {dp}')
+  if run.trainer.num_microbatches > 1 and (run.batch_size // run.trainer.num_microbatches) % dp:
+    raise Refusal(f'microbatch {run.batch_size // run.trainer.num_microbatches} does not divide over '
+                  f'the {dp} data-parallel devices')
+  model = build_model(run.model)
+  family = run.model.family
+  batch = batch_shapes.abstract_batch(family, run.feature_lengths, run.batch_size, run.pack)
+  tx = optimizers.make_optimizer(run.optimizer, run.train_steps)
+  schedule = optimizers.make_schedule(run.optimizer, run.train_steps)
+  try:
+    abstract_state, shardings = trainer_lib.state_shardings(model, tx, batch, mesh)
+  except ValueError as e:
+    raise Refusal(f'mesh does not divide: {e}') from e
+  steps = trainer_lib.CompiledSteps(model, tx, schedule, run.loss, mesh, shardings,
+                                    run.trainer.num_microbatches)
+  rep = partitioning.replicated(mesh)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  t0 = time.perf_counter()
+  try:
+    steps.compile_train(partitioning.with_sharding(abstract_state, shardings),
+                        _with_sharding(batch, partitioning.batch_sharding(mesh)),
+                        jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep))
+  except Exception as e:  # XLA's TPU compiler refuses a program over HBM: say it in one line
+    over = _hbm_overflow(str(e))
+    if over is None:
+      raise
+    return {'oom': over, 'mesh': dict(mesh.shape), 'compile_s': time.perf_counter() - t0}
+  compiled = steps.compiled_train
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  state_bytes = _shard_bytes(abstract_state, shardings)
+  params_bytes = _shard_bytes(abstract_state['params'], shardings['params'])
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+           + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+  target_len = batch['decoder_target_tokens'].shape[1]
+  xla_flops = float(cost.get('flops', float('nan'))) * len(devices)
+  if getattr(run.model, 'scan_layers', False):
+    xla_flops = float('nan') if not count_flops else _unrolled_flops(run, tx, schedule, batch)
+  return {
+      'compile_s': time.perf_counter() - t0, 'mesh': dict(mesh.shape),
+      'num_devices': len(devices), 'device_kind': devices[0].device_kind,
+      'num_params': int(sum(np.prod(a.shape) for a in jax.tree.leaves(abstract_state['params']))),
+      'state_bytes': state_bytes, 'params_bytes': params_bytes,
+      'argument_bytes': mem.argument_size_in_bytes, 'temp_bytes': mem.temp_size_in_bytes,
+      'total_bytes': total, 'xla_flops': xla_flops,
+      'tokens_per_step': run.batch_size * target_len,
+      'formula_flops_per_step': run.model.flops_per_token(target_len) * run.batch_size * target_len,
+      'batch': {k: list(v.shape) for k, v in batch.items()},
+  }
+
+
+def _unrolled_flops(run: RunSpec, tx, schedule, batch) -> float:
+  """XLA's FLOPs of the whole step (all devices). Its cost analysis counts a scanned layer stack's loop
+  body once, so the same step with unrolled layers is lowered, unsharded and not compiled, and XLA's
+  HLO cost analysis reads it (for the host backend: the TPU one analyses only compiled programs)."""
+  model = build_model(dataclasses.replace(run.model, scan_layers=False))
+  abstract = jax.eval_shape(functools.partial(trainer_lib.init_fn, model, tx, batch),
+                            jax.random.key(0))
+  step = jax.jit(functools.partial(trainer_lib.train_step, model=model, tx=tx, schedule=schedule,
+                                   loss_cfg=run.loss, num_microbatches=run.trainer.num_microbatches))
+  cost = step.lower(trainer_lib.unbox(abstract), batch, jax.eval_shape(lambda: jax.random.key(0))
+                    ).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', float('nan'))) if cost else float('nan')
+
+
+def activation_estimate(run: RunSpec, dp: int) -> float:
+  """Analytical activation bytes per device for GPU targets (bf16, Korthikanti et al. 2022, without
+  the attention-score term that fused attention avoids)."""
+  cfg = run.model
+  d = cfg.embed_dim
+  layers = getattr(cfg, 'num_layers', None) or (cfg.num_encoder_layers + cfg.num_decoder_layers)
+  tokens = run.batch_size * sum(run.feature_lengths.values()) / dp
+  per_layer = {'none': 34, 'dots': 16, 'dots_with_no_batch_dims': 16, 'full': 2}[cfg.remat_policy]
+  logits = tokens * cfg.vocab_size * 4 * 2  # fp32 logits and their gradient
+  return tokens * d * per_layer * layers + logits
+
+
+def _count(n: float) -> str:
+  return f'{n / 1e9:.2f}B' if n >= 1e9 else f'{n / 1e6:.2f}M'
+
+
+def _fmt_gib(b: float) -> str:
+  return f'{b / GiB:.2f} GiB'
+
+
+def _report_lines(run: RunSpec, target: targets_lib.Target, r: dict, mfu: float,
+                  gpu: bool) -> tuple[list[str], Optional[str]]:
+  """The printed report, and the refusal line when it does not fit."""
+  label = 'compiled for CPU devices (sharding check only)' if gpu else f'compiled by XLA for {target.device_kind}'
+  chips = target.num_chips
+  step_s = r['formula_flops_per_step'] / (chips * target.peak_flops * mfu)
+  lines = [
+      f'target: {target.name} = {chips} {target.device_kind} chips in {target.num_slices} '
+      f"{'node(s)' if gpu else 'slice(s)'}, {_fmt_gib(target.hbm_bytes)} HBM each",
+      f"model: {run.model.family}, {_count(r['num_params'])} parameters | batch "
+      f"{run.batch_size} x {run.feature_lengths} ({r['tokens_per_step']} tokens/step)",
+      f"mesh: {r['mesh']} over {r['num_devices']} devices (dcn_data={run.mesh.dcn_data})",
+      f"compile: {r['compile_s']:.1f}s ({label})",
+  ]
+  problem = None
+  if gpu:
+    dp = r['mesh']['data'] * r['mesh']['fsdp']
+    act = activation_estimate(run, dp)
+    est = r['state_bytes'] + r['params_bytes'] + act  # state + fp32 gradients + activations
+    lines += [
+        f"memory per device (estimated): parameters + optimizer state {_fmt_gib(r['state_bytes'])} "
+        f"(exact, from the shardings), gradients {_fmt_gib(r['params_bytes'])}, activations "
+        f"{_fmt_gib(act)} (remat_policy={run.model.remat_policy!r}); total {_fmt_gib(est)} of "
+        f'{_fmt_gib(target.hbm_bytes)}',
+        f"FLOPs per step (6N + attention formula): {r['formula_flops_per_step']:.3e}",
+    ]
+    total = est
+  else:
+    total = r['total_bytes']
+    xla = (f"XLA {r['xla_flops']:.3e} (all devices) vs " if np.isfinite(r['xla_flops']) else '')
+    lines += [
+        f"memory per device (compiled): parameters + optimizer state {_fmt_gib(r['state_bytes'])}, "
+        f"temporaries {_fmt_gib(r['temp_bytes'])}, total {_fmt_gib(total)} of "
+        f'{_fmt_gib(target.hbm_bytes)} HBM ({100 * total / target.hbm_bytes:.0f}%)',
+        f"FLOPs per step: {xla}6N + attention {r['formula_flops_per_step']:.3e}"
+        + (f" (ratio {r['xla_flops'] / r['formula_flops_per_step']:.2f}; XLA counts remat "
+           'recomputation)' if xla else ''),
+    ]
+  lines.append(f'expected step time at {mfu:.0%} MFU: {step_s * 1e3:.4g} ms; '
+               f"{_count(r['tokens_per_step'] / step_s * 86400)} tokens/day "
+               f'(peak {target.peak_flops / 1e12:.0f} TFLOP/s per chip)')
+  if total > target.hbm_bytes:
+    problem = (f'does not fit: {_fmt_gib(total)} per device is {_fmt_gib(total - target.hbm_bytes)} '
+               f'over the {_fmt_gib(target.hbm_bytes)} HBM of {target.device_kind}; {_advice(run)}')
+  return lines, problem
+
+
+def _gpu_compile(train_args: Sequence[str], devices: int, overrides: Sequence[str]) -> dict:
+  """Compiles over `devices` fake CPU devices in a subprocess (the device count is fixed at jax
+  import) and returns compile_step's result."""
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu')
+  cmd = [sys.executable, '-m', 'launch.preflight', '--_cpu_compile', *train_args, *overrides]
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  out = proc.stdout.strip().splitlines()
+  if proc.returncode or not out:
+    err = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
+    raise Refusal(err[-1][len('error: '):] if err else
+                  f'CPU compile over {devices} devices failed: {proc.stderr.strip()[-500:]}')
+  return json.loads(out[-1])
+
+
+def preflight(train_args: Sequence[str], topology: str, mfu: float = 0.5, search: bool = False,
+              print_fn=print) -> dict:
+  """Runs the preflight; returns the result dict (with 'lines'). Raises Refusal when it won't go."""
+  target = targets_lib.parse(topology)
+  bindings, rest = train_lib.split_gin_flags(train_args)
+  args, unknown = train_lib.make_parser().parse_known_args(rest)
+  if unknown:
+    raise Refusal(f'unexpected arguments for the train command: {unknown}')
+  gin_files, bindings = args.gin_file, args.gin_bindings + bindings
+  if not gin_files:
+    raise Refusal('no --gin_file given')
+  run = load_run(gin_files, bindings, args.gin_search_paths)
+  if target.kind == 'tpu' and run.mesh.dcn_data != target.num_slices:
+    raise Refusal(f'{target.name} has {target.num_slices} slice(s) but MeshConfig.dcn_data='
+                  f'{run.mesh.dcn_data}; add --gin.MeshConfig.dcn_data={target.num_slices}')
+  candidates = [(run.model.remat_policy, run.batch_size, ())]
+  if search:
+    dp_guess = target.num_chips // max(run.mesh.tensor, 1)
+    per_device = sorted({max(1, run.batch_size // dp_guess) * f for f in (1, 2, 4)} | {1})
+    candidates = [(p, b * dp_guess, (f"--gin.{type(run.model).__name__}.remat_policy='{p}'",
+                                      f'--gin.train/DataConfig.batch_size={b * dp_guess}'))
+                  for p in SEARCH_REMAT for b in per_device]
+  results = []
+  for policy, batch, overrides in candidates:
+    cand = dataclasses.replace(run, model=dataclasses.replace(run.model, remat_policy=policy),
+                               batch_size=batch)
+    if target.kind == 'tpu':
+      devices = targets_lib.tpu_devices(target)
+      r = compile_step(cand, devices)
+    else:
+      # The fused cuDNN kernel does not exist on CPU; XLA's attention has the same shapes.
+      cpu_attention = (f'--gin.{type(run.model).__name__}.attention_impl=None',)
+      r = _gpu_compile(train_args, target.num_chips, overrides + cpu_attention)
+    if 'oom' in r:
+      used, cap = r['oom']
+      line = (f'does not fit: XLA needs {_fmt_gib(used)} per device, {_fmt_gib(used - cap)} over the '
+              f'{_fmt_gib(cap)} HBM of {target.device_kind}; {_advice(cand)}')
+      results.append({'policy': policy, 'batch': batch, 'problem': line, 'lines': [line]})
+      continue
+    lines, problem = _report_lines(cand, target, r, mfu, target.kind == 'gpu')
+    r.update(policy=policy, batch=batch, lines=lines, problem=problem,
+             step_s=r['formula_flops_per_step'] / (target.num_chips * target.peak_flops * mfu))
+    results.append(r)
+    # For the search: XLA's FLOPs include remat's recomputation, so at the same hardware utilisation a
+    # policy that recomputes more is slower. (Utilisation itself is not modelled: a larger per-device
+    # batch usually raises it, so ties go to the larger batch.)
+    r['hw_tokens_per_s'] = (r['tokens_per_step'] * target.num_chips * target.peak_flops * mfu
+                            / r['xla_flops']) if np.isfinite(r['xla_flops']) else float('nan')
+    if search:
+      print_fn(f"  remat_policy={policy!r} batch {batch}: "
+               + (problem or f"{_fmt_gib(r.get('total_bytes', 0))} per device, XLA "
+                  f"{r['xla_flops']:.3e} FLOPs/step, {r['hw_tokens_per_s']:.4g} tokens/s at "
+                  f'{mfu:.0%} of peak'))
+  if search:
+    fits = [r for r in results if not r['problem']]
+    if not fits:
+      raise Refusal(f'no remat policy x batch fits {target.name}: ' + results[-1]['problem'])
+    best = max(fits, key=lambda r: (np.nan_to_num(r['hw_tokens_per_s']), r['batch']))
+    print_fn(f"fastest that fits: remat_policy={best['policy']!r}, batch {best['batch']}")
+    for line in best['lines']:
+      print_fn(line)
+    return best
+  r = results[0]
+  for line in r['lines']:
+    print_fn(line)
+  if r['problem']:
+    raise Refusal(r['problem'])
+  return r
+
+
+def make_parser(prog: str = 'python -m launch preflight') -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n')[0])
+  p.add_argument('--topology', required=True,
+                 help='v4-8..., v5p-256, 2xv5p-256, v5e-16/v5litepod-16, v6e-64, 8xh100, 2x8xh200')
+  p.add_argument('--mfu', type=float, default=0.5, help='MFU assumed for the expected step time')
+  p.add_argument('--search', action='store_true',
+                 help='try remat policies x per-device batch sizes; print the fastest that fits')
+  return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] == ['--_cpu_compile']:  # the GPU path's subprocess: compile over jax.devices()
+    try:
+      bindings, rest = train_lib.split_gin_flags(argv[1:])
+      args = train_lib.make_parser().parse_args(rest)
+      run = load_run(args.gin_file, args.gin_bindings + bindings, args.gin_search_paths)
+      r = compile_step(run, jax.devices())
+    except (Refusal, ValueError, TypeError, OSError) as e:
+      print(f'error: {train_lib._one_line(e)}', file=sys.stderr)
+      return exit_codes.CONFIG_ERROR
+    print(json.dumps({k: v for k, v in r.items()}))
+    return 0
+  # Everything that is not the preflight's own option is the train command's (as after `--`).
+  args, train_args = make_parser().parse_known_args([a for a in argv if a != '--'])
+  try:
+    preflight(train_args, args.topology, args.mfu, args.search)
+  except (Refusal, ValueError, TypeError, OSError) as e:
+    if '--traceback' in train_args:
+      raise
+    print(f'error: {train_lib._one_line(e)}', file=sys.stderr)
+    return exit_codes.CONFIG_ERROR
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

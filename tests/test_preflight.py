@@ -1,0 +1,64 @@
+"""The preflight: batch shapes without data equal what the real input pipeline gives, the trainer's
+train step compiles for a small TPU topology from libtpu's description (no TPU here), and runs that
+cannot go are refused in one line: mesh that does not divide, memory over HBM, unknown topology."""
+import re
+
+import pytest
+
+from launch import preflight
+from t5x_like import batch_shapes, data
+
+TINY = '--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin'
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+  monkeypatch.chdir(preflight.train_lib.REPO_ROOT)
+
+
+@pytest.mark.parametrize('family,pack,task', [('decoder', True, 'lm_task'),
+                                             ('decoder', False, 'prefix_lm_task'),
+                                             ('decoder', True, 'prefix_lm_task'),
+                                             ('encdec', True, 'prefix_lm_task')])
+def test_batch_shapes_match_the_input_pipeline(family, pack, task, request):
+  lengths = {'targets': 32} if task == 'lm_task' else {'inputs': 24, 'targets': 16}
+  ds = data.get_dataset(data.DataConfig(request.getfixturevalue(task), lengths, batch_size=8,
+                                        pack=pack), family)
+  assert batch_shapes.abstract_batch(family, lengths, 8, pack) == data.abstract_batch(ds, 8)
+
+
+def test_tiny_decoder_compiles_for_v5p_8(capsys):
+  r = preflight.preflight([TINY, '--gin.MeshConfig.data=2', '--gin.MeshConfig.fsdp=2'], 'v5p-8')
+  out = capsys.readouterr().out
+  assert r['device_kind'] == 'TPU v5' and r['num_devices'] == 4
+  assert r['mesh'] == {'data': 2, 'fsdp': 2, 'tensor': 1}
+  # fp32 parameters + two Adam moments, half of each over fsdp=2 (up to unsharded small leaves).
+  full_state = 12 * r['num_params']
+  assert full_state / 2 <= r['state_bytes'] < full_state
+  assert r['state_bytes'] < r['total_bytes'] < 95 * preflight.GiB
+  assert 0.7 < r['xla_flops'] / r['formula_flops_per_step'] < 1.5  # every scanned layer counted
+  assert 'compiled by XLA for TPU v5' in out and 'expected step time at 50% MFU' in out
+
+
+def test_refusals_are_one_line(capsys):
+  def refused(argv):
+    assert preflight.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert '\n' not in err and err.startswith('error: ')
+    return err
+  assert 'unknown topology' in refused(['--topology', 'v5p-6', TINY])
+  assert 'mesh does not divide' in refused(['--topology', 'v5p-8', TINY, '--gin.MeshConfig.fsdp=3'])
+  assert 'MeshConfig.dcn_data=2' in refused(['--topology', '2xv5p-8', TINY])
+  # 262144 x 64 tokens of 2000-way fp32 logits on 4 v5e chips: far over their 16 GiB.
+  err = refused(['--topology', 'v5e-4', TINY, '--gin.BATCH_SIZE=262144'])
+  assert re.search(r'does not fit: XLA needs [\d.]+ GiB per device, [\d.]+ GiB over the 1[56]\.\d\d GiB '
+                   'HBM of TPU v5 lite; try .*remat_policy', err), err
+
+
+def test_gpu_target_compiles_on_cpu_devices_and_labels_estimates(capsys):
+  assert preflight.main(['--topology', '8xh100', TINY, '--gin.MeshConfig.fsdp=8',
+                         '--gin.MeshConfig.data=1']) == 0
+  out = capsys.readouterr().out
+  assert "mesh: {'data': 1, 'fsdp': 8, 'tensor': 1} over 8 devices" in out
+  assert 'compiled for CPU devices (sharding check only)' in out
+  assert 'memory per device (estimated)' in out

@@ -125,3 +125,25 @@ def test_cloned_vocabulary_tokenizer(tmp_path, small_vocab):
     assert tok.decode(ids, skip_special_tokens=True) == text
     assert {l for l in cloned_language.language_of(tok, ids) if l is not None} <= {k}
   assert '⟦2⟧' in ''.join(tok.convert_ids_to_tokens(cloned_language.encode_as_language(tok, text, 2)))
+
+
+def test_from_hf_gin_survives_quotes_and_backslashes_in_paths(tmp_path, small_vocab):
+  """Issue 12: the paths written into continue_pretraining.gin are string literals gin reads back."""
+  import shutil
+  from test_convert import _hf_llama
+  from t5x_like import train
+  train._import_configurables()  # what train.main does before it parses the gin files
+  hf = tmp_path / 'hf'
+  _hf_llama(hf)
+  shutil.copyfile(small_vocab.sentencepiece_model_file, hf / 'tokenizer.model')
+  out = tmp_path / "it's a \\ dir" / 'imported'
+  assert convert_main(['from-hf', '--hf', str(hf), '--out', str(out)]) == 0
+  gin_file = out / 'continue_pretraining.gin'
+  try:
+    gin.add_config_file_search_path(REPO)
+    gin.parse_config_file(str(gin_file))
+    assert gin.query_parameter('train.init_params_from') == str(out)
+    assert gin.query_parameter('sentencepiece_vocabulary.model_path') == str(out / 'vocabulary' / 'spm.model')
+  finally:
+    gin.clear_config()
+  assert os.path.exists(str(out / 'vocabulary' / 'spm.model'))

@@ -12,6 +12,7 @@ loaded by transformers. Checked on Multi30k validation lines the models never sa
 and, on a cloned-language export, that every language decodes alike and stops generating.
 Measured values are printed (`pytest -s`) for docs/CONVERT.md's verification table.
 """
+import copy
 import os
 import sys
 
@@ -20,10 +21,12 @@ import jax
 import numpy as np
 import pytest
 import torch
+from flax import traverse_util
 
 from t5x_like import decoding, run_dir
+from t5x_like.convert import from_hf
 from t5x_like.convert.__main__ import main as convert_main
-from t5x_like.evaluation import batches, mexa
+from t5x_like.evaluation import batches, hidden_states, mexa
 from t5x_like.models import DecoderConfig, build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,11 +75,18 @@ def _train_and_export(tmp, family, small_vocab, small_text):
   cfg = run_dir.load_model_config(run)
   params, step = run_dir.load_params(run)
   assert step == STEPS
+  params = jax.device_get(params)
+  # The import direction on the same trained weights: HF -> here gives them back bit for bit, so every
+  # number measured below holds for `from-hf` of this checkpoint as well.
+  cfg_back, params_back = from_hf.read_weights(out, dtype=cfg.dtype, scan_layers=cfg.scan_layers)
+  assert cfg_back == cfg
+  a, b = traverse_util.flatten_dict(params), traverse_util.flatten_dict(params_back)
+  assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
   from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
   cls = AutoModelForCausalLM if decoder else AutoModelForSeq2SeqLM
   hf = cls.from_pretrained(out, local_files_only=True, dtype=torch.float32).eval()
   tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
-  return {'cfg': cfg, 'params': jax.device_get(params), 'hf': hf, 'tok': tok, 'out': out, 'run': run}
+  return {'cfg': cfg, 'params': params, 'hf': hf, 'tok': tok, 'out': out, 'run': run}
 
 
 @pytest.fixture(scope='module')
@@ -146,6 +156,24 @@ def test_decoder_start_token_logliks_kl_top5_and_greedy(trained, val_lines, smal
   assert worst <= LOGP_TOL
   assert kl_max <= KL_MAX
   assert sum(agree) == n_pos
+
+  # The check catches the classic subtle mapping bug: q/k rows in the interleaved rotary layout
+  # instead of HF's half-split one (here in the last layer only).
+  bad = copy.deepcopy(hf)
+  attn = bad.model.layers[-1].self_attn
+  hd = cfg.head_dim
+  perm = np.concatenate([np.arange(0, hd, 2), np.arange(1, hd, 2)])
+  with torch.no_grad():
+    for proj in (attn.q_proj, attn.k_proj):
+      w = proj.weight.view(-1, hd, proj.weight.shape[1])
+      w.copy_(w[:, perm].clone())
+  bad_kl = 0.0
+  for i, line in enumerate(lines[:8]):
+    with torch.no_grad():
+      theirs = bad(tok(line, return_tensors='pt')['input_ids']).logits[0].numpy()
+    bad_kl = max(bad_kl, _kl_and_top5(ours_logits[i], theirs)[0])
+  print(f'interleaved-rotary bug in one layer: max KL {bad_kl:.2e}')
+  assert bad_kl > 100 * KL_MAX
 
   # Greedy generation from a prompt: generate() on the tokenizer's ids == the project's decoder.
   prompt = 'A man in a blue shirt'
@@ -251,7 +279,6 @@ def test_mexa_equals_a_transformers_mexa_on_the_export(trained, val_lines, small
   # Equal per layer, up to one near-tie (a sentence whose partner wins by less than the rounding).
   assert all(abs(a - b) <= 1 / n + 1e-12 for a, b in zip(ours, ref))
   # The last entry is after the final norm: the pre-norm convention differs from transformers.
-  from t5x_like.evaluation import hidden_states
   x, lengths = batches.sentence_batch([small_vocab.encode(en[0])])
   pre = np.asarray(hidden_states.forward(model, params, x)[1])[-1, 0, :lengths[0]]
   post = np.asarray(hidden_states.forward(model, params, x, final_norm=True)[1])[-1, 0, :lengths[0]]
@@ -296,7 +323,6 @@ def test_cloned_export_special_tokens_and_every_eos_stops(tmp_path, small_vocab)
   os.makedirs(run)
   run_dir.save_model_config(str(run), cfg)
   vocab_lib.save_vocabulary(cv, str(run / 'vocabulary'))
-  from t5x_like.convert import from_hf
   from_hf.save_checkpoint(str(run), params)
   out = str(tmp_path / 'hf')
   assert convert_main(['to-hf', '--model_dir', str(run), '--out', out]) == 0

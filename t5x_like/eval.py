@@ -501,6 +501,9 @@ def summary_line(res: dict) -> str:
     parts.append(f'grad {lang} {r["non_vocab"]:+.3f} (control {r["non_vocab_mismatched"]:+.3f})')
   for t, r in res.get('mexa', {}).get('targets', {}).items():
     parts.append(f'mexa {t} mean {r["weighted"]["mean"]:.2f} max {r["weighted"]["max"]:.2f}')
+  cut = sum(res.get('mexa', {}).get('cut', {}).values())
+  if cut:
+    parts.append(f'mexa: {cut} sentence(s) cut at the model\'s length limit')
   for lang, r in res.get('token_efficiency', {}).get('languages', {}).items():
     if r.get('teff') is not None:
       parts.append(f'teff {lang} {r["teff"]:.2f}')

@@ -299,6 +299,8 @@ def test_mexa_cuts_at_the_model_limit_and_counts(small_vocab, small_text):
   assert 0 < long < 20
   e = mexa.sentence_embeddings(build_model(cfg), init_params(cfg), small_vocab, lines, batch_size=8)
   assert e['cut'] == long and e['weighted'].shape == (2, 20, 32)
+  from t5x_like import eval as eval_lib
+  assert f'{long} sentence(s) cut' in eval_lib.summary_line({'mexa': {'targets': {}, 'cut': {'f': long}}})
 
 
 def test_cloned_export_special_tokens_and_every_eos_stops(tmp_path, small_vocab):

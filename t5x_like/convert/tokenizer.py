@@ -147,7 +147,11 @@ Language 0 is the base vocabulary; language k's copy of base token t has id `t +
 string `<piece>⟦k⟧`. Tokens that are not cloned keep their base id in every language. Ids `t + k*V` of
 uncloned tokens are unused (`<unused_ID>`).
 
-`tokenizer(text)` encodes as language 0. To encode as language k:
+`tokenizer(text)` encodes as language 0, after id 0: every training input started with id 0 (the
+targets shifted right), so the tokenizer puts it first. Each language's copy of a special token
+(`</s>⟦k⟧`, `<unk>⟦k⟧`, ...) is special, so `decode(ids, skip_special_tokens=True)` reads the same in
+every language, and generation stops at any language's `</s>` (generation_config.json lists them all).
+To encode as language k:
 
 ```python
 from transformers import AutoTokenizer
@@ -155,7 +159,8 @@ import sys; sys.path.insert(0, OUT)           # the directory this README is in
 from cloned_language import encode_as_language, language_of
 tok = AutoTokenizer.from_pretrained(OUT)
 ids = encode_as_language(tok, "A man rides a bike.", k=1)   # list of ints
-tok.decode(ids)          # the text again (markers are stripped); tok.convert_ids_to_tokens(ids) shows them
+tok.decode(ids, skip_special_tokens=True)   # the text again (markers are stripped)
+tok.convert_ids_to_tokens(ids)               # shows the markers
 language_of(tok, ids)    # per id: its language, or None for tokens shared by all languages
 ```
 """.replace('{n_minus}', '{n} - 1')

@@ -172,8 +172,8 @@ def write_gin(out: str, cfg, hf_dir: str, spm_path: Optional[str], extra_ids: in
   cls = type(cfg).__name__
   out_abs = os.path.abspath(out)
   # Paths as Python string literals (gin parses them so): a quote or backslash in a path survives.
-  vocab_line = (f'sentencepiece_vocabulary.model_path = {os.path.abspath(spm_path)!r}'
-                if spm_path else '# (no SentencePiece model in the HF dir: bind a vocabulary whose ids match the model)')
+  vocab_line = (f'sentencepiece_vocabulary.model_path = {os.path.abspath(spm_path)!r}' if spm_path
+                else '# (no SentencePiece model in the HF dir: bind a vocabulary whose ids match the model)')
   lines = [
       f'# Continue pretraining {_shell_path(os.path.abspath(hf_dir))}, imported by '
       '`python -m t5x_like.convert from-hf`.',

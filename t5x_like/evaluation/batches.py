@@ -133,7 +133,8 @@ def sentence_batch(token_lists: Sequence[Sequence[int]], family: str = 'decoder'
 
   Decoder: [0, t1..tn] -- the 0 plays the role of a BOS, as the training inputs start with 0 -- so
   position i has read tokens up to t_i, and the row's length is n + 1. Encoder-decoder: [t1..tn, eos]
-  into the encoder, as seqio's `add_eos` features (and the exported tokenizer) give it. Rows are right-padded with 0 to a multiple of `pad_to` (fewer distinct shapes to compile);
+  into the encoder, as seqio's `add_eos` features (and the exported tokenizer) give it. Rows are
+  right-padded with 0 to a multiple of `pad_to` (fewer distinct shapes to compile);
   returns (batch, lengths).
   """
   if family == 'decoder':

@@ -2,9 +2,10 @@
 
 The models sow 'embedded' (embedding output, positions added) and, per block, 'hidden' (the block's
 output, before the final norm); `forward(..., final_norm=True)` gives the last one after the final
-norm instead, as transformers' `output_hidden_states` does. Scanned layers stack theirs on axis 0 under 'layers'; unrolled ones live
-under 'layers_{i}'. `stack_hidden` turns either layout into one [num_layers + 1, batch, length, embed]
-array, embedding output first, so every metric indexes layers the same way.
+norm instead, as transformers' `output_hidden_states` does. Scanned layers stack theirs on axis 0
+under 'layers'; unrolled ones live under 'layers_{i}'. `stack_hidden` turns either layout into one
+[num_layers + 1, batch, length, embed] array, embedding output first, so every metric indexes layers
+the same way.
 """
 from __future__ import annotations
 

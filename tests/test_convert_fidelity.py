@@ -227,6 +227,14 @@ def test_encdec_eos_start_kl_top5_and_greedy(trained, val_lines, small_vocab):
   assert ours[:n] == theirs and not any(ours[n:])
 
 
+def _hf_hidden(hf, enc):
+  """transformers' `hidden_states` (the encoder's for an encoder-decoder)."""
+  with torch.no_grad():
+    if hasattr(hf, 'encoder'):
+      return hf.encoder(**enc, output_hidden_states=True).hidden_states
+    return hf(**enc, output_hidden_states=True).hidden_states
+
+
 def _reference_mexa(hf, tok, pivot, target):
   """MEXA from its definition (cisnlp/Mexa's embed_extractor.py + compute_mexa.py), on transformers:
   each sentence alone through the tokenizer, `output_hidden_states`, position-weighted mean over all
@@ -236,8 +244,7 @@ def _reference_mexa(hf, tok, pivot, target):
     per_layer = None
     for line in lines:
       enc = tok(line, return_tensors='pt')
-      with torch.no_grad():
-        hs = hf(**enc, output_hidden_states=True).hidden_states
+      hs = _hf_hidden(hf, enc)
       w = enc['attention_mask'][0].double() * torch.arange(1, enc['input_ids'].shape[1] + 1)
       embs = [(h[0].double() * w[:, None]).sum(0) / w.sum() for h in hs]
       per_layer = per_layer or [[] for _ in embs]
@@ -258,8 +265,9 @@ def _reference_mexa(hf, tok, pivot, target):
   return scores, p
 
 
-def test_mexa_equals_a_transformers_mexa_on_the_export(trained, val_lines, small_vocab):
-  t = trained['decoder']
+@pytest.mark.parametrize('family', ['decoder', 'encdec'])
+def test_mexa_equals_a_transformers_mexa_on_the_export(trained, val_lines, small_vocab, family):
+  t = trained[family]
   cfg, params, hf, tok = t['cfg'], t['params'], t['hf'], t['tok']
   n = 100
   # English against a paraphrase the model can match (lowercase, no final period): scores well away
@@ -269,21 +277,20 @@ def test_mexa_equals_a_transformers_mexa_on_the_export(trained, val_lines, small
   model = build_model(cfg)
   e_en = mexa.sentence_embeddings(model, params, small_vocab, en)
   e_de = mexa.sentence_embeddings(model, params, small_vocab, de)
-  assert e_en['cut'] == e_de['cut'] == 0  # the model's own limit (2048 positions) cuts nothing
+  assert e_en['cut'] == e_de['cut'] == 0  # the model's own limit (2048 positions, or none) cuts nothing
   ours = mexa.mexa_by_layer(e_en, e_de)['weighted']['by_layer']
   ref, ref_en = _reference_mexa(hf, tok, en, de)
-  assert len(ours) == len(ref) == cfg.num_layers + 1
+  assert len(ours) == len(ref) == (cfg.num_layers if family == 'decoder' else cfg.num_encoder_layers) + 1
   rel = np.abs(e_en['weighted'] - ref_en).max() / np.abs(ref_en).max()
-  print(f'\nMEXA by layer: ours {ours}, transformers {ref}; embeddings max rel diff {rel:.1e}')
+  print(f'\n{family} MEXA by layer: ours {ours}, transformers {ref}; embeddings max rel diff {rel:.1e}')
   assert rel <= 1e-5
   # Equal per layer, up to one near-tie (a sentence whose partner wins by less than the rounding).
   assert all(abs(a - b) <= 1 / n + 1e-12 for a, b in zip(ours, ref))
   # The last entry is after the final norm: the pre-norm convention differs from transformers.
-  x, lengths = batches.sentence_batch([small_vocab.encode(en[0])])
+  x, lengths = batches.sentence_batch([small_vocab.encode(en[0])], family)
   pre = np.asarray(hidden_states.forward(model, params, x)[1])[-1, 0, :lengths[0]]
   post = np.asarray(hidden_states.forward(model, params, x, final_norm=True)[1])[-1, 0, :lengths[0]]
-  with torch.no_grad():
-    last = hf(**tok(en[0], return_tensors='pt'), output_hidden_states=True).hidden_states[-1][0].numpy()
+  last = _hf_hidden(hf, tok(en[0], return_tensors='pt'))[-1][0].numpy()
   assert np.abs(post - last).max() <= 1e-4 < np.abs(pre - last).max()
 
 

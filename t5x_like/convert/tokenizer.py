@@ -104,7 +104,8 @@ def write_hf_tokenizer(vocab_dir: str, out: str, *, family: str, model_vocab_siz
                      else (f'<unused_{t + k * base}>', -1e9))
     # Each language's copy of a special token is special too (decode skips it, encode never splits it),
     # and each language's EOS ends generation.
-    special_base = [t for t, (piece, _) in enumerate(pieces) if piece in set(specials)]
+    special_set = set(specials)
+    special_base = [t for t, (piece, _) in enumerate(pieces) if piece in special_set]
     specials = specials + [vocab[t + k * base][0] for k in range(1, n) for t in special_base
                            if t in is_cloned]
     notes['eos_token_ids'] = [EOS_ID] + [EOS_ID + k * base for k in range(1, n) if EOS_ID in is_cloned]

@@ -47,6 +47,10 @@ def stack_of(intermediates: dict, family: str, stack: Optional[str] = None) -> d
   return intermediates[stack]
 
 
+def _is_final_norm(module, method: str) -> bool:
+  return module.name == 'final_norm' and method == '__call__'
+
+
 def forward(model, params, batch: dict, *, stack: Optional[str] = None, final_norm: bool = False):
   """(logits, hidden [L + 1, B, T, D]) of one deterministic forward pass.
 
@@ -59,10 +63,9 @@ def forward(model, params, batch: dict, *, stack: Optional[str] = None, final_no
   window's tokens are the encoder input, position for position (`encoder_view`)."""
   if model.config.family == 'encdec' and 'encoder_input_tokens' not in batch:
     batch = encoder_view(batch)
-  capture = (lambda mdl, method: mdl.name == 'final_norm' and method == '__call__') if final_norm \
-      else False
   logits, state = model.apply({'params': params}, batch, deterministic=True,
-                              mutable=['intermediates'], capture_intermediates=capture)
+                              mutable=['intermediates'],
+                              capture_intermediates=_is_final_norm if final_norm else False)
   inter = stack_of(state['intermediates'], model.config.family, stack)
   hidden = stack_hidden(inter)
   if final_norm:

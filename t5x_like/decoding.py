@@ -5,7 +5,8 @@
 
 `inputs` is an int32 [batch, length] array, right-padded with 0 (pad):
   * decoder-only (`DecoderConfig`): the prompts; generation continues each prompt after its last
-    non-pad token (no EOS is added to prompts; there is no BOS).
+    non-pad token (no EOS is added to prompts). A prompt may start with id 0, as every training input
+    does (targets shifted right) and as the exported HF tokenizer encodes: `[0, t1, ..., tn]`.
   * encoder-decoder (`EncDecConfig`): the encoder inputs, as the task feeds them (ending with EOS); the
     decoder starts from id 0, as seqio's EncDecFeatureConverter shifts targets.
 Both return the *new* tokens only: int32 [batch, max_new_tokens], EOS (id 1) included, 0 after it.
@@ -102,11 +103,17 @@ def _cached_model(params, config, inputs, length: int, repeat: int = 1):
   return prefill, step
 
 
+def _prompt_lengths(inputs):
+  """Up to each row's last non-pad token: a leading 0 (the training-time start token) is counted."""
+  pos = jnp.arange(1, inputs.shape[1] + 1, dtype=jnp.int32)
+  return jnp.max(jnp.where(inputs != PAD_ID, pos[None], 0), axis=1).astype(jnp.int32)
+
+
 def _start(config, inputs, max_new_tokens: int):
   """(buffer, first position to predict from) for each row."""
   bsz = inputs.shape[0]
   if config.family == 'decoder':
-    lengths = jnp.sum(inputs != PAD_ID, axis=1).astype(jnp.int32)
+    lengths = _prompt_lengths(inputs)
     buffer = jnp.concatenate([inputs, jnp.zeros((bsz, max_new_tokens), jnp.int32)], axis=1)
     if config.position_embedding == 'learned' and buffer.shape[1] > config.max_length:
       raise ValueError(f'prompt length + max_new_tokens = {buffer.shape[1]} > DecoderConfig.max_length='
@@ -210,7 +217,7 @@ def _sequence_log_prob(params, inputs, cont, *, config):
   model = build_model(config)
   valid = jnp.cumsum(jnp.pad(cont == EOS_ID, ((0, 0), (1, 0)))[:, :-1], axis=1) == 0
   if config.family == 'decoder':
-    lengths = jnp.sum(inputs != PAD_ID, axis=1)
+    lengths = _prompt_lengths(inputs)
     seq = jnp.concatenate([inputs, jnp.zeros_like(cont)], axis=1)
     idx = lengths[:, None] + jnp.arange(cont.shape[1])[None]
     seq = seq.at[jnp.arange(seq.shape[0])[:, None], idx].set(cont)

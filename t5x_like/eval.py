@@ -222,9 +222,11 @@ def _mexa(model, params, vocab, opts: EvalOptions, num_langs: int) -> dict:
     return mexa.sentence_embeddings(model, params, vocab, lines, lang,
                                     batch_size=min(opts.batch_size * 2, 64)), len(lines)
   e_pivot, n = embed(pivot)
-  out = {'pivot': pivot, 'n': n, 'chance': 1.0 / n, 'targets': {}}
+  # 'cut': sentences longer than the model's own limit, per text (cisnlp/Mexa cuts none).
+  out = {'pivot': pivot, 'n': n, 'chance': 1.0 / n, 'cut': {pivot: e_pivot['cut']}, 'targets': {}}
   for t in targets:
     e_t, m = embed(t)
+    out['cut'][t] = e_t['cut']
     if m != n:
       raise ValueError(f'mexa: {t} has {m} lines, the pivot {pivot} has {n}: files must be line-aligned')
     out['targets'][t] = mexa.mexa_by_layer(e_pivot, e_t)
@@ -235,8 +237,8 @@ def make_decoder(model, params, vocab, *, batch_size: int = 16, beam_size: int =
                  max_new_tokens: int = 128):
   """prompts -> hypotheses through t5x_like.decoding (greedy when beam_size == 1, else beam search).
 
-  Decoder-only models continue the prompt (no EOS appended); encoder-decoders read it with its EOS, as
-  the tasks feed them. Generation stops at EOS; the text is decoded from the new tokens only.
+  Decoder-only models continue `[0] + prompt` (no EOS appended); encoder-decoders read it with its
+  EOS, as the tasks feed them. Generation stops at EOS; the text is decoded from the new tokens only.
   """
   import numpy as np
   from t5x_like import decoding
@@ -247,8 +249,10 @@ def make_decoder(model, params, vocab, *, batch_size: int = 16, beam_size: int =
     hyps = []
     for start in range(0, len(prompts), batch_size):
       part = list(prompts[start:start + batch_size])
-      ids = [batches.encode_base(vocab, p) + ([batches.EOS_ID] if cfg.family == 'encdec' else [])
-             for p in part]
+      # As in training (and the exported tokenizer): decoder prompts start with id 0, encoder inputs end
+      # with EOS.
+      ids = [batches.encode_base(vocab, p) + [batches.EOS_ID] if cfg.family == 'encdec'
+             else [0] + batches.encode_base(vocab, p) for p in part]
       short = batch_size - len(ids)
       ids += [[batches.EOS_ID]] * short  # constant batch: one compile
       tokens = np.zeros((len(ids), max(len(x) for x in ids)), np.int32)
@@ -497,6 +501,9 @@ def summary_line(res: dict) -> str:
     parts.append(f'grad {lang} {r["non_vocab"]:+.3f} (control {r["non_vocab_mismatched"]:+.3f})')
   for t, r in res.get('mexa', {}).get('targets', {}).items():
     parts.append(f'mexa {t} mean {r["weighted"]["mean"]:.2f} max {r["weighted"]["max"]:.2f}')
+  cut = sum(res.get('mexa', {}).get('cut', {}).values())
+  if cut:
+    parts.append(f'mexa: {cut} sentence(s) cut at the model\'s length limit')
   for lang, r in res.get('token_efficiency', {}).get('languages', {}).items():
     if r.get('teff') is not None:
       parts.append(f'teff {lang} {r["teff"]:.2f}')

@@ -239,7 +239,7 @@ def cloned_lm_task(name: str = gin.REQUIRED, train_files: Sequence[str] = gin.RE
     val_files = sources.resolve_files(validation_files, f'{what}.validation_files')
     for k, task_name in enumerate(eval_task_names(name, num_languages)):
       def in_language(ds, k=k):
-        ds = lm.concat_and_chunk(ds, length)
+        ds = lm.concat_and_chunk(ds, length, keep_remainder=True)  # a pass scores every token
         return ds.map(lambda ex: {'targets': vocab.clone_ids_tf(ex['targets'], k),
                                   'language': tf.constant(k, tf.int32)})
       register_task(task_name,

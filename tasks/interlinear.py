@@ -39,10 +39,19 @@ def group_pairs(ds: tf.data.Dataset, *, max_pairs: int, max_tokens: int, key: st
 
   `directions`: two keys of alternative tokenizations of the same pair (source-first and
   target-first); the direction of document i is drawn statelessly from (seed, i). Without them,
-  `key` is used. A finite input's last, unfinished document is dropped.
+  `key` is used. A finite input's last, unfinished document is emitted too, so a single pass over a
+  split (evaluation, `tasks show`) loses no pair.
   """
   budget = max_tokens - 1  # room for EOS
   empty = tf.zeros([0], tf.int32)
+  # One marked element after the input flushes the unfinished document (an infinite input never
+  # reaches it). Its fields are empty tensors of the input's own structure.
+  def blank_like(spec):
+    shape = [0 if d is None else d for d in spec.shape]
+    return tf.fill(shape, '') if spec.dtype == tf.string else tf.zeros(shape, spec.dtype)
+  blank = tf.nest.map_structure(blank_like, ds.element_spec)
+  ds = ds.map(lambda ex: (ex, False)).concatenate(
+      tf.data.Dataset.from_tensors((blank, True)))
 
   def pick(ex, doc_idx):
     if not directions:
@@ -51,7 +60,16 @@ def group_pairs(ds: tf.data.Dataset, *, max_pairs: int, max_tokens: int, key: st
                                     dtype=tf.int64)
     return tf.cond(tf.equal(d, 0), lambda: ex[directions[0]], lambda: ex[directions[1]])
 
-  def step(state, ex):
+  def step(state, item):
+    ex, end = item
+    doc, n, doc_idx = state
+
+    def flush():
+      return (empty, 0, doc_idx + 1), (n > 0, doc)
+
+    return tf.cond(end, flush, lambda: add_pair(state, ex))
+
+  def add_pair(state, ex):
     doc, n, doc_idx = state
     pair = pick(ex, doc_idx)
     fits = tf.logical_or(tf.equal(n, 0), tf.size(doc) + tf.size(pair) <= budget)

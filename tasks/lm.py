@@ -64,13 +64,16 @@ def _filter_short(ds):
   return ds.filter(lambda ex: tf.shape(ex['targets'])[0] >= 2)
 
 
-def concat_and_chunk(ds: tf.data.Dataset, length: int, key: str = 'targets') -> tf.data.Dataset:
+def concat_and_chunk(ds: tf.data.Dataset, length: int, key: str = 'targets',
+                     keep_remainder: bool = False) -> tf.data.Dataset:
   """Concatenates the token streams of all examples (each ending in EOS) and cuts them into
   windows of exactly `length` tokens: GPT-style LM sequences, as in Schäfer et al.'s training and
-  per-window evaluation. Documents may span windows; the last partial window is dropped.
+  per-window evaluation. Documents may span windows; the last partial window of a finite input is
+  dropped, or, with `keep_remainder` (single passes over a split), kept as a shorter window that the
+  converter pads.
 
   The converter then needs no packing (DataConfig.pack = False): it shifts the targets into
   decoder_input_tokens and weights every token.
   """
   tokens = ds.map(lambda ex: ex[key]).unbatch()
-  return tokens.batch(length, drop_remainder=True).map(lambda t: {key: t})
+  return tokens.batch(length, drop_remainder=not keep_remainder).map(lambda t: {key: t})

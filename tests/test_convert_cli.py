@@ -38,12 +38,13 @@ def test_demo_export_generates_the_same_text(tmp_path, small_vocab, small_text):
   model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
   tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
   lines = open(small_text['validation'], encoding='utf-8').read().splitlines()[:100]
-  assert all(tok(l)['input_ids'] == small_vocab.encode(l) for l in lines)  # same ids as the run
+  # The run's ids, after the id 0 that starts every training input.
+  assert all(tok(l)['input_ids'] == [0] + small_vocab.encode(l) for l in lines)
   prompt = 'A man in a blue shirt'
   ids = tok(prompt, return_tensors='pt')['input_ids']
   hf_text = tok.decode(model.generate(ids, max_new_tokens=10, do_sample=False)[0, ids.shape[1]:],
                        skip_special_tokens=True)
-  ours = np.asarray(decoding.greedy_decode(params, cfg, np.asarray([small_vocab.encode(prompt)]),
+  ours = np.asarray(decoding.greedy_decode(params, cfg, np.asarray([[0] + small_vocab.encode(prompt)]),
                                            max_new_tokens=10))[0]
   assert hf_text == small_vocab.decode([t for t in ours.tolist() if t > 1]) and hf_text.strip()
 
@@ -120,7 +121,29 @@ def test_cloned_vocabulary_tokenizer(tmp_path, small_vocab):
   text = 'A little girl climbing into a wooden playhouse.'
   for k in range(3):
     ids = cloned_language.encode_as_language(tok, text, k)
-    assert ids == cv.encode_as(text, k)
-    assert tok.decode(ids) == text
+    assert ids == [0] + cv.encode_as(text, k)  # the training-time start token first
+    assert tok.decode(ids, skip_special_tokens=True) == text
     assert {l for l in cloned_language.language_of(tok, ids) if l is not None} <= {k}
   assert '⟦2⟧' in ''.join(tok.convert_ids_to_tokens(cloned_language.encode_as_language(tok, text, 2)))
+
+
+def test_from_hf_gin_survives_quotes_and_backslashes_in_paths(tmp_path, small_vocab):
+  """Issue 12: the paths written into continue_pretraining.gin are string literals gin reads back."""
+  import shutil
+  from test_convert import _hf_llama
+  from t5x_like import train
+  train._import_configurables()  # what train.main does before it parses the gin files
+  hf = tmp_path / 'hf'
+  _hf_llama(hf)
+  shutil.copyfile(small_vocab.sentencepiece_model_file, hf / 'tokenizer.model')
+  out = tmp_path / "it's a \\ dir" / 'imported'
+  assert convert_main(['from-hf', '--hf', str(hf), '--out', str(out)]) == 0
+  gin_file = out / 'continue_pretraining.gin'
+  try:
+    gin.add_config_file_search_path(REPO)
+    gin.parse_config_file(str(gin_file))
+    assert gin.query_parameter('train.init_params_from') == str(out)
+    assert gin.query_parameter('sentencepiece_vocabulary.model_path') == str(out / 'vocabulary' / 'spm.model')
+  finally:
+    gin.clear_config()
+  assert os.path.exists(str(out / 'vocabulary' / 'spm.model'))

@@ -117,9 +117,10 @@ def test_translation_scores_what_the_decoder_generates():
   sources, refs = ['ein Hund', 'eine Katze', 'ein Haus'], ['a dog', 'a cat', 'a house']
   decode = eval_lib.make_decoder(model, params, vocab, batch_size=2, max_new_tokens=6)
   res = translation.translate_and_score(decode, sources, refs, prompt='{source} =')
-  # The hypotheses are exactly the greedy continuations of the prompts, cut at EOS.
+  # The hypotheses are exactly the greedy continuations of the prompts (after the training-time
+  # start token 0), cut at EOS.
   prompt = np.zeros((1, 16), np.int32)
-  ids = vocab.encode('ein Hund =')
+  ids = [0] + vocab.encode('ein Hund =')
   prompt[0, :len(ids)] = ids
   row = [int(t) for t in np.asarray(decoding.greedy_decode(params, cfg, prompt, max_new_tokens=6))[0]]
   row = row[:row.index(1)] if 1 in row else row

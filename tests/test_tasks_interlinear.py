@@ -66,8 +66,26 @@ def test_documents_alternate_languages_and_never_break_a_pair(m30k, vocab, pairs
       n_pairs += 1
   assert max(sizes) == 4 and min(sizes) >= 1
   assert 2 in sizes or 3 in sizes  # the 128-token limit ended some documents early
-  # Every pair is used once, in order, except the last, unfinished document.
-  assert len(en) - 4 <= n_pairs <= len(en)
+  # Every pair is used once, in order, the last, unfinished document included.
+  assert n_pairs == len(en)
+
+
+@pytest.mark.parametrize('order', ['source_first', 'both', 'random'])
+def test_a_single_pass_loses_no_pair(tmp_path, vocab, pairs, order):
+  """Issue 13.4: 3 aligned lines and a 512-token sequence make one document, not none; 17 pairs in
+  groups of 8 make 8 + 8 + 1."""
+  en, de = pairs
+  for n, want in ((3, [3]), (17, [8, 8, 1])):
+    (tmp_path / 'a.en').write_text('\n'.join(en[:n]) + '\n', encoding='utf-8')
+    (tmp_path / 'a.de').write_text('\n'.join(de[:n]) + '\n', encoding='utf-8')
+    task = interlinear.interlinear_task(
+        name=f'test_il_flush_{order}_{n}', vocabulary=vocab, order=order, pairs_per_document=8,
+        sequence_length=512, separator=' ', source_language='en',
+        parallel_files={'train': {'en': str(tmp_path / 'a.en'), 'de': str(tmp_path / 'a.de')}})
+    docs = _docs(task, length=512)
+    sizes = [len(_segments(vocab.decode(d.tolist()))) // 2 for d in docs]
+    # 'both': each group of pairs in both directions, alternating.
+    assert sizes == ([s for s in want for _ in (0, 1)] if order == 'both' else want), (order, n, sizes)
 
 
 def test_orders_both_and_random(m30k, vocab):

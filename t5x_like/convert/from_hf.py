@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 from typing import Optional
 
 import numpy as np
@@ -170,15 +171,17 @@ _DATA_EXAMPLE = {
 def write_gin(out: str, cfg, hf_dir: str, spm_path: Optional[str], extra_ids: int) -> str:
   cls = type(cfg).__name__
   out_abs = os.path.abspath(out)
-  vocab_line = (f"sentencepiece_vocabulary.model_path = '{spm_path}'" if spm_path else
-                '# (no SentencePiece model in the HF dir: bind a vocabulary whose ids match the model)')
+  # Paths as Python string literals (gin parses them so): a quote or backslash in a path survives.
+  vocab_line = (f'sentencepiece_vocabulary.model_path = {os.path.abspath(spm_path)!r}' if spm_path
+                else '# (no SentencePiece model in the HF dir: bind a vocabulary whose ids match the model)')
   lines = [
-      f'# Continue pretraining {os.path.abspath(hf_dir)}, imported by `python -m t5x_like.convert from-hf`.',
+      f'# Continue pretraining {_shell_path(os.path.abspath(hf_dir))}, imported by '
+      '`python -m t5x_like.convert from-hf`.',
       '# The model config below is the checkpoint\'s; train.init_params_from starts a new run from its',
       '# parameters (the optimizer starts fresh). The data is yours to bind, in a second gin file, e.g.:',
       _DATA_EXAMPLE[cfg.family].format(extra=extra_ids),
       '# then:',
-      f'#   python -m t5x_like.train --gin_file={out_abs}/continue_pretraining.gin \\',
+      f'#   python -m t5x_like.train --gin_file={_shell_path(out_abs + "/continue_pretraining.gin")} \\',
       '#     --gin_file=my_data.gin --gin.MODEL_DIR="\'/tmp/cpt\'" --gin.TRAIN_STEPS=1000',
       "include 'gin_configs/runs/pretrain.gin'",
       '',
@@ -186,11 +189,16 @@ def write_gin(out: str, cfg, hf_dir: str, spm_path: Optional[str], extra_ids: in
   ]
   for f in dataclasses.fields(cfg):
     lines.append(f'{cls}.{f.name} = {_gin_value(getattr(cfg, f.name))}')
-  lines += ['', f"train.init_params_from = '{out_abs}'", vocab_line, '']
+  lines += ['', f'train.init_params_from = {out_abs!r}', vocab_line, '']
   path = os.path.join(out, 'continue_pretraining.gin')
   with open(path, 'w') as fh:
     fh.write('\n'.join(lines))
   return path
+
+
+def _shell_path(path: str) -> str:
+  """A path as a shell word, on one line (it is shown in a comment)."""
+  return shlex.quote(path).replace('\n', '\\n')
 
 
 def _gin_value(v) -> str:

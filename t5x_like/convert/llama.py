@@ -62,8 +62,9 @@ def hf_config(cfg: DecoderConfig, torch_dtype: str) -> dict:
       max_position_embeddings=cfg.max_length, rms_norm_eps=cfg.rms_norm_eps,
       rope_parameters={'rope_type': 'default', 'rope_theta': cfg.rope_theta},
       tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std,
-      # T5-convention ids (tasks/vocab.py): pad 0, eos 1, no bos.
-      bos_token_id=None, eos_token_id=1, pad_token_id=0)
+      # T5-convention ids (tasks/vocab.py): pad 0, eos 1. Id 0 also starts every training input
+      # (targets shifted right), so it is the BOS the exported tokenizer puts first.
+      bos_token_id=0, eos_token_id=1, pad_token_id=0)
   d = c.to_dict()
   d['architectures'] = [ARCHITECTURE]
   d['dtype'] = torch_dtype

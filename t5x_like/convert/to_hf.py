@@ -108,16 +108,26 @@ def hf_config(cfg, dtype: str, hf_arch: str = 't5') -> dict:
 
 
 def write_configs(cfg, out: str, dtype: str, hf_arch: str = 't5') -> dict:
-  from transformers import GenerationConfig
   d = hf_config(cfg, dtype, hf_arch)
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'config.json'), 'w') as f:
     json.dump(d, f, indent=2, sort_keys=True)
-  gen = dict(eos_token_id=1, pad_token_id=0)
-  if cfg.family == 'encdec':
-    gen['decoder_start_token_id'] = 0
-  GenerationConfig(**gen).save_pretrained(out)
+  write_generation_config(cfg, out)
   return d
+
+
+def write_generation_config(cfg, out: str, eos_token_ids=(1,)) -> None:
+  """Generation starts where training did: from id 0 (the decoder-only BOS, the encoder-decoder's
+  decoder start) and stops at every language's EOS (`eos_token_ids`: one per cloned language)."""
+  from transformers import GenerationConfig
+  eos = list(eos_token_ids) if len(eos_token_ids) > 1 else eos_token_ids[0]
+  if cfg.family == 'encdec':
+    gen = dict(decoder_start_token_id=0, eos_token_id=eos, pad_token_id=0)
+  else:
+    # No pad id: the prompt's leading 0 *is* the pad id, and generate() would mask it as padding when
+    # called without an attention_mask. (transformers then pads finished rows with the first EOS.)
+    gen = dict(bos_token_id=0, eos_token_id=eos)
+  GenerationConfig(**gen).save_pretrained(out)
 
 
 def export(model_dir: str, out: str, *, step: Optional[int] = None, dtype: Optional[str] = None,
@@ -145,6 +155,7 @@ def export(model_dir: str, out: str, *, step: Optional[int] = None, dtype: Optio
     from t5x_like.convert import tokenizer
     notes = tokenizer.write_hf_tokenizer(vocab_dir, out, family=cfg.family,
                                          model_vocab_size=cfg.vocab_size)
+    write_generation_config(cfg, out, notes['eos_token_ids'])
   else:
     log(f'note: {vocab_dir} not found: no tokenizer written')
   log(f'exported {model_dir} step {step} -> {out}: {arch}, {dtype}, {len(files)} safetensors file(s)'

@@ -1,15 +1,20 @@
 """The run's SentencePiece vocabulary as a Hugging Face fast tokenizer (tokenizer.json), and back.
 
-Ids follow the run's vocabulary exactly (T5 convention: pad 0, eos 1, unk 2, no bos): the tokenizer is
-built from the SentencePiece proto with transformers' `SpmConverter.build_tokenizer_from_spm_proto`, which
-follows the model's own normalizer spec, so `tokenizer(text)` equals `SentencePieceProcessor.encode(text)`.
-seqio's extra ids (`<extra_id_0>` is the last id) are appended as special tokens.
+Ids follow the run's vocabulary exactly (T5 convention: pad 0, eos 1, unk 2): the tokenizer is built from
+the SentencePiece proto with transformers' `SpmConverter.build_tokenizer_from_spm_proto`, which follows the
+model's own normalizer spec. seqio's extra ids (`<extra_id_0>` is the last id) are appended as special
+tokens. The post-processor reproduces the training-time input: decoder-only `tokenizer(text)` is
+`[0] + encode(text)` (seqio's DecoderFeatureConverter shifts targets right, so id 0 starts every
+document the model saw; the tokenizer's BOS is that id-0 piece), encoder inputs are `encode(text) + [eos]`
+(seqio's `add_eos`).
 
 Cloned vocabularies (tasks/cloned.py; Schäfer et al. 2024) get a tokenizer with `base_vocab_size x
 num_languages` entries. Language 0 is the base vocabulary; the copy of base token t for language k >= 1 is
 id t + k*V with piece string `{piece}⟦k⟧`, so every cloned token is distinct and visible in
-`convert_ids_to_tokens`, and the decoder strips the marker. Plain `tokenizer(text)` encodes as language 0;
-`cloned_language.py` (written next to the tokenizer) maps ids to language k — see `encode_as_language`.
+`convert_ids_to_tokens`, and the decoder strips the marker. Every language's copy of a special token
+(eos, unk, extra ids) is itself special, so `decode(..., skip_special_tokens=True)` treats all languages
+alike. Plain `tokenizer(text)` encodes as language 0; `cloned_language.py` (written next to the
+tokenizer) maps ids to language k — see `encode_as_language`.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import shutil
 from typing import Optional
 
 MARKER = '⟦{k}⟧'
+PAD_ID, EOS_ID = 0, 1
 CLONED_TEMPLATE = os.path.join(os.path.dirname(__file__), 'cloned_language_template.py')
 
 
@@ -31,8 +37,8 @@ def _proto(spm_path: str):
   return m
 
 
-def _build(proto, vocab: list[tuple[str, float]], specials: list[str], *, eos_piece: str,
-           append_eos: bool, strip_markers: bool):
+def _build(proto, vocab: list[tuple[str, float]], specials: list[str], *, family: str,
+           strip_markers: bool):
   from tokenizers import AddedToken, Regex, decoders, processors
   from transformers.convert_slow_tokenizer import SpmConverter
   tok = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=False)
@@ -42,12 +48,16 @@ def _build(proto, vocab: list[tuple[str, float]], specials: list[str], *, eos_pi
     # Marker first, so the rest of the decoder sees the base piece.
     tok.decoder = decoders.Sequence([decoders.Replace(Regex('⟦[0-9]+⟧'), ''), tok.decoder])
   tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
-  if append_eos:
+  pad_piece, eos_piece = vocab[PAD_ID][0], vocab[EOS_ID][0]
+  if family == 'encdec':
     # Encoder inputs end with EOS, as seqio's `add_eos=True` features do.
-    eos_id = [p for p, _ in vocab].index(eos_piece)
     tok.post_processor = processors.TemplateProcessing(
         single=['$A', eos_piece], pair=['$A', eos_piece, '$B', eos_piece],
-        special_tokens=[(eos_piece, eos_id)])
+        special_tokens=[(eos_piece, EOS_ID)])
+  else:
+    # Id 0 first: the decoder input the model was trained on ([0, t1, ..., tn-1], targets shifted right).
+    tok.post_processor = processors.TemplateProcessing(
+        single=[pad_piece, '$A'], pair=[pad_piece, '$A', '$B'], special_tokens=[(pad_piece, PAD_ID)])
   return tok
 
 
@@ -75,7 +85,7 @@ def write_hf_tokenizer(vocab_dir: str, out: str, *, family: str, model_vocab_siz
   base = len(pieces)
   pad, eos, unk = (proto.pieces[i].piece for i in (0, 1, 2))
   specials = [pad, eos, unk] + [f'<extra_id_{i}>' for i in range(extra)]
-  notes: dict = {'base_vocab_size': base}
+  notes: dict = {'base_vocab_size': base, 'eos_token_ids': [EOS_ID]}
   vtype = meta.get('type', 'sentencepiece')
   if vtype == 'sentencepiece':
     vocab = pieces
@@ -92,6 +102,13 @@ def write_hf_tokenizer(vocab_dir: str, out: str, *, family: str, model_vocab_siz
         # Unused slots still need unique strings; their -1e9 score keeps them out of any segmentation.
         vocab.append((piece + MARKER.format(k=k), score) if t in is_cloned
                      else (f'<unused_{t + k * base}>', -1e9))
+    # Each language's copy of a special token is special too (decode skips it, encode never splits it),
+    # and each language's EOS ends generation.
+    special_set = set(specials)
+    special_base = [t for t, (piece, _) in enumerate(pieces) if piece in special_set]
+    specials = specials + [vocab[t + k * base][0] for k in range(1, n) for t in special_base
+                           if t in is_cloned]
+    notes['eos_token_ids'] = [EOS_ID] + [EOS_ID + k * base for k in range(1, n) if EOS_ID in is_cloned]
     notes.update(num_languages=n, cloned_ids=len(cloned))
     with open(os.path.join(out, 'cloned_vocabulary.json'), 'w') as f:
       json.dump({**meta, 'base_vocab_size': base, 'marker': MARKER, 'cloned_ids': cloned}, f)
@@ -102,11 +119,11 @@ def write_hf_tokenizer(vocab_dir: str, out: str, *, family: str, model_vocab_siz
     raise ValueError(f"{vocab_dir}/vocabulary.json: cannot export vocabulary type {vtype!r}")
   if len(vocab) > model_vocab_size:
     raise ValueError(f'the vocabulary has {len(vocab)} entries but the model only {model_vocab_size}')
-  tok = _build(proto, vocab, specials, eos_piece=eos, append_eos=family == 'encdec',
-               strip_markers=vtype == 'cloned')
+  tok = _build(proto, vocab, specials, family=family, strip_markers=vtype == 'cloned')
   fast = PreTrainedTokenizerFast(
       tokenizer_object=tok, pad_token=pad, eos_token=eos, unk_token=unk,
-      additional_special_tokens=[f'<extra_id_{i}>' for i in range(extra)] or None,
+      bos_token=pad if family == 'decoder' else None,
+      additional_special_tokens=specials[3:] or None,
       model_max_length=int(1e30), padding_side='right' if family == 'encdec' else 'left')
   fast.save_pretrained(out)
   # The SentencePiece model itself, under the name Llama / T5 tokenizers use, so `from-hf` (and anyone
@@ -131,7 +148,11 @@ Language 0 is the base vocabulary; language k's copy of base token t has id `t +
 string `<piece>⟦k⟧`. Tokens that are not cloned keep their base id in every language. Ids `t + k*V` of
 uncloned tokens are unused (`<unused_ID>`).
 
-`tokenizer(text)` encodes as language 0. To encode as language k:
+`tokenizer(text)` encodes as language 0, after id 0: every training input started with id 0 (the
+targets shifted right), so the tokenizer puts it first. Each language's copy of a special token
+(`</s>⟦k⟧`, `<unk>⟦k⟧`, ...) is special, so `decode(ids, skip_special_tokens=True)` reads the same in
+every language, and generation stops at any language's `</s>` (generation_config.json lists them all).
+To encode as language k:
 
 ```python
 from transformers import AutoTokenizer
@@ -139,7 +160,8 @@ import sys; sys.path.insert(0, OUT)           # the directory this README is in
 from cloned_language import encode_as_language, language_of
 tok = AutoTokenizer.from_pretrained(OUT)
 ids = encode_as_language(tok, "A man rides a bike.", k=1)   # list of ints
-tok.decode(ids)          # the text again (markers are stripped); tok.convert_ids_to_tokens(ids) shows them
+tok.decode(ids, skip_special_tokens=True)   # the text again (markers are stripped)
+tok.convert_ids_to_tokens(ids)               # shows the markers
 language_of(tok, ids)    # per id: its language, or None for tokens shared by all languages
 ```
 """.replace('{n_minus}', '{n} - 1')

@@ -132,14 +132,15 @@ def sentence_batch(token_lists: Sequence[Sequence[int]], family: str = 'decoder'
   """One unpacked sentence a row, for sentence embeddings (MEXA).
 
   Decoder: [0, t1..tn] -- the 0 plays the role of a BOS, as the training inputs start with 0 -- so
-  position i has read tokens up to t_i, and the row's length is n + 1. Encoder-decoder: [t1..tn] into the
-  encoder. Rows are right-padded with 0 to a multiple of `pad_to` (fewer distinct shapes to compile);
+  position i has read tokens up to t_i, and the row's length is n + 1. Encoder-decoder: [t1..tn, eos]
+  into the encoder, as seqio's `add_eos` features (and the exported tokenizer) give it. Rows are
+  right-padded with 0 to a multiple of `pad_to` (fewer distinct shapes to compile);
   returns (batch, lengths).
   """
   if family == 'decoder':
     rows = [[0] + list(t) for t in token_lists]
   else:
-    rows = [list(t) or [EOS_ID] for t in token_lists]
+    rows = [list(t) + [EOS_ID] for t in token_lists]
   lengths = np.array([len(r) for r in rows], np.int32)
   width = int(-(-lengths.max() // pad_to) * pad_to)
   if max_width:

@@ -1,9 +1,11 @@
 """Every block's output for a batch, read from the 'intermediates' the models sow.
 
 The models sow 'embedded' (embedding output, positions added) and, per block, 'hidden' (the block's
-output, before the final norm). Scanned layers stack theirs on axis 0 under 'layers'; unrolled ones live
-under 'layers_{i}'. `stack_hidden` turns either layout into one [num_layers + 1, batch, length, embed]
-array, embedding output first, so every metric indexes layers the same way.
+output, before the final norm); `forward(..., final_norm=True)` gives the last one after the final
+norm instead, as transformers' `output_hidden_states` does. Scanned layers stack theirs on axis 0
+under 'layers'; unrolled ones live under 'layers_{i}'. `stack_hidden` turns either layout into one
+[num_layers + 1, batch, length, embed] array, embedding output first, so every metric indexes layers
+the same way.
 """
 from __future__ import annotations
 
@@ -45,17 +47,30 @@ def stack_of(intermediates: dict, family: str, stack: Optional[str] = None) -> d
   return intermediates[stack]
 
 
-def forward(model, params, batch: dict, *, stack: Optional[str] = None):
+def _is_final_norm(module, method: str) -> bool:
+  return module.name == 'final_norm' and method == '__call__'
+
+
+def forward(model, params, batch: dict, *, stack: Optional[str] = None, final_norm: bool = False):
   """(logits, hidden [L + 1, B, T, D]) of one deterministic forward pass.
+
+  `final_norm=False`: the last entry is the last block's output (the alignment metrics' convention).
+  `final_norm=True`: it is that output after the stack's final norm, as transformers' `hidden_states`
+  (Llama and T5 alike) give it, and as cisnlp/Mexa scores it; the stack's final norm module is
+  captured (`capture_intermediates`), so the model code stays as it is.
 
   Decoder windows (batches.pack_windows) given to an encoder-decoder are read by its encoder: the
   window's tokens are the encoder input, position for position (`encoder_view`)."""
   if model.config.family == 'encdec' and 'encoder_input_tokens' not in batch:
     batch = encoder_view(batch)
   logits, state = model.apply({'params': params}, batch, deterministic=True,
-                              mutable=['intermediates'])
+                              mutable=['intermediates'],
+                              capture_intermediates=_is_final_norm if final_norm else False)
   inter = stack_of(state['intermediates'], model.config.family, stack)
-  return logits, stack_hidden(inter)
+  hidden = stack_hidden(inter)
+  if final_norm:
+    hidden = hidden.at[-1].set(_first(inter['final_norm']['__call__']).astype(jnp.float32))
+  return logits, hidden
 
 
 def encoder_view(windows: dict) -> dict:

@@ -3,12 +3,17 @@
 For n parallel sentences, pivot (English) embeddings e_i and target-language embeddings f_j per layer:
 S_ij = cos(e_i, f_j); MEXA = (1/n) sum_i 1[S_ii > max_{j!=i} S_ij and S_ii > max_{j!=i} S_ji] -- the
 partner must beat every other sentence in its row AND in its column, strictly, so ties never count.
-Sentence embeddings come from every layer, embedding output included (L + 1):
-- 'weighted' (MEXA's default): e = sum_t t h_t / sum_t t, t = 1..T over the sentence's own tokens
-  (later tokens, which have read more of the sentence, weigh more);
+
+What is embedded is what cisnlp/Mexa's `embed_extractor.py` computes on the exported model: transformers'
+`hidden_states` of each sentence alone -- the embedding output, then every block, the LAST ONE AFTER THE
+FINAL NORM (L + 1 entries) -- for the ids the exported tokenizer gives: `[0, t1..tn]` for decoders (id 0
+starts every training input), `[t1..tn, eos]` into the encoder of an encoder-decoder. (The alignment
+metrics keep their own convention, every block before the final norm: see docs/ABLATION.md.)
+- 'weighted' (MEXA's default): e = sum_t t h_t / sum_t t, t = 1..T over the row's own tokens, the
+  leading 0 included (later tokens, which have read more of the sentence, weigh more);
 - 'lasttoken': e = h_T.
-Each sentence is embedded alone (no packing; right-padding is never pooled). Chance level for n
-sentences is about 1/n.
+Sentences are cut only at the model's own limit (a decoder's `max_length`, leading 0 included;
+encoder-decoders have none); how many were cut is returned. Chance level for n sentences is about 1/n.
 """
 from __future__ import annotations
 
@@ -54,25 +59,31 @@ def pool(hidden: np.ndarray, lengths: np.ndarray, mode: str = 'weighted') -> np.
 
 
 def _hidden(params, batch, *, model):
-  return hidden_states.forward(model, params, batch)[1]
+  return hidden_states.forward(model, params, batch, final_norm=True)[1]
+
+
+def token_limit(cfg):
+  """Sentence tokens a model takes (None: no limit): a decoder's positions, less the leading 0."""
+  return cfg.max_length - 1 if cfg.family == 'decoder' else None
 
 
 def sentence_embeddings(model, params, vocab, lines: Sequence[str], language: int = 0, *,
-                        batch_size: int = 32, max_tokens: int = 256) -> dict[str, np.ndarray]:
-  """{'weighted': [L1, n, D], 'lasttoken': [L1, n, D]} for sentences written in cloned `language`."""
+                        batch_size: int = 32) -> dict:
+  """{'weighted': [L1, n, D], 'lasttoken': [L1, n, D], 'cut': sentences cut at the model's limit} for
+  sentences written in cloned `language`."""
   cfg = model.config
   family = cfg.family
-  if getattr(cfg, 'position_embedding', None) == 'learned':
-    # No position beyond the learned table; the leading 0 of decoder rows takes one.
-    max_tokens = min(max_tokens, cfg.max_length - 1)
+  limit = token_limit(cfg)
   fn = hidden_states.jitted(_hidden, model)
-  ids = [batches_lib.encode_base(vocab, l)[:max_tokens] for l in lines]
+  ids = [batches_lib.encode_base(vocab, l) for l in lines]
+  cut = sum(len(x) > limit for x in ids) if limit else 0
+  ids = [x[:limit] for x in ids] if limit else ids
   order = np.argsort([len(x) for x in ids], kind='stable')  # similar lengths together: less padding
   out = {m: [None] * len(ids) for m in POOLINGS}
   for start in range(0, len(ids), batch_size):
     idx = order[start:start + batch_size]
     batch, lengths = batches_lib.sentence_batch([ids[i] for i in idx], family,
-                                                max_width=max_tokens + 1)
+                                                max_width=limit + 1 if limit else None)
     batch = batches_lib.in_language(vocab, batch, language)
     short = batch_size - len(idx)
     if short:  # constant batch size: one compile per padded width
@@ -83,7 +94,7 @@ def sentence_embeddings(model, params, vocab, lines: Sequence[str], language: in
       pooled = pool(h, lengths, m)
       for j, i in enumerate(idx):
         out[m][i] = pooled[:, j]
-  return {m: np.stack(v, axis=1) for m, v in out.items()}
+  return {**{m: np.stack(v, axis=1) for m, v in out.items()}, 'cut': int(cut)}
 
 
 def mexa_by_layer(pivot: dict, target: dict) -> dict:

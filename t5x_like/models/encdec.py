@@ -157,7 +157,7 @@ class EncoderDecoder(nn.Module):
     return self.encoder(self.token_embed(tokens), segments, tokens > 0, deterministic)
 
   def decode(self, batch: dict, encoded, deterministic: bool = True, decode: Optional[str] = None,
-             decode_length: Optional[int] = None):
+             decode_length: Optional[int] = None, output: str = 'logits'):
     """Logits [batch, length, vocab] of the decoder given `encoded`. `decode` ('prefill' | 'step', with
     mutable=['cache']) runs the cached autoregressive path of layers.Attention: a step takes one token
     per row, `decoder_input_tokens` [batch, 1] at `decoder_positions` [batch, 1], and needs
@@ -178,14 +178,26 @@ class EncoderDecoder(nn.Module):
                      deterministic, decode, positions, decode_length)
     if cfg.tie_embeddings:
       # T5 v1.0 rescales before the tied projection.
-      logits = self.token_embed.attend(x * cfg.embed_dim ** -0.5)
+      x = x * cfg.embed_dim ** -0.5
+    if output == 'hidden' and not self.is_initializing():
+      return layers.constrain(x, ('activation_batch', 'activation_length', 'activation_embed'))
+    if cfg.tie_embeddings:
+      logits = self.token_embed.attend(x)
     else:
       logits = self.lm_head(x)
     logits = logits.astype(jnp.float32)
     return layers.constrain(logits, ('activation_batch', 'activation_length', 'activation_vocab'))
 
-  def __call__(self, batch: dict, deterministic: bool = True):
-    return self.decode(batch, self.encode(batch, deterministic), deterministic)
+  def __call__(self, batch: dict, deterministic: bool = True, output: str = 'logits'):
+    """Logits [batch, length, vocab]; output='hidden': the decoder's final hidden states, which
+    `@ output_kernel(params)` turns into the logits (for losses.fused_token_losses)."""
+    return self.decode(batch, self.encode(batch, deterministic), deterministic, output=output)
+
+  def output_kernel(self, params) -> jax.Array:
+    """The [embed, vocab] matrix that maps output='hidden' to the logits."""
+    if self.config.tie_embeddings:
+      return params['token_embed']['embedding'].T
+    return params['lm_head']['kernel']
 
 
 class Encoder(nn.Module):

@@ -54,18 +54,48 @@ PRESETS = {
                     batch=8, seq=64, inputs=64, steps=20),
 }
 
-# name -> (model config overrides, loss config overrides)
+# GPU suite (scripts/gpu_suite.sh) models and their tiny CPU-smoke stand-ins.
+PRESETS.update({
+    # ~1.1B Llama-3.2-1B-like decoder (d2048, 16 layers, 32 x 64 heads, 8 KV heads, SwiGLU 8192), untied
+    # 32000 vocabulary, seq 2048, bf16 compute, fp32 params and Adam state.
+    'gpu_1b': dict(model=dict(vocab_size=32000, embed_dim=2048, num_layers=16, num_heads=32,
+                              num_kv_heads=8, head_dim=64, mlp_dim=8192, dtype='bfloat16',
+                              attention_impl='cudnn'),
+                   batch=8, seq=2048, steps=5),
+    # mT5-base-like encoder-decoder: 12+12 layers, d768, 12 x 64 heads, gated-GELU 2048, mT5's 250112
+    # vocabulary (untied), inputs 1024 / targets 256.
+    'gpu_mt5_base': dict(family='encdec',
+                         model=dict(vocab_size=250112, embed_dim=768, num_encoder_layers=12,
+                                    num_decoder_layers=12, num_heads=12, head_dim=64, mlp_dim=2048,
+                                    dtype='bfloat16', attention_impl='cudnn'),
+                         batch=32, seq=256, inputs=1024, steps=5),
+    'smoke_decoder': dict(model=dict(vocab_size=512, embed_dim=32, num_layers=2, num_heads=4,
+                                     num_kv_heads=2, head_dim=8, mlp_dim=64, dtype='bfloat16'),
+                          batch=2, seq=64, steps=2),
+    'smoke_encdec': dict(family='encdec',
+                         model=dict(vocab_size=512, embed_dim=32, num_encoder_layers=2,
+                                    num_decoder_layers=2, num_heads=4, head_dim=8, mlp_dim=64,
+                                    dtype='bfloat16'),
+                         batch=2, seq=32, inputs=64, steps=2),
+})
+
+# name -> overrides of the model config, the loss config and the per-device batch. Variants are the
+# levers issue 10 names: fused/chunked loss, attention kernel, remat policy, scan vs unroll, batch.
 VARIANTS = {
-    'default': ({}, {}),
-    'plain_loss': ({}, {'fused': False}),
-    'chunk_64': ({}, {'chunk_size': 64}),
-    'chunk_512': ({}, {'chunk_size': 512}),
-    'cudnn': ({'attention_impl': 'cudnn'}, {}),
-    'remat_full': ({'remat_policy': 'full'}, {}),
-    'remat_dots': ({'remat_policy': 'dots_with_no_batch_dims'}, {}),
-    'no_scan': ({'scan_layers': False}, {}),
-    'no_scan_plain_loss': ({'scan_layers': False}, {'fused': False}),
-    'remat_full_plain_loss': ({'remat_policy': 'full'}, {'fused': False}),
+    'default': {},
+    'plain_loss': {'loss': {'fused': False}},
+    'chunk_64': {'loss': {'chunk_size': 64}},
+    'chunk_512': {'loss': {'chunk_size': 512}},
+    'xla_attention': {'model': {'attention_impl': None}},
+    'cudnn': {'model': {'attention_impl': 'cudnn'}},
+    'remat_full': {'model': {'remat_policy': 'full'}},
+    'remat_dots': {'model': {'remat_policy': 'dots_with_no_batch_dims'}},
+    'no_scan': {'model': {'scan_layers': False}},
+    'no_scan_plain_loss': {'model': {'scan_layers': False}, 'loss': {'fused': False}},
+    'remat_full_plain_loss': {'model': {'remat_policy': 'full'}, 'loss': {'fused': False}},
+    'batch_x2': {'batch_scale': 2},
+    'batch_x2_remat_dots': {'batch_scale': 2, 'model': {'remat_policy': 'dots_with_no_batch_dims'}},
+    'no_scan_chunk_512': {'model': {'scan_layers': False}, 'loss': {'chunk_size': 512}},
 }
 
 
@@ -80,20 +110,25 @@ def _batch(family: str, cfg, batch: int, seq: int, inputs: int, mesh):
   return {k: jax.device_put(v, bsh) for k, v in b.items()}
 
 
-def setup(preset: dict, model_over: dict, loss_over: dict):
+def _batch_size(preset: dict, variant: dict) -> int:
+  return preset['batch'] * variant.get('batch_scale', 1) * jax.device_count()
+
+
+def setup(preset: dict, variant: dict):
   """(step function, state, batch, model config) for one variant, compiled."""
   family = preset.get('family', 'decoder')
-  cfg = (DecoderConfig if family == 'decoder' else EncDecConfig)(**{**preset['model'], **model_over})
+  cfg = (DecoderConfig if family == 'decoder' else EncDecConfig)(
+      **{**preset['model'], **variant.get('model', {})})
   model = build_model(cfg)
   opt = optimizers.OptimizerConfig()
   tx, sched = optimizers.make_optimizer(opt, 1000), optimizers.make_schedule(opt, 1000)
   mesh = partitioning.make_mesh(partitioning.MeshConfig())
-  b = _batch(family, cfg, preset['batch'], preset['seq'], preset.get('inputs', 0), mesh)
+  b = _batch(family, cfg, _batch_size(preset, variant), preset['seq'], preset.get('inputs', 0), mesh)
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in b.items()}
   _, shardings = trainer.state_shardings(model, tx, abstract_batch, mesh)
   state = trainer.create_state(model, tx, abstract_batch, mesh, shardings, jax.random.key(0))
-  steps_fn = trainer.CompiledSteps(model, tx, sched, losses.LossConfig(**loss_over), mesh, shardings,
-                                   1)
+  steps_fn = trainer.CompiledSteps(model, tx, sched, losses.LossConfig(**variant.get('loss', {})),
+                                   mesh, shardings, 1)
   return steps_fn, state, b, cfg
 
 
@@ -133,15 +168,23 @@ def main():
                  help='timed blocks per variant, interleaved across variants (A B A B ...)')
   p.add_argument('--steps', type=int, default=None, help='timed steps per block (preset default)')
   p.add_argument('--out', default=None, help='write the JSON record here')
+  p.add_argument('--markdown', default=None, help='write a markdown table here')
+  p.add_argument('--budget_s', type=float, default=None,
+                 help='skip the variants not yet built once this many seconds have passed')
   args = p.parse_args()
+  started = time.perf_counter()
   preset = PRESETS[args.preset]
   n = args.steps or preset['steps']
   names = args.variants.split(',')
   built, results = {}, {}
   for name in names:
+    if args.budget_s and time.perf_counter() - started > args.budget_s:
+      results[name] = {'skipped': f'time budget of {args.budget_s:.0f} s spent'}
+      print(json.dumps({'name': name, **results[name]}), flush=True)
+      continue
     try:
       t0 = time.perf_counter()
-      steps_fn, state, b, cfg = setup(preset, *VARIANTS[name])
+      steps_fn, state, b, cfg = setup(preset, VARIANTS[name])
       state, _, _ = time_steps(steps_fn, state, b, 2)  # compile + one warm step
       built[name] = [steps_fn, state, b, cfg, time.perf_counter() - t0, []]
     except Exception as e:  # one variant failing (e.g. cudnn absent) must not hide the others
@@ -153,19 +196,23 @@ def main():
       v[5].append(statistics.median(times))
       v.append(m)
   peak = metrics.peak_flops_per_device()
-  tokens = preset['batch'] * preset['seq']
   for name, v in built.items():
     _, _, _, cfg, setup_s, medians = v[:6]
+    variant = VARIANTS[name]
+    batch = _batch_size(preset, variant)
     step_s = min(medians)
-    tok_s = tokens / step_s
-    mfu = cfg.flops_per_token(preset['seq']) * tok_s / (peak * jax.device_count()) if peak else None
-    results[name] = {'model': dict(preset['model'], **VARIANTS[name][0]), 'loss': VARIANTS[name][1],
-                     'params_M': round(cfg.num_params() / 1e6, 2), 'batch': preset['batch'],
-                     'seq': preset['seq'], 'setup_and_compile_s': round(setup_s, 1),
+    tok_s = batch * preset['seq'] / step_s
+    flops = _flops_per_token(cfg, preset)
+    mfu = flops * tok_s / (peak * jax.device_count()) if peak else None
+    results[name] = {'model': dict(preset['model'], **variant.get('model', {})),
+                     'loss': variant.get('loss', {}),
+                     'params_M': round(cfg.num_params() / 1e6, 2), 'batch': batch,
+                     'seq': preset['seq'], 'inputs': preset.get('inputs'),
+                     'setup_and_compile_s': round(setup_s, 1),
                      'round_median_step_ms': [round(1e3 * t, 2) for t in medians],
                      'step_ms': round(1e3 * step_s, 2), 'tokens_per_s': round(tok_s),
                      'mfu': None if mfu is None else round(mfu, 4),
-                     'flops_per_token': cfg.flops_per_token(preset['seq']),
+                     'flops_per_token': flops,
                      'final_loss': float(v[-1]['loss'])}
     print(json.dumps({'name': name, **results[name]}), flush=True)
   record = {**record_header(), 'benchmark': 'train_step_throughput', 'preset': args.preset,
@@ -174,6 +221,34 @@ def main():
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(record, f, indent=1)
+  if args.markdown:
+    with open(args.markdown, 'w') as f:
+      f.write(markdown(record))
+
+
+def _flops_per_token(cfg, preset: dict) -> float:
+  if preset.get('family') == 'encdec':
+    return cfg.flops_per_token(preset['seq'], inputs_len=preset.get('inputs'))
+  return cfg.flops_per_token(preset['seq'])
+
+
+def markdown(record: dict) -> str:
+  """One table per record: the rows BENCHMARKS.md quotes."""
+  lines = [f"### `{record['preset']}` on {record['n_devices']} x {record['device']} "
+           f"(jax {record['jax_version']}, commit {str(record['commit'])[:10]}, {record['time']})", '',
+           f"MFU = flops_per_token x tokens/s / (peak x devices); FLOPs per token: "
+           f"{record['flop_formula']}; peak {record['peak_flops_per_device']} FLOP/s per device "
+           f"({record['peak_note']}).", '',
+           '| variant | params | batch x seq | step | tokens/s | MFU | compile |',
+           '|---|---|---|---|---|---|---|']
+  for name, r in record['variants'].items():
+    if 'step_ms' not in r:
+      lines.append(f"| {name} | {r.get('error') or r.get('skipped')} | | | | | |")
+      continue
+    mfu = 'n/a' if r['mfu'] is None else f"{100 * r['mfu']:.1f}%"
+    lines.append(f"| {name} | {r['params_M']}M | {r['batch']} x {r['seq']} | {r['step_ms']} ms | "
+                 f"{r['tokens_per_s']} | {mfu} | {r['setup_and_compile_s']} s |")
+  return '\n'.join(lines) + '\n'
 
 
 if __name__ == '__main__':

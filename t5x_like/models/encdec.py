@@ -58,12 +58,15 @@ class EncDecConfig:
       n += self.vocab_size * d * (1 if self.tie_embeddings else 2)
     return n
 
-  def flops_per_token(self, seq_len: int) -> float:
-    """Training FLOPs per target token, assuming inputs and targets of seq_len each (6N + attention)."""
+  def flops_per_token(self, seq_len: int, inputs_len: Optional[int] = None) -> float:
+    """Training FLOPs per target token (6N + attention), targets of seq_len and inputs of inputs_len
+    (default seq_len): the encoder's share is scaled by inputs_len / seq_len."""
+    li, lt = inputs_len or seq_len, seq_len
     d, hd, f = self.embed_dim, self.num_heads * self.head_dim, self.mlp_dim
-    enc = self.num_encoder_layers * (4 * d * hd + 3 * d * f)
+    enc = self.num_encoder_layers * (4 * d * hd + 3 * d * f) * li / lt
     dec = self.num_decoder_layers * (8 * d * hd + 3 * d * f) + self.vocab_size * d
-    attn = 12 * hd * seq_len * (self.num_encoder_layers + self.num_decoder_layers * 1.5)
+    # encoder self-attention (li keys per input token), causal decoder self-attention, cross-attention
+    attn = 12 * hd * (self.num_encoder_layers * li * li / lt + self.num_decoder_layers * (0.5 * lt + li))
     return 6 * (enc + dec) + attn
 
 

@@ -121,6 +121,19 @@ def run_ours(family: str, steps: int, workdir: str, extra: list) -> dict:
           'last_loss': float(losses[-1])}
 
 
+def run_bare(steps: int) -> dict:
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  t0 = time.perf_counter()
+  p = subprocess.run([sys.executable, 'benchmarks/train_step_throughput.py', '--preset', 'cpu_maxtext',
+                      '--steps', str(steps)], capture_output=True, text=True, env=env, cwd=REPO)
+  lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith('{')]
+  if p.returncode or not lines or 'step_ms' not in lines[0]:
+    raise RuntimeError(f'bare step run failed (exit {p.returncode}): {(p.stdout + p.stderr)[-2000:]}')
+  return {'step_ms': lines[0]['step_ms'], 'steps': steps, 'wall_s': time.perf_counter() - t0,
+          'last_loss': lines[0]['final_loss']}
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument('--maxtext_python', default='/tmp/maxtext_venv/bin/python')
@@ -128,6 +141,10 @@ def main():
   p.add_argument('--maxtext_steps', type=int, default=40)
   p.add_argument('--our_steps', type=int, default=60)
   p.add_argument('--encdec', action='store_true', help='also ours at the T5X encoder-decoder shape')
+  p.add_argument('--bare', action='store_true',
+                 help="also our bare jitted step at the decoder shape (train_step_throughput.py): the "
+                      "full loop's overhead over it")
+  p.add_argument('--no_maxtext', action='store_true', help='only our runs')
   p.add_argument('--plain_loss', action='store_true',
                  help="also ours with LossConfig.fused=False (the loss before the fused one)")
   p.add_argument('--maxtext_args', default='', help='extra MaxText key=value settings, space separated')
@@ -139,9 +156,14 @@ def main():
   workdir = tempfile.mkdtemp(prefix='vs_maxtext_')
   rounds = []
   for r in range(args.rounds):
-    row = {'maxtext': run_maxtext(args.maxtext_python, args.maxtext_steps, workdir,
-                                  args.maxtext_args.split()),
-           'ours_decoder': run_ours('decoder', args.our_steps, workdir, args.our_args.split())}
+    row = {}
+    if not args.no_maxtext:
+      row['maxtext'] = run_maxtext(args.maxtext_python, args.maxtext_steps, workdir,
+                                   args.maxtext_args.split())
+    row['ours_decoder'] = run_ours('decoder', args.our_steps, workdir, args.our_args.split())
+    if args.bare:
+      row['ours_bare_step'] = run_bare(args.our_steps)
+      row['loop_overhead'] = row['ours_decoder']['step_ms'] / row['ours_bare_step']['step_ms'] - 1
     if args.plain_loss:
       row['ours_decoder_plain_loss'] = run_ours('decoder', args.our_steps, workdir,
                                                 args.our_args.split() + ['--gin.LossConfig.fused=False'])
@@ -150,12 +172,16 @@ def main():
       if args.plain_loss:
         row['ours_encdec_plain_loss'] = run_ours('encdec', args.our_steps, workdir,
                                                  ['--gin.LossConfig.fused=False'])
-    row['ours_vs_maxtext_speedup'] = row['maxtext']['step_ms'] / row['ours_decoder']['step_ms']
+    if 'maxtext' in row:
+      row['ours_vs_maxtext_speedup'] = row['maxtext']['step_ms'] / row['ours_decoder']['step_ms']
     print(json.dumps({'round': r + 1, **row}), flush=True)
     rounds.append(row)
   summary = {k: statistics.median(r[k]['step_ms'] for r in rounds)
              for k in rounds[0] if isinstance(rounds[0][k], dict)}
-  summary['ours_vs_maxtext_speedup'] = summary['maxtext'] / summary['ours_decoder']
+  if 'maxtext' in summary:
+    summary['ours_vs_maxtext_speedup'] = summary['maxtext'] / summary['ours_decoder']
+  if args.bare:
+    summary['loop_overhead'] = summary['ours_decoder'] / summary['ours_bare_step'] - 1
   maxtext_version = subprocess.run(
       [args.maxtext_python, '-c', 'import importlib.metadata as m; print(m.version("maxtext"), '
                                   'm.version("jax"))'], capture_output=True, text=True).stdout.split()

@@ -148,7 +148,9 @@ def main():
   p.add_argument('--plain_loss', action='store_true',
                  help="also ours with LossConfig.fused=False (the loss before the fused one)")
   p.add_argument('--maxtext_args', default='', help='extra MaxText key=value settings, space separated')
-  p.add_argument('--our_args', default='', help='extra --gin.X=Y flags for our decoder, space separated')
+  p.add_argument('--our_args', default='',
+                 help="extra --gin.X=Y flags for our decoder, space separated; give it as "
+                      "--our_args='--gin.X=Y' (with '=') so argparse does not read it as an option")
   p.add_argument('--out', default=None)
   args = p.parse_args()
   sys.path.insert(0, REPO)

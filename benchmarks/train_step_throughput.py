@@ -24,7 +24,8 @@ import numpy as np
 from t5x_like import losses, metrics, optimizers, partitioning, trainer
 from t5x_like.models import DecoderConfig, EncDecConfig, build_model
 
-PEAK_NOTE = 'dense bf16 peak of the device (t5x_like/metrics.py; 989 TFLOP/s for H100 and H200)'
+from records import record_header, write_record
+
 
 PRESETS = {
     'cpu_tiny': dict(model=dict(vocab_size=2000, embed_dim=64, num_layers=2, num_heads=4,
@@ -143,23 +144,6 @@ def time_steps(steps_fn, state, b, n: int):
   return state, m, times
 
 
-def record_header() -> dict:
-  """What every record of this directory carries: commit, device, jax version, MFU formula, peak."""
-  import subprocess
-  try:
-    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                            check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    commit = None
-  return {'commit': commit, 'device': jax.devices()[0].device_kind,
-          'platform': jax.devices()[0].platform, 'n_devices': jax.device_count(),
-          'jax_version': jax.__version__,
-          'flop_formula': '6 x (non-embedding params + LM head) + attention 12*L*H*hd*seq (/2 causal) '
-                          'per token (DecoderConfig/EncDecConfig.flops_per_token)',
-          'peak_flops_per_device': metrics.peak_flops_per_device(), 'peak_note': PEAK_NOTE,
-          'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
-
-
 def main():
   p = argparse.ArgumentParser()
   p.add_argument('--preset', default='cpu_tiny', choices=sorted(PRESETS))
@@ -218,9 +202,7 @@ def main():
   record = {**record_header(), 'benchmark': 'train_step_throughput', 'preset': args.preset,
             'rounds': args.rounds, 'steps_per_round': n,
             'step_ms_is': 'best of the per-round medians', 'variants': results}
-  if args.out:
-    with open(args.out, 'w') as f:
-      json.dump(record, f, indent=1)
+  write_record(args.out, record)
   if args.markdown:
     with open(args.markdown, 'w') as f:
       f.write(markdown(record))

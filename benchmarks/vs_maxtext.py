@@ -154,7 +154,7 @@ def main():
   p.add_argument('--out', default=None)
   args = p.parse_args()
   sys.path.insert(0, REPO)
-  from benchmarks.train_step_throughput import record_header
+  from records import record_header, write_record  # this directory, next to the script
   workdir = tempfile.mkdtemp(prefix='vs_maxtext_')
   rounds = []
   for r in range(args.rounds):
@@ -195,9 +195,7 @@ def main():
             'our_extra_args': args.our_args, 'rounds': rounds, 'median_step_ms': summary,
             'cpu': _cpu_name(), 'nproc': os.cpu_count()}
   print(json.dumps({'median_step_ms': summary}), flush=True)
-  if args.out:
-    with open(args.out, 'w') as f:
-      json.dump(record, f, indent=1)
+  write_record(args.out, record)
 
 
 def _cpu_name() -> str:

@@ -11,6 +11,7 @@ depend on when a random model happens to stop. Prints one JSON line per
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -20,6 +21,8 @@ import jax.numpy as jnp
 
 from t5x_like import decoding
 from t5x_like.models import DecoderConfig, EncDecConfig, build_model
+
+from records import record_header, write_record
 
 MODELS = {
     'decoder': DecoderConfig(vocab_size=8000, embed_dim=256, num_layers=6, num_heads=8, num_kv_heads=8,
@@ -57,7 +60,9 @@ def main():
   p.add_argument('--max_new_tokens', type=int, default=64)
   p.add_argument('--beam_size', type=int, default=4)
   p.add_argument('--repeats', type=int, default=3)
+  p.add_argument('--out', default=None, help='write the JSON record here')
   args = p.parse_args()
+  rows = []
   for family, cfg in MODELS.items():
     params = random_params(cfg, args.batch, args.prompt_len)
     prompts = jax.random.randint(jax.random.key(1), (args.batch, args.prompt_len), 2, cfg.vocab_size)
@@ -71,11 +76,14 @@ def main():
     for method, fn in runs.items():
       compile_s, secs = time_calls(fn, args.repeats)
       new_tokens = args.batch * args.max_new_tokens
-      print(json.dumps({'family': family, 'method': method, 'batch': args.batch,
-                        'prompt_len': args.prompt_len, 'max_new_tokens': args.max_new_tokens,
-                        'first_call_s': round(compile_s, 2), 'seconds': round(secs, 3),
-                        'new_tokens_per_s': round(new_tokens / secs, 1),
-                        'device': jax.devices()[0].device_kind}), flush=True)
+      rows.append({'family': family, 'method': method, 'batch': args.batch,
+                   'prompt_len': args.prompt_len, 'max_new_tokens': args.max_new_tokens,
+                   'first_call_s': round(compile_s, 2), 'seconds': round(secs, 3),
+                   'new_tokens_per_s': round(new_tokens / secs, 1),
+                   'device': jax.devices()[0].device_kind})
+      print(json.dumps(rows[-1]), flush=True)
+  write_record(args.out, {**record_header(), 'benchmark': 'decode_throughput',
+                          'models': {k: dataclasses.asdict(v) for k, v in MODELS.items()}, 'results': rows})
 
 
 if __name__ == '__main__':

@@ -1,7 +1,9 @@
-"""Train-step throughput and MFU of the decoder on whatever devices jax sees, on synthetic tokens.
+"""Train-step throughput and MFU on whatever devices jax sees, on synthetic tokens.
 
     python benchmarks/train_step_throughput.py --preset gpu_150m   # one H100/H200
     python benchmarks/train_step_throughput.py --preset cpu_tiny   # the tiny config on CPU
+    python benchmarks/train_step_throughput.py --preset cpu_maxtext --variants plain_loss,default \
+        --rounds 3 --out record.json                               # interleaved A/B, JSON record
 
 Measures the jitted `trainer.train_step` (the same function the trainer runs) with the batch already on
 device, so it isolates the model + optimizer from the input pipeline (see data_throughput.py for that).
@@ -20,7 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_like import losses, metrics, optimizers, partitioning, trainer
-from t5x_like.models import DecoderConfig, build_model
+from t5x_like.models import DecoderConfig, EncDecConfig, build_model
+
+from records import record_header, write_record
+
 
 PRESETS = {
     'cpu_tiny': dict(model=dict(vocab_size=2000, embed_dim=64, num_layers=2, num_heads=4,
@@ -39,64 +44,193 @@ PRESETS = {
     'gpu_150m': dict(model=dict(vocab_size=32000, embed_dim=1024, num_layers=12, num_heads=16,
                                 num_kv_heads=8, head_dim=64, mlp_dim=2816, dtype='bfloat16'),
                      batch=32, seq=1024, steps=20),
+    # The MaxText and T5X side-by-side shapes of issue 10 (1024 target tokens per step, bf16).
+    'cpu_maxtext': dict(model=dict(vocab_size=8192, embed_dim=128, num_layers=2, num_heads=4,
+                                   num_kv_heads=4, head_dim=32, mlp_dim=512, dtype='bfloat16'),
+                        batch=8, seq=128, steps=20),
+    'cpu_t5x': dict(family='encdec',
+                    model=dict(vocab_size=8192, embed_dim=128, num_encoder_layers=2,
+                               num_decoder_layers=2, num_heads=4, head_dim=32, mlp_dim=512,
+                               dtype='bfloat16'),
+                    batch=8, seq=64, inputs=64, steps=20),
+}
+
+# GPU suite (scripts/gpu_suite.sh) models and their tiny CPU-smoke stand-ins.
+PRESETS.update({
+    # ~1.1B Llama-3.2-1B-like decoder (d2048, 16 layers, 32 x 64 heads, 8 KV heads, SwiGLU 8192), untied
+    # 32000 vocabulary, seq 2048, bf16 compute, fp32 params and Adam state.
+    'gpu_1b': dict(model=dict(vocab_size=32000, embed_dim=2048, num_layers=16, num_heads=32,
+                              num_kv_heads=8, head_dim=64, mlp_dim=8192, dtype='bfloat16',
+                              attention_impl='cudnn'),
+                   batch=8, seq=2048, steps=5),
+    # mT5-base-like encoder-decoder: 12+12 layers, d768, 12 x 64 heads, gated-GELU 2048, mT5's 250112
+    # vocabulary (untied), inputs 1024 / targets 256.
+    'gpu_mt5_base': dict(family='encdec',
+                         model=dict(vocab_size=250112, embed_dim=768, num_encoder_layers=12,
+                                    num_decoder_layers=12, num_heads=12, head_dim=64, mlp_dim=2048,
+                                    dtype='bfloat16', attention_impl='cudnn'),
+                         batch=32, seq=256, inputs=1024, steps=5),
+    'smoke_decoder': dict(model=dict(vocab_size=512, embed_dim=32, num_layers=2, num_heads=4,
+                                     num_kv_heads=2, head_dim=8, mlp_dim=64, dtype='bfloat16'),
+                          batch=2, seq=64, steps=2),
+    'smoke_encdec': dict(family='encdec',
+                         model=dict(vocab_size=512, embed_dim=32, num_encoder_layers=2,
+                                    num_decoder_layers=2, num_heads=4, head_dim=8, mlp_dim=64,
+                                    dtype='bfloat16'),
+                         batch=2, seq=32, inputs=64, steps=2),
+})
+
+# name -> overrides of the model config, the loss config and the per-device batch. Variants are the
+# levers issue 10 names: fused/chunked loss, attention kernel, remat policy, scan vs unroll, batch.
+VARIANTS = {
+    'default': {},
+    'plain_loss': {'loss': {'fused': False}},
+    'chunk_64': {'loss': {'chunk_size': 64}},
+    'chunk_512': {'loss': {'chunk_size': 512}},
+    'xla_attention': {'model': {'attention_impl': None}},
+    'cudnn': {'model': {'attention_impl': 'cudnn'}},
+    'remat_full': {'model': {'remat_policy': 'full'}},
+    'remat_dots': {'model': {'remat_policy': 'dots_with_no_batch_dims'}},
+    'no_scan': {'model': {'scan_layers': False}},
+    'no_scan_plain_loss': {'model': {'scan_layers': False}, 'loss': {'fused': False}},
+    'remat_full_plain_loss': {'model': {'remat_policy': 'full'}, 'loss': {'fused': False}},
+    'batch_x2': {'batch_scale': 2},
+    'batch_x2_remat_dots': {'batch_scale': 2, 'model': {'remat_policy': 'dots_with_no_batch_dims'}},
+    'no_scan_chunk_512': {'model': {'scan_layers': False}, 'loss': {'chunk_size': 512}},
 }
 
 
-def run(model_kw: dict, batch: int, seq: int, steps: int, **variant) -> dict:
-  cfg = DecoderConfig(**{**model_kw, **variant})
+def _batch(family: str, cfg, batch: int, seq: int, inputs: int, mesh):
+  rng = np.random.default_rng(0)
+  toks = rng.integers(1, cfg.vocab_size, (batch, seq + 1)).astype(np.int32)
+  b = {'decoder_input_tokens': toks[:, :-1], 'decoder_target_tokens': toks[:, 1:],
+       'decoder_loss_weights': np.ones((batch, seq), np.float32)}
+  if family == 'encdec':
+    b['encoder_input_tokens'] = rng.integers(1, cfg.vocab_size, (batch, inputs)).astype(np.int32)
+  bsh = partitioning.batch_sharding(mesh)
+  return {k: jax.device_put(v, bsh) for k, v in b.items()}
+
+
+def _batch_size(preset: dict, variant: dict) -> int:
+  return preset['batch'] * variant.get('batch_scale', 1) * jax.device_count()
+
+
+def setup(preset: dict, variant: dict):
+  """(step function, state, batch, model config) for one variant, compiled."""
+  family = preset.get('family', 'decoder')
+  cfg = (DecoderConfig if family == 'decoder' else EncDecConfig)(
+      **{**preset['model'], **variant.get('model', {})})
   model = build_model(cfg)
   opt = optimizers.OptimizerConfig()
   tx, sched = optimizers.make_optimizer(opt, 1000), optimizers.make_schedule(opt, 1000)
   mesh = partitioning.make_mesh(partitioning.MeshConfig())
-  abstract_batch = {k: jax.ShapeDtypeStruct((batch, seq), np.int32)
-                    for k in ('decoder_input_tokens', 'decoder_target_tokens')}
-  abstract_batch['decoder_loss_weights'] = jax.ShapeDtypeStruct((batch, seq), np.float32)
+  b = _batch(family, cfg, _batch_size(preset, variant), preset['seq'], preset.get('inputs', 0), mesh)
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in b.items()}
   _, shardings = trainer.state_shardings(model, tx, abstract_batch, mesh)
   state = trainer.create_state(model, tx, abstract_batch, mesh, shardings, jax.random.key(0))
-  steps_fn = trainer.CompiledSteps(model, tx, sched, losses.LossConfig(), mesh, shardings, 1)
-  rng = np.random.default_rng(0)
-  toks = rng.integers(1, cfg.vocab_size, (batch, seq + 1)).astype(np.int32)
-  bsh = partitioning.batch_sharding(mesh)
-  b = {'decoder_input_tokens': jax.device_put(toks[:, :-1], bsh),
-       'decoder_target_tokens': jax.device_put(toks[:, 1:], bsh),
-       'decoder_loss_weights': jax.device_put(np.ones((batch, seq), np.float32), bsh)}
+  steps_fn = trainer.CompiledSteps(model, tx, sched, losses.LossConfig(**variant.get('loss', {})),
+                                   mesh, shardings, 1)
+  return steps_fn, state, b, cfg
+
+
+def time_steps(steps_fn, state, b, n: int):
   key = jax.random.key(1)
-  t0 = time.perf_counter()
-  state, m = steps_fn.train(state, b, key)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
   times = []
-  for _ in range(steps):
+  for _ in range(n):
     t = time.perf_counter()
     state, m = steps_fn.train(state, b, key)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
-  step_s = statistics.median(times)
-  tok_s = batch * seq / step_s
-  peak = metrics.peak_flops_per_device()
-  mfu = cfg.flops_per_token(seq) * tok_s / (peak * jax.device_count()) if peak else None
-  return {'variant': variant, 'params_M': round(cfg.num_params() / 1e6, 1), 'batch': batch,
-          'seq': seq, 'compile_s': round(compile_s, 1), 'step_ms': round(1e3 * step_s, 2),
-          'tokens_per_s': round(tok_s), 'mfu': None if mfu is None else round(mfu, 3),
-          'loss': float(m['loss']), 'device': jax.devices()[0].device_kind,
-          'n_devices': jax.device_count()}
+  return state, m, times
 
 
 def main():
   p = argparse.ArgumentParser()
   p.add_argument('--preset', default='cpu_tiny', choices=sorted(PRESETS))
-  p.add_argument('--variants', default='default',
-                 help="comma list of: default, cudnn, remat_full, remat_dots, no_scan")
+  p.add_argument('--variants', default='default', help=f'comma list of: {", ".join(VARIANTS)}')
+  p.add_argument('--rounds', type=int, default=1,
+                 help='timed blocks per variant, interleaved across variants (A B A B ...)')
+  p.add_argument('--steps', type=int, default=None, help='timed steps per block (preset default)')
+  p.add_argument('--out', default=None, help='write the JSON record here')
+  p.add_argument('--markdown', default=None, help='write a markdown table here')
+  p.add_argument('--budget_s', type=float, default=None,
+                 help='skip the variants not yet built once this many seconds have passed')
   args = p.parse_args()
+  started = time.perf_counter()
   preset = PRESETS[args.preset]
-  table = {'default': {}, 'cudnn': {'attention_impl': 'cudnn'}, 'remat_full': {'remat_policy': 'full'},
-           'remat_dots': {'remat_policy': 'dots_with_no_batch_dims'}, 'no_scan': {'scan_layers': False}}
-  for name in args.variants.split(','):
+  n = args.steps or preset['steps']
+  names = args.variants.split(',')
+  built, results = {}, {}
+  for name in names:
+    if args.budget_s and time.perf_counter() - started > args.budget_s:
+      results[name] = {'skipped': f'time budget of {args.budget_s:.0f} s spent'}
+      print(json.dumps({'name': name, **results[name]}), flush=True)
+      continue
     try:
-      out = run(preset['model'], preset['batch'], preset['seq'], preset['steps'], **table[name])
+      t0 = time.perf_counter()
+      steps_fn, state, b, cfg = setup(preset, VARIANTS[name])
+      state, _, _ = time_steps(steps_fn, state, b, 2)  # compile + one warm step
+      built[name] = [steps_fn, state, b, cfg, time.perf_counter() - t0, []]
     except Exception as e:  # one variant failing (e.g. cudnn absent) must not hide the others
-      out = {'variant': table[name], 'error': f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'}
-    print(json.dumps({'name': name, **out}), flush=True)
+      results[name] = {'error': f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'}
+      print(json.dumps({'name': name, **results[name]}), flush=True)
+  for _ in range(args.rounds):
+    for name, v in built.items():
+      v[1], m, times = time_steps(v[0], v[1], v[2], n)
+      v[5].append(statistics.median(times))
+      v.append(m)
+  peak = metrics.peak_flops_per_device()
+  for name, v in built.items():
+    _, _, _, cfg, setup_s, medians = v[:6]
+    variant = VARIANTS[name]
+    batch = _batch_size(preset, variant)
+    step_s = min(medians)
+    tok_s = batch * preset['seq'] / step_s
+    flops = _flops_per_token(cfg, preset)
+    mfu = flops * tok_s / (peak * jax.device_count()) if peak else None
+    results[name] = {'model': dict(preset['model'], **variant.get('model', {})),
+                     'loss': variant.get('loss', {}),
+                     'params_M': round(cfg.num_params() / 1e6, 2), 'batch': batch,
+                     'seq': preset['seq'], 'inputs': preset.get('inputs'),
+                     'setup_and_compile_s': round(setup_s, 1),
+                     'round_median_step_ms': [round(1e3 * t, 2) for t in medians],
+                     'step_ms': round(1e3 * step_s, 2), 'tokens_per_s': round(tok_s),
+                     'mfu': None if mfu is None else round(mfu, 4),
+                     'flops_per_token': flops,
+                     'final_loss': float(v[-1]['loss'])}
+    print(json.dumps({'name': name, **results[name]}), flush=True)
+  record = {**record_header(), 'benchmark': 'train_step_throughput', 'preset': args.preset,
+            'rounds': args.rounds, 'steps_per_round': n,
+            'step_ms_is': 'best of the per-round medians', 'variants': results}
+  write_record(args.out, record)
+  if args.markdown:
+    with open(args.markdown, 'w') as f:
+      f.write(markdown(record))
+
+
+def _flops_per_token(cfg, preset: dict) -> float:
+  if preset.get('family') == 'encdec':
+    return cfg.flops_per_token(preset['seq'], inputs_len=preset.get('inputs'))
+  return cfg.flops_per_token(preset['seq'])
+
+
+def markdown(record: dict) -> str:
+  """One table per record: the rows BENCHMARKS.md quotes."""
+  lines = [f"### `{record['preset']}` on {record['n_devices']} x {record['device']} "
+           f"(jax {record['jax_version']}, commit {str(record['commit'])[:10]}, {record['time']})", '',
+           f"MFU = flops_per_token x tokens/s / (peak x devices); FLOPs per token: "
+           f"{record['flop_formula']}; peak {record['peak_flops_per_device']} FLOP/s per device "
+           f"({record['peak_note']}).", '',
+           '| variant | params | batch x seq | step | tokens/s | MFU | compile |',
+           '|---|---|---|---|---|---|---|']
+  for name, r in record['variants'].items():
+    if 'step_ms' not in r:
+      lines.append(f"| {name} | {r.get('error') or r.get('skipped')} | | | | | |")
+      continue
+    mfu = 'n/a' if r['mfu'] is None else f"{100 * r['mfu']:.1f}%"
+    lines.append(f"| {name} | {r['params_M']}M | {r['batch']} x {r['seq']} | {r['step_ms']} ms | "
+                 f"{r['tokens_per_s']} | {mfu} | {r['setup_and_compile_s']} s |")
+  return '\n'.join(lines) + '\n'
 
 
 if __name__ == '__main__':

@@ -100,12 +100,19 @@ def create_state(model, tx, abstract_batch, mesh, shardings, rng) -> State:
 
 def _token_stats(model, params, batch, rng, loss_cfg: losses.LossConfig, deterministic: bool):
   rngs = None if deterministic else {'dropout': rng}
-  logits = model.apply({'params': params}, batch, deterministic=deterministic, rngs=rngs)
   targets = batch['decoder_target_tokens']
   weights = batch['decoder_loss_weights'].astype(jnp.float32)
-  loss, z = losses.token_losses(logits, targets, z_loss=loss_cfg.z_loss,
-                                label_smoothing=loss_cfg.label_smoothing)
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  if loss_cfg.fused:
+    hidden = model.apply({'params': params}, batch, deterministic=deterministic, rngs=rngs,
+                         output='hidden')
+    loss, z, correct = losses.fused_token_losses(
+        hidden, model.output_kernel(params), targets, z_loss=loss_cfg.z_loss,
+        label_smoothing=loss_cfg.label_smoothing, chunk_size=loss_cfg.chunk_size)
+  else:
+    logits = model.apply({'params': params}, batch, deterministic=deterministic, rngs=rngs)
+    loss, z = losses.token_losses(logits, targets, z_loss=loss_cfg.z_loss,
+                                  label_smoothing=loss_cfg.label_smoothing)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
   stats = {'loss_sum': jnp.sum(loss * weights), 'z_loss_sum': jnp.sum(z * weights),
            'correct_sum': jnp.sum(correct * weights), 'weight_sum': jnp.sum(weights)}
   return stats['loss_sum'], stats

@@ -111,10 +111,13 @@ class Decoder(nn.Module):
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, batch: dict, deterministic: bool = True, decode: Optional[str] = None):
+  def __call__(self, batch: dict, deterministic: bool = True, decode: Optional[str] = None,
+               output: str = 'logits'):
     """Logits [batch, length, vocab]. `decode` ('prefill' | 'step', with mutable=['cache']) runs the
     cached autoregressive path of layers.Attention: a step takes one token per row,
-    `decoder_input_tokens` [batch, 1] at `decoder_positions` [batch, 1]."""
+    `decoder_input_tokens` [batch, 1] at `decoder_positions` [batch, 1].
+    output='hidden': the final hidden states [batch, length, embed] (compute dtype) instead, which
+    `@ output_kernel(params)` turns into the logits (for losses.fused_token_losses)."""
     cfg = self.config
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     tokens = batch['decoder_input_tokens']
@@ -149,6 +152,8 @@ class Decoder(nn.Module):
                             remat_policy=cfg.remat_policy)
     x = layers.RMSNorm(cfg.rms_norm_eps, dtype=dtype, param_dtype=pdtype, name='final_norm')(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    if output == 'hidden' and not self.is_initializing():
+      return layers.constrain(x, ('activation_batch', 'activation_length', 'activation_embed'))
     if cfg.tie_embeddings:
       logits = embed.attend(x)
     else:
@@ -157,3 +162,9 @@ class Decoder(nn.Module):
                                    param_dtype=pdtype, name='lm_head')(x)
     logits = logits.astype(jnp.float32)
     return layers.constrain(logits, ('activation_batch', 'activation_length', 'activation_vocab'))
+
+  def output_kernel(self, params) -> jax.Array:
+    """The [embed, vocab] matrix that maps output='hidden' to the logits."""
+    if self.config.tie_embeddings:
+      return params['token_embed']['embedding'].T
+    return params['lm_head']['kernel']

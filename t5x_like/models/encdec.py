@@ -58,12 +58,15 @@ class EncDecConfig:
       n += self.vocab_size * d * (1 if self.tie_embeddings else 2)
     return n
 
-  def flops_per_token(self, seq_len: int) -> float:
-    """Training FLOPs per target token, assuming inputs and targets of seq_len each (6N + attention)."""
+  def flops_per_token(self, seq_len: int, inputs_len: Optional[int] = None) -> float:
+    """Training FLOPs per target token (6N + attention), targets of seq_len and inputs of inputs_len
+    (default seq_len): the encoder's share is scaled by inputs_len / seq_len."""
+    li, lt = inputs_len or seq_len, seq_len
     d, hd, f = self.embed_dim, self.num_heads * self.head_dim, self.mlp_dim
-    enc = self.num_encoder_layers * (4 * d * hd + 3 * d * f)
+    enc = self.num_encoder_layers * (4 * d * hd + 3 * d * f) * li / lt
     dec = self.num_decoder_layers * (8 * d * hd + 3 * d * f) + self.vocab_size * d
-    attn = 12 * hd * seq_len * (self.num_encoder_layers + self.num_decoder_layers * 1.5)
+    # encoder self-attention (li keys per input token), causal decoder self-attention, cross-attention
+    attn = 12 * hd * (self.num_encoder_layers * li * li / lt + self.num_decoder_layers * (0.5 * lt + li))
     return 6 * (enc + dec) + attn
 
 
@@ -157,7 +160,7 @@ class EncoderDecoder(nn.Module):
     return self.encoder(self.token_embed(tokens), segments, tokens > 0, deterministic)
 
   def decode(self, batch: dict, encoded, deterministic: bool = True, decode: Optional[str] = None,
-             decode_length: Optional[int] = None):
+             decode_length: Optional[int] = None, output: str = 'logits'):
     """Logits [batch, length, vocab] of the decoder given `encoded`. `decode` ('prefill' | 'step', with
     mutable=['cache']) runs the cached autoregressive path of layers.Attention: a step takes one token
     per row, `decoder_input_tokens` [batch, 1] at `decoder_positions` [batch, 1], and needs
@@ -178,14 +181,26 @@ class EncoderDecoder(nn.Module):
                      deterministic, decode, positions, decode_length)
     if cfg.tie_embeddings:
       # T5 v1.0 rescales before the tied projection.
-      logits = self.token_embed.attend(x * cfg.embed_dim ** -0.5)
+      x = x * cfg.embed_dim ** -0.5
+    if output == 'hidden' and not self.is_initializing():
+      return layers.constrain(x, ('activation_batch', 'activation_length', 'activation_embed'))
+    if cfg.tie_embeddings:
+      logits = self.token_embed.attend(x)
     else:
       logits = self.lm_head(x)
     logits = logits.astype(jnp.float32)
     return layers.constrain(logits, ('activation_batch', 'activation_length', 'activation_vocab'))
 
-  def __call__(self, batch: dict, deterministic: bool = True):
-    return self.decode(batch, self.encode(batch, deterministic), deterministic)
+  def __call__(self, batch: dict, deterministic: bool = True, output: str = 'logits'):
+    """Logits [batch, length, vocab]; output='hidden': the decoder's final hidden states, which
+    `@ output_kernel(params)` turns into the logits (for losses.fused_token_losses)."""
+    return self.decode(batch, self.encode(batch, deterministic), deterministic, output=output)
+
+  def output_kernel(self, params) -> jax.Array:
+    """The [embed, vocab] matrix that maps output='hidden' to the logits."""
+    if self.config.tie_embeddings:
+      return params['token_embed']['embedding'].T
+    return params['lm_head']['kernel']
 
 
 class Encoder(nn.Module):

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The GPU suite of issue 10: one command, written to finish in under 8 minutes on one H100/H200.
+#
+#   bash scripts/gpu_bundle.sh                    # on any machine with pip and internet (CPU is fine)
+#   bash scripts/gpu_suite.sh OUT_DIR             # on the GPU machine, from the repository root
+#   bash scripts/gpu_suite.sh OUT_DIR --cpu_smoke # the same steps with tiny models on CPU (CI)
+#
+# Needs Python with jax (+ CUDA), flax, optax, orbax-checkpoint, numpy. What the GPU image lacks
+# (gin-config, grain, array-record, portpicker, cloudpickle) comes from the bundle's wheels
+# (--bundle DIR, default build/gpu_bundle), unpacked into a temporary directory on PYTHONPATH: the
+# image's own packages are never changed. Each step writes a JSON record and a markdown table to
+# OUT_DIR; SUMMARY.md puts them together with the machine and the time each step took.
+#   (a) ~1.1B Llama-style decoder, seq 2048, bf16: train-step MFU and tokens/s for the levers
+#       (fused/chunked loss, cuDNN attention, remat, scan vs unroll, batch), then the best-guess
+#       variant again under XLA's GPU scheduler flags;
+#   (b) mT5-base-like encoder-decoder, 1024/256;
+#   (c) the cloned-language ablation end to end needs the TF-free input path (issue 9); it becomes one
+#       more step here (see step_c below) when that lands.
+set -euo pipefail
+
+usage() { echo "usage: bash scripts/gpu_suite.sh OUT_DIR [--cpu_smoke] [--bundle DIR]" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+OUT=$1; shift
+SMOKE=0
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+BUNDLE=$REPO/build/gpu_bundle
+while [ $# -gt 0 ]; do
+  case $1 in
+    --cpu_smoke) SMOKE=1 ;;
+    --bundle) BUNDLE=$2; shift ;;
+    *) usage ;;
+  esac
+  shift
+done
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$REPO"
+SUITE_START=$(date +%s)
+SITE=$(mktemp -d)
+trap 'rm -rf "$SITE"' EXIT
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+
+if ! "$PY" -c "import gin" 2>/dev/null; then
+  if ! ls "$BUNDLE"/wheels/*.whl >/dev/null 2>&1; then
+    echo "error: gin-config is not importable and $BUNDLE/wheels has no wheels: run 'bash scripts/gpu_bundle.sh' and carry build/gpu_bundle" >&2
+    exit 2
+  fi
+  # A wheel is a zip of importable files: unpacking needs no pip and leaves the image untouched.
+  for whl in "$BUNDLE"/wheels/*.whl; do "$PY" -m zipfile -e "$whl" "$SITE"; done
+  export PYTHONPATH="$REPO:$SITE${PYTHONPATH#$REPO}"
+fi
+"$PY" -c "import gin, jax, flax, optax, orbax.checkpoint" || {
+  echo "error: the suite needs gin, jax, flax, optax and orbax-checkpoint importable with $PY" >&2; exit 2; }
+
+if [ "$SMOKE" = 1 ]; then
+  unset XLA_FLAGS
+  export JAX_PLATFORMS=cpu
+  A_PRESET=smoke_decoder; A_VARIANTS=default,remat_dots; A_BEST=default
+  B_PRESET=smoke_encdec; B_VARIANTS=default,plain_loss
+  ROUNDS=1; BUDGET_A=120; BUDGET_B=60; GPU_FLAGS=""
+else
+  A_PRESET=gpu_1b
+  # cuDNN attention and the fused loss are the presets' defaults; each variant changes one lever.
+  A_VARIANTS=default,chunk_512,remat_dots,no_scan,batch_x2_remat_dots,plain_loss
+  A_BEST=default
+  B_PRESET=gpu_mt5_base; B_VARIANTS=default,remat_dots,chunk_64
+  # Budgets stop new variants from starting (a 1B variant compiles in about a minute): ~7.5 min in all.
+  ROUNDS=2; BUDGET_A=150; BUDGET_B=80
+  GPU_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_highest_priority_async_stream=true"
+fi
+
+declare -a STEP_LINES=()
+step() {  # step NAME TIMEOUT_S CMD...: runs one step, records its time and exit status, never aborts
+  local name=$1 limit=$2; shift 2
+  local t0 rc
+  t0=$(date +%s)
+  echo "== $name ($(date -u +%H:%M:%S))"
+  set +e
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | grep -E '^\{|error|Error' | cut -c1-400
+  rc=${PIPESTATUS[0]}
+  set -e
+  STEP_LINES+=("| $name | $rc | $(( $(date +%s) - t0 )) s |")
+}
+
+bench() {  # bench NAME PRESET VARIANTS BUDGET_S
+  step "$1" $(( $4 + 120 )) "$PY" benchmarks/train_step_throughput.py --preset "$2" --variants "$3" \
+    --rounds "$ROUNDS" --budget_s "$4" --out "$OUT/$1.json" --markdown "$OUT/$1.md"
+}
+
+bench a_decoder "$A_PRESET" "$A_VARIANTS" "$BUDGET_A"
+FLAGS=$(echo ${XLA_FLAGS:-} $GPU_FLAGS)  # XLA reads a flag string that is not '--...' as a file name
+if [ -n "$FLAGS" ]; then
+  XLA_FLAGS="$FLAGS" bench a_decoder_xla_flags "$A_PRESET" "$A_BEST" 30
+else
+  bench a_decoder_xla_flags "$A_PRESET" "$A_BEST" 30
+fi
+bench b_encdec "$B_PRESET" "$B_VARIANTS" "$BUDGET_B"
+# step_c: the cloned-language ablation (clone_ablation_gpu.gin) from exported data, then eval and the
+# report, goes here once the TF-free input path is on main.
+
+{
+  echo "# GPU suite ($([ "$SMOKE" = 1 ] && echo 'CPU smoke' || echo 'accelerator'))"
+  echo
+  echo "- machine: $("$PY" -c 'import jax; d = jax.devices(); print(len(d), "x", d[0].device_kind, "| jax", jax.__version__)')"
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    echo "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1)"
+  fi
+  echo "- commit: $(git rev-parse HEAD 2>/dev/null || echo unknown); $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "- total: $(( $(date +%s) - SUITE_START )) s"
+  echo
+  echo "| step | exit | time |"
+  echo "|---|---|---|"
+  printf '%s\n' "${STEP_LINES[@]}"
+  echo
+  for f in "$OUT"/a_decoder.md "$OUT"/a_decoder_xla_flags.md "$OUT"/b_encdec.md; do
+    [ -f "$f" ] && { cat "$f"; echo; }
+  done
+} > "$OUT/SUMMARY.md"
+cat "$OUT/SUMMARY.md"
+# Failed steps make the suite fail, after everything that could run has run and been written.
+for line in "${STEP_LINES[@]}"; do
+  case $line in *"| 0 |"*) ;; *) exit 1 ;; esac
+done

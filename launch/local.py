@@ -27,6 +27,8 @@ import tempfile
 import threading
 import time
 
+from t5x_like import exit_codes
+
 WORKER = ('import sys, jax; jax.config.update("jax_cpu_collectives_implementation", "gloo"); '
           'from t5x_like import train; sys.exit(train.main(sys.argv[1:]))')
 
@@ -66,7 +68,8 @@ def _wait_all(procs, timeout, say=lambda msg: None):
   first_failed = None
   while True:
     codes = [p.poll() for p in procs]  # every process, every time: a later one may be the one dead
-    failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
+    # A preempted process (75) is not a failure: the others stop at the same step and commit it.
+    failed = [i for i, c in enumerate(codes) if c not in (None, 0, exit_codes.PREEMPTED)]
     if failed and first_failed is None:
       first_failed = failed[0]
     if all(c is not None for c in codes):

@@ -67,11 +67,14 @@ class Checkpointer:
       return error
     step_dir = self.directory / str(step)
     where = f'checkpoint at step {step} in {self.directory}'
+    handler = ocp.StandardCheckpointHandler()
     try:
-      saved = ocp.StandardCheckpointHandler().metadata(step_dir / 'state').tree
+      saved = handler.metadata(step_dir / 'state').tree
     except Exception as e:  # pylint: disable=broad-except
       return CheckpointDamaged(f'{where} is damaged: {_failed_file(e, step_dir / "state")}: '
                                f'{_reason(e)}')
+    finally:
+      handler.close()
     diff = _first_difference(saved, abstract_state)
     if diff:
       return CheckpointMismatch(f'{where} does not match this config: {diff}')

@@ -225,6 +225,8 @@ class CompiledSteps:
         in_shardings=(shardings, batch_sh, rep, rep), out_shardings=(shardings, rep, rep),
         donate_argnums=(0, 3))
     self._finite = jax.jit(all_finite, in_shardings=(shardings,), out_shardings=rep)
+    # The finiteness record of every step since this object was built (see guarded_train_step).
+    self.guard = jax.device_put(new_guard(), rep)
     self._eval = jax.jit(functools.partial(eval_step, model=model, loss_cfg=loss_cfg),
                          in_shardings=(shardings['params'], batch_sh), out_shardings=rep)
 
@@ -243,10 +245,11 @@ class CompiledSteps:
     """After compile_train: the AOT-compiled step (memory_analysis, cost_analysis; the preflight)."""
     return self._train
 
-  def train(self, state, batch, rng, guard):
-    """-> (state, metrics, guard); see guarded_train_step."""
+  def train(self, state, batch, rng):
+    """-> (state, metrics); updates self.guard on device (see guarded_train_step)."""
     with self._ctx():
-      return self._train(state, batch, rng, guard)
+      state, metrics, self.guard = self._train(state, batch, rng, self.guard)
+      return state, metrics
 
   def state_is_finite(self, state) -> bool:
     with self._ctx():
@@ -393,7 +396,6 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   window: list = []
   step = start
   last_logged = start
-  guard = jax.device_put(new_guard(), partitioning.replicated(mesh))
   preemption = preemption_lib.PreemptionWatcher(cfg.preemption_grace_secs, say)
   dog = watchdog_lib.StepWatchdog(cfg.step_timeout_secs)
   try:
@@ -403,13 +405,13 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
       except StopIteration:
         raise ValueError(f'training data {train_data.name} ran out at step {step + 1}: no full batch '
                          f'of {train_data.batch_size} left (num_epochs set?)') from None
-      state, m, guard = steps.train(state, batch, rng, guard)
+      state, m = steps.train(state, batch, rng)
       step += 1
       dog.dispatched(step, m['loss'])
       window.append(m)
       log_now = step % cfg.log_every == 0 or step == train_steps
       if log_now:
-        host, g = jax.device_get((window, guard))
+        host, g = jax.device_get((window, steps.guard))
         _check_finite(cfg, g, ckpt, model_dir)
         finite = [w for w in host if not w['nonfinite']] or host
         avg = {k: float(np.mean([w[k] for w in finite])) for k in finite[0] if k != 'nonfinite'}
@@ -429,7 +431,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
         with dog.paused():
           # Nothing non-finite is ever written, so rotation can only drop finite checkpoints for
           # newer finite ones: the last good checkpoint always survives.
-          _check_finite(cfg, jax.device_get(guard), ckpt, model_dir)
+          _check_finite(cfg, jax.device_get(steps.guard), ckpt, model_dir)
           if not steps.state_is_finite(state):
             raise Diverged(_diverged_message(f'the state after step {step} holds NaN or Inf '
                                              '(loss and gradients were finite)', ckpt, model_dir))

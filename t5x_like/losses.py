@@ -70,8 +70,9 @@ def token_losses(logits: jax.Array, targets: jax.Array, *, z_loss: float, label_
   return _loss_from_parts(log_z, target_logit, sum_logits, vocab, z_loss, label_smoothing)
 
 
-def _chunk_forward(x, kernel, targets, z_loss, label_smoothing):
-  """One chunk: x [b, c, d], kernel [d, V] (compute dtype) -> loss, z, correct, log_z [b, c] fp32."""
+def _chunk_forward(x, kernel, targets, z_loss, label_smoothing, return_logits=False):
+  """One chunk: x [b, c, d], kernel [d, V] (compute dtype) -> loss, z, correct, log_z [b, c] fp32
+  (and the fp32 logits with return_logits)."""
   logits = jnp.einsum('bcd,dv->bcv', x, kernel, preferred_element_type=jnp.float32)
   top = jnp.max(logits, axis=-1)
   log_z = top + jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1))
@@ -82,13 +83,17 @@ def _chunk_forward(x, kernel, targets, z_loss, label_smoothing):
   # The target is the argmax when its logit is the maximum, which the normaliser needed anyway: accuracy
   # without a second pass over the logits (ties, measure zero in practice, count as correct).
   correct = (target_logit >= top).astype(jnp.float32)
+  if return_logits:
+    return loss, z, correct, log_z, logits
   return loss, z, correct, log_z
 
 
-def _chunk_backward(x, kernel, targets, log_z, g_loss, g_z, z_loss, label_smoothing):
-  """d(sum g_loss*loss + g_z*z)/d(x, kernel) for one chunk, the logits recomputed in fp32."""
+def _chunk_backward(x, kernel, targets, log_z, g_loss, g_z, z_loss, label_smoothing, logits=None):
+  """d(sum g_loss*loss + g_z*z)/d(x, kernel) for one chunk; the fp32 logits are recomputed unless
+  given."""
   vocab = kernel.shape[-1]
-  logits = jnp.einsum('bcd,dv->bcv', x, kernel, preferred_element_type=jnp.float32)
+  if logits is None:
+    logits = jnp.einsum('bcd,dv->bcv', x, kernel, preferred_element_type=jnp.float32)
   probs = jnp.exp(logits - log_z[..., None])
   if label_smoothing:
     confidence = 1.0 - label_smoothing
@@ -125,21 +130,24 @@ def _fused(hidden, kernel, targets, z_loss, label_smoothing, num_chunks):
 def _fused_fwd(hidden, kernel, targets, z_loss, label_smoothing, num_chunks):
   fwd = functools.partial(_chunk_forward, z_loss=z_loss, label_smoothing=label_smoothing)
   if num_chunks == 1:
-    loss, z, correct, log_z = fwd(hidden, kernel, targets)
-  else:
-    out = jax.lax.map(lambda xs: fwd(xs[0], kernel, xs[1]), (_chunks(hidden, num_chunks),
-                                            _chunks(targets, num_chunks)))
-    loss, z, correct, log_z = (_unchunk(o) for o in out)
+    # One chunk: keep the fp32 logits for the backward pass (the memory autodiff would use) instead of
+    # a fourth vocabulary-sized matmul.
+    loss, z, correct, log_z, logits = fwd(hidden, kernel, targets, return_logits=True)
+    return (loss, z, correct), (hidden, kernel, targets, log_z, logits)
+  out = jax.lax.map(lambda xs: fwd(xs[0], kernel, xs[1]), (_chunks(hidden, num_chunks),
+                                                          _chunks(targets, num_chunks)))
+  loss, z, correct, log_z = (_unchunk(o) for o in out)
   return (loss, z, correct), (hidden, kernel, targets, log_z)
 
 
 def _fused_bwd(z_loss, label_smoothing, num_chunks, res, g):
-  hidden, kernel, targets, log_z = res
   g_loss, g_z, _ = g
   bwd = functools.partial(_chunk_backward, z_loss=z_loss, label_smoothing=label_smoothing)
   if num_chunks == 1:
-    dx, dkernel = bwd(hidden, kernel, targets, log_z, g_loss, g_z)
+    hidden, kernel, targets, log_z, logits = res
+    dx, dkernel = bwd(hidden, kernel, targets, log_z, g_loss, g_z, logits=logits)
   else:
+    hidden, kernel, targets, log_z = res
     def body(acc, xs):
       dx, dk = bwd(xs[0], kernel, *xs[1:])
       return acc + dk, dx

@@ -179,3 +179,15 @@ def test_encdec_cached_steps_equal_full_forward(scan):
                          decode_length=9, mutable=['cache'], method=model.decode)
     cache = v['cache']
     np.testing.assert_allclose(out[:, 0], full[:, p], atol=1e-5)
+
+
+def test_encdec_flops_scale_the_encoder_with_the_input_length():
+  cfg = EncDecConfig(vocab_size=50, embed_dim=32, num_encoder_layers=2, num_decoder_layers=2,
+                     num_heads=4, head_dim=8, mlp_dim=48)
+  assert cfg.flops_per_token(64, inputs_len=64) == cfg.flops_per_token(64)
+  enc_layer = 6 * (4 * 32 * 32 + 3 * 32 * 48)  # one encoder layer's matmul FLOPs per input token
+  extra = cfg.flops_per_token(64, inputs_len=256) - cfg.flops_per_token(64)
+  # 3 more input tokens per target token through 2 layers, plus longer encoder and cross attention.
+  assert extra > 2 * 3 * enc_layer
+  attn = 12 * 32 * (2 * 256 * 256 / 64 + 2 * (0.5 * 64 + 256)) - 12 * 32 * 64 * (2 + 2 * 1.5)
+  assert extra == pytest.approx(2 * 3 * enc_layer + attn)

@@ -135,10 +135,11 @@ def setup(preset: dict, variant: dict):
 
 def time_steps(steps_fn, state, b, n: int):
   key = jax.random.key(1)
+  guard = trainer.new_guard()  # the trainer's on-device finiteness record (issue 12)
   times = []
   for _ in range(n):
     t = time.perf_counter()
-    state, m = steps_fn.train(state, b, key)
+    state, m, guard = steps_fn.train(state, b, key, guard)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
   return state, m, times

@@ -3,7 +3,7 @@ run on a machine without TensorFlow (scripts/gpu_bundle.sh, scripts/gpu_suite.sh
 
     python -m launch.clone_suite prepare DATA_DIR [--text VERSES.txt] [--train_steps N] \
         [--vocab_size V] [--gin_file F] [--eval_windows W] [--gin NAME=VALUE ...]  # needs seqio
-    python -m launch.clone_suite run DATA_DIR OUT_DIR [--record FILE.json] [--markdown FILE.md]
+    python -m launch.clone_suite run DATA_DIR OUT_DIR [--jobs N] [--record FILE.json] [--markdown FILE.md]
 
 `prepare` takes the World English Bible (apt package sword-text-web, as launch/demo.py; installed
 when run as root, else a clear error) or --text (one verse or sentence a line), splits it (every 50th
@@ -105,7 +105,7 @@ def run(args) -> int:
     os.symlink(os.path.join(data_dir, 'exports'), exports)
   ns = argparse.Namespace(**{k: prepared[k] for k in ('gin_file', 'train_steps', 'seeds',
                                                       'vocab_size', 'eval_windows', 'gin')},
-                          jobs=1, export=True)
+                          jobs=args.jobs, export=True)
   valid = os.path.join(data_dir, 'data', 'valid.txt')
   # TRAIN_FILES is only read by the task builders, which a run from its export leaves unread.
   t0 = time.time()
@@ -146,6 +146,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   pr = sub.add_parser('run')
   pr.add_argument('data_dir')
   pr.add_argument('out_dir')
+  pr.add_argument('--jobs', type=int, default=1,
+                  help='runs trained at a time (1 on one accelerator; the CPU smoke test uses 3)')
   pr.add_argument('--record', help='JSON record of the step')
   pr.add_argument('--markdown', help='markdown summary of the step')
   args = p.parse_args(argv)

@@ -133,15 +133,16 @@ if [ "$SMOKE" = 1 ]; then
     --train_steps 20 --vocab_size 500 --eval_windows 64 --gin NUM_LAYERS=2 --gin EMBED_DIM=32 \
     --gin NUM_HEADS=2 --gin HEAD_DIM=16 --gin MLP_DIM=64 --gin SEQUENCE_LENGTH=64 --gin BATCH_SIZE=8 \
     --gin TrainerConfig.checkpoint_every=5 --gin OptimizerConfig.warmup_steps=5
-  C_LIMIT=400
+  C_LIMIT=400; C_JOBS=3
 else
   C_DATA=$BUNDLE/clone_data
   C_LIMIT=$(( 570 - ($(date +%s) - SUITE_START) ))
   [ "$C_LIMIT" -le 300 ] || C_LIMIT=300
+  C_JOBS=1  # one accelerator: one training process at a time
 fi
 if [ -f "$C_DATA/prepare.json" ]; then
   step c_ablation "$C_LIMIT" env PYTHONPATH="$NO_TF" "$PY" -m launch.clone_suite run "$C_DATA" \
-    "$OUT/c_ablation" --record "$OUT/c_ablation.json" --markdown "$OUT/c_ablation.md"
+    "$OUT/c_ablation" --jobs "$C_JOBS" --record "$OUT/c_ablation.json" --markdown "$OUT/c_ablation.md"
 else
   echo "error: $C_DATA/prepare.json missing: build the bundle with 'bash scripts/gpu_bundle.sh'" >&2
   STEP_LINES+=("| c_ablation | missing data | 0 s |")

@@ -53,3 +53,11 @@ def test_gpu_suite_cpu_smoke_writes_every_record(tmp_path):
   assert '## (c) cloned-language ablation' in summary
   for run in runs:  # each run read its export (the suite exits 2 if its guard lets seqio through)
     assert 'DataConfig.export_dir=' in (out / 'c_ablation' / run / 'train.log').read_text()
+
+
+def test_clone_suite_run_refuses_unprepared_data(tmp_path, capsys):
+  from launch import clone_suite
+  assert clone_suite.main(['run', str(tmp_path / 'nodata'), str(tmp_path / 'out')]) == 2
+  err = capsys.readouterr().err
+  assert 'prepare.json missing' in err and 'gpu_bundle.sh' in err
+  assert not (tmp_path / 'out').exists()  # nothing started, nothing written

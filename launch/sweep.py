@@ -349,6 +349,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   overrides = [a for a in argv if a.startswith('--gin.')]
   args = make_parser().parse_args([a for a in argv if not a.startswith('--gin.')])
+  if args.export_only and not args.export:
+    print('error: --export_only needs --export', file=sys.stderr)
+    return 2
   try:
     runs = plan(args, overrides)
   except (ValueError, OSError) as e:

@@ -61,3 +61,12 @@ def test_clone_suite_run_refuses_unprepared_data(tmp_path, capsys):
   err = capsys.readouterr().err
   assert 'prepare.json missing' in err and 'gpu_bundle.sh' in err
   assert not (tmp_path / 'out').exists()  # nothing started, nothing written
+
+
+def test_sweep_export_only_needs_export(tmp_path, capsys):
+  from launch import sweep
+  argv = [str(tmp_path / 'sw'), '--gin_file=gin_configs/experiments/clone_ablation_cpu.gin',
+          '--train_steps=5', '--export_only']
+  assert sweep.main(argv) == 2
+  assert '--export_only needs --export' in capsys.readouterr().err
+  assert not (tmp_path / 'sw').exists()

@@ -14,7 +14,8 @@ arguments, so that `run` trains exactly what was exported. DATA_DIR then holds d
 held-out verses, for evaluation), the exports and prepare.json: the training text is not needed again.
 `run` points OUT_DIR/exports at DATA_DIR's and runs the same sweep with training, evaluation and the
 report; nothing in it imports TensorFlow or seqio. It writes a JSON record and a markdown summary of
-the report (clone/original perplexity, alignment and MEXA verdicts, minutes per step).
+the report (per run: perplexity per language, clone/original ratio, token efficiency, alignment,
+gradient alignment and MEXA with their controls; the verdicts; the step's wall time).
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import subprocess
 import sys
 import time
 from typing import Optional, Sequence
+
+import jax
 
 from launch import demo
 from launch import mini_ablation
@@ -79,7 +82,7 @@ def _summary(sweep_dir: str, prepared: dict, wall_s: float) -> dict:
          'vocab_size': prepared['vocab_size'], 'gin_overrides': prepared['gin'],
          'wall_s': round(wall_s, 1), 'runs': report['runs'],
          'plots': report['plots'], 'report': os.path.join(sweep_dir, 'report.md')}
-  import jax  # after the sweep: its training processes had the accelerator to themselves
+  # Asked only now, after the sweep: its training processes had the accelerator to themselves.
   rec['device'] = f'{jax.device_count()} x {jax.devices()[0].device_kind}'
   rec['jax_version'] = jax.__version__
   git = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
@@ -121,6 +124,7 @@ def run(args) -> int:
   if args.markdown:
     with open(os.path.join(out, 'report.md')) as f:
       head = f.read().split('\n## Per run')[0]
+    head = head.split('\n', 1)[1] if head.startswith('# ') else head  # SUMMARY.md has the title
     with open(args.markdown, 'w') as f:
       f.write(f'## (c) cloned-language ablation ({prepared["gin_file"]}, {prepared["train_steps"]} '
               f'steps, {rec["device"]}, {rec["wall_s"]:.0f} s)\n\n{head.strip()}\n\nFull report: '

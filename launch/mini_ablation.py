@@ -43,6 +43,20 @@ def split_text(src: str, data_dir: str, every: int = 50, max_valid: int = 800) -
   return paths
 
 
+def sweep_argv(args, out: str, train: str, valid: str) -> list[str]:
+  """launch.sweep's command line for the three runs (also scripts/gpu_suite.sh's step (c))."""
+  return [
+      out, f'--gin_file={args.gin_file}', f'--train_steps={args.train_steps}',
+      '--grid', 'p_clone=0.5,0.1', '--grid', f'seed={args.seeds}', '--add', 'p_clone=0.0',
+      f'--jobs={args.jobs}', '--eval', '--report',
+      # MEXA on held-out verses: on every machine the same text (FLORES is not on a fresh one).
+      f'--eval_flags=--mexa_pivot {valid} --max_windows {args.eval_windows} '
+      f'--align_windows {min(args.eval_windows // 2, 64) if args.eval_windows < 256 else 128}',
+      f"--gin.TRAIN_FILES=['{train}']", f"--gin.VALIDATION_FILES=['{valid}']",
+      f'--gin.VOCAB_SIZE={args.vocab_size}', f'--gin.MODEL_VOCAB_SIZE={2 * args.vocab_size}',
+  ] + [f'--gin.{g}' for g in args.gin] + (['--export'] if args.export else [])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   p = argparse.ArgumentParser(prog='python -m launch.mini_ablation', description=__doc__.split('\n')[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,17 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   vocab.sentencepiece_vocabulary(train_files=[train], vocab_size=args.vocab_size)
 
   from launch import sweep
-  argv_sweep = [
-      out, f'--gin_file={args.gin_file}', f'--train_steps={args.train_steps}',
-      '--grid', 'p_clone=0.5,0.1', '--grid', f'seed={args.seeds}', '--add', 'p_clone=0.0',
-      f'--jobs={args.jobs}', '--eval', '--report',
-      # MEXA on held-out verses: on every machine the same text (FLORES is not on a fresh one).
-      f'--eval_flags=--mexa_pivot {valid} --max_windows {args.eval_windows} '
-      f'--align_windows {min(args.eval_windows // 2, 64) if args.eval_windows < 256 else 128}',
-      f"--gin.TRAIN_FILES=['{train}']", f"--gin.VALIDATION_FILES=['{valid}']",
-      f'--gin.VOCAB_SIZE={args.vocab_size}', f'--gin.MODEL_VOCAB_SIZE={2 * args.vocab_size}',
-  ] + [f'--gin.{g}' for g in args.gin] + (['--export'] if args.export else [])
-  rc = sweep.main(argv_sweep)
+  rc = sweep.main(sweep_argv(args, out, train, valid))
   report = os.path.join(out, 'report.md')
   if os.path.exists(report):
     with open(report) as f:

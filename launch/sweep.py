@@ -138,10 +138,11 @@ def query_macros(gin_files: Sequence[str], bindings: Sequence[str], names: Seque
   """Values of gin macros after parsing the run's files and bindings (None where undefined)."""
   import gin
   from t5x_like import train
-  train._import_configurables()
+  train._import_configurables(with_tasks=False)
   gin.clear_config()
   try:
-    train.parse_gin(gin_files, bindings, [])
+    # A run that reads an export leaves the task configurables unread: no seqio/TensorFlow here.
+    train.parse_gin_importing_tasks_if_named(gin_files, bindings, [])
     out = {}
     for n in names:
       try:
@@ -290,6 +291,9 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument('--launcher', choices=('local', 'print'), default='local')
   p.add_argument('--export', action='store_true',
                  help="export each run's data once and train from the export (no TensorFlow in training)")
+  p.add_argument('--export_only', action='store_true',
+                 help='with --export: export every run\'s data, then stop (e.g. to carry it to a '
+                      'machine without TensorFlow, as scripts/gpu_bundle.sh does)')
   p.add_argument('--eval', action='store_true', help='evaluate every finished run')
   p.add_argument('--eval_flags', default='', help='extra flags for t5x_like.eval, one string')
   p.add_argument('--report', action='store_true', help='write SWEEP_DIR/report.md and plots')
@@ -321,7 +325,7 @@ def plan(args, overrides: Sequence[str]) -> list[dict]:
       run_overrides += ['--gin.DataConfig.mixture_or_task=None',
                         f'--gin.DataConfig.export_dir={gin_literal(export_dir)}']
     runs.append({'name': name, 'settings': settings, 'model_dir': model_dir,
-                 'export_dir': export_dir, 'overrides': overrides,
+                 'export_dir': export_dir, 'overrides': overrides, 'run_overrides': run_overrides,
                  'cmd': train_command(model_dir, args.gin_file, settings, args.train_steps,
                                       run_overrides)})
   return runs
@@ -329,10 +333,10 @@ def plan(args, overrides: Sequence[str]) -> list[dict]:
 
 def export_runs(runs: list[dict], gin_files: Sequence[str], train_steps: int, say=print) -> None:
   """Each run's data, exported once (python -m tasks export) where it is not yet."""
-  from tasks import __main__ as tasks_main
   for r in runs:
     if os.path.exists(os.path.join(r['export_dir'], 'train', 'meta.json')):
       continue
+    from tasks import __main__ as tasks_main  # seqio: only when something is left to export
     say(f'[sweep] exporting the data of {r["name"]} -> {r["export_dir"]}')
     argv = ['export', *[f'--gin_file={f}' for f in gin_files], '--output', r['export_dir'],
             f'--gin.MODEL_DIR={gin_literal(r["model_dir"])}', f'--gin.TRAIN_STEPS={train_steps}',
@@ -345,6 +349,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   overrides = [a for a in argv if a.startswith('--gin.')]
   args = make_parser().parse_args([a for a in argv if not a.startswith('--gin.')])
+  if args.export_only and not args.export:
+    print('error: --export_only needs --export', file=sys.stderr)
+    return 2
   try:
     runs = plan(args, overrides)
   except (ValueError, OSError) as e:
@@ -366,7 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     for r in runs:  # before any training: a misspelt key fails here, for every run at once
       r['info'] = write_run_info(r['model_dir'], r['name'], r['settings'], args.train_steps,
-                                 args.gin_file, overrides)
+                                 args.gin_file, r['run_overrides'])
   except Exception as e:  # gin's errors are long; the first line says which binding
     print(f'error: {str(e).strip().splitlines()[0]}', file=sys.stderr)
     return 2
@@ -378,6 +385,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
       print(f'error: {e}', file=sys.stderr)
       return 2
+    if args.export_only:
+      return 0
   status = train_all(todo, args.jobs)
   failed = [n for n, rc in status.items() if rc != 0]
   finished = [r for r in runs if is_finished(r['model_dir'], args.train_steps)]

@@ -14,8 +14,12 @@
 #       (fused/chunked loss, cuDNN attention, remat, scan vs unroll, batch), then the best-guess
 #       variant again under XLA's GPU scheduler flags;
 #   (b) mT5-base-like encoder-decoder, 1024/256;
-#   (c) the cloned-language ablation end to end needs the TF-free input path (issue 9); it becomes one
-#       more step here (see step_c below) when that lands.
+#   (c) the cloned-language ablation end to end (clone_ablation_gpu.gin): 50/50, 90/10 and the
+#       monolingual baseline trained from the data gpu_bundle.sh exported (BUNDLE/clone_data; in
+#       --cpu_smoke a tiny export made on the spot from ../shared/data's Multi30k English), then
+#       t5x_like.eval and t5x_like.report (launch/clone_suite.py), under a guard that makes
+#       `import tensorflow` and `import seqio` fail as on the GPU image. It gets what is left of 9.5
+#       minutes (at most 5): c_ablation.json, c_ablation.md, c_ablation/report.md and its plots.
 set -euo pipefail
 
 usage() { echo "usage: bash scripts/gpu_suite.sh OUT_DIR [--cpu_smoke] [--bundle DIR]" >&2; exit 2; }
@@ -65,8 +69,9 @@ else
   A_VARIANTS=default,chunk_512,remat_dots,no_scan,batch_x2_remat_dots,plain_loss
   A_BEST=default
   B_PRESET=gpu_mt5_base; B_VARIANTS=default,remat_dots,chunk_64
-  # Budgets stop new variants from starting (a 1B variant compiles in about a minute): ~7.5 min in all.
-  ROUNDS=2; BUDGET_A=150; BUDGET_B=80
+  # Budgets stop new variants from starting (a 1B variant compiles in about a minute): ~5 min for
+  # (a) and (b), leaving ~3 for (c).
+  ROUNDS=2; BUDGET_A=90; BUDGET_B=50
   GPU_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_highest_priority_async_stream=true"
 fi
 
@@ -96,8 +101,59 @@ else
   bench a_decoder_xla_flags "$A_PRESET" "$A_BEST" 30
 fi
 bench b_encdec "$B_PRESET" "$B_VARIANTS" "$BUDGET_B"
-# step_c: the cloned-language ablation (clone_ablation_gpu.gin) from exported data, then eval and the
-# report, goes here once the TF-free input path is on main.
+
+# (c) The guard: a sitecustomize whose path finder does not see tensorflow or seqio, so the step
+# behaves as on the GPU image even where they are installed (training runs in subprocesses that
+# inherit PYTHONPATH).
+mkdir -p "$SITE/_no_tf"
+cat > "$SITE/_no_tf/sitecustomize.py" <<'PY'
+import importlib.machinery
+import sys
+
+
+class _Hidden(importlib.machinery.PathFinder):
+  @classmethod
+  def find_spec(cls, name, path=None, target=None):
+    if name.partition('.')[0] in ('tensorflow', 'seqio'):
+      return None
+    return super().find_spec(name, path, target)
+
+
+sys.meta_path[:] = [_Hidden if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+PY
+NO_TF="$SITE/_no_tf:$PYTHONPATH"
+C_SKIP=""
+for m in tensorflow seqio; do
+  if PYTHONPATH=$NO_TF "$PY" -c "import $m" 2>/dev/null; then
+    echo "error: the guard did not hide $m from $PY" >&2; C_SKIP="guard failed"
+  fi
+done
+if [ "$SMOKE" = 1 ]; then
+  C_DATA=$SITE/clone_data  # exported on the spot (CI has seqio), tiny: 2 x 32 wide, 20 steps
+  C_TEXT=$REPO/../shared/data/parallel/multi30k/train.en
+  # The export needs seqio: C_PREPARE_PYTHON names a Python that has it when PYTHON lacks it.
+  step c_prepare 300 "${C_PREPARE_PYTHON:-$PY}" -m launch.clone_suite prepare "$C_DATA" --text "$C_TEXT" \
+    --train_steps 20 --vocab_size 500 --eval_windows 64 --gin NUM_LAYERS=2 --gin EMBED_DIM=32 \
+    --gin NUM_HEADS=2 --gin HEAD_DIM=16 --gin MLP_DIM=64 --gin SEQUENCE_LENGTH=64 --gin BATCH_SIZE=8 \
+    --gin TrainerConfig.checkpoint_every=5 --gin OptimizerConfig.warmup_steps=5
+  C_LIMIT=400; C_JOBS=3
+else
+  C_DATA=$BUNDLE/clone_data
+  C_LIMIT=$(( 570 - ($(date +%s) - SUITE_START) ))
+  [ "$C_LIMIT" -le 300 ] || C_LIMIT=300
+  [ "$C_LIMIT" -ge 30 ] || C_LIMIT=30  # (timeout 0 would mean no limit)
+  C_JOBS=1  # one accelerator: one training process at a time
+fi
+if [ -z "$C_SKIP" ] && [ ! -f "$C_DATA/prepare.json" ]; then
+  echo "error: $C_DATA/prepare.json missing: build the bundle with 'bash scripts/gpu_bundle.sh'" >&2
+  C_SKIP="missing data"
+fi
+if [ -z "$C_SKIP" ]; then
+  step c_ablation "$C_LIMIT" env PYTHONPATH="$NO_TF" "$PY" -m launch.clone_suite run "$C_DATA" \
+    "$OUT/c_ablation" --jobs "$C_JOBS" --record "$OUT/c_ablation.json" --markdown "$OUT/c_ablation.md"
+else
+  STEP_LINES+=("| c_ablation | $C_SKIP | 0 s |")
+fi
 
 {
   echo "# GPU suite ($([ "$SMOKE" = 1 ] && echo 'CPU smoke' || echo 'accelerator'))"
@@ -113,7 +169,7 @@ bench b_encdec "$B_PRESET" "$B_VARIANTS" "$BUDGET_B"
   echo "|---|---|---|"
   printf '%s\n' "${STEP_LINES[@]}"
   echo
-  for f in "$OUT"/a_decoder.md "$OUT"/a_decoder_xla_flags.md "$OUT"/b_encdec.md; do
+  for f in "$OUT"/a_decoder.md "$OUT"/a_decoder_xla_flags.md "$OUT"/b_encdec.md "$OUT"/c_ablation.md; do
     [ -f "$f" ] && { cat "$f"; echo; }
   done
 } > "$OUT/SUMMARY.md"

@@ -1,5 +1,6 @@
 """scripts/gpu_suite.sh --cpu_smoke: the GPU suite's every step, with tiny models on CPU, so the
-command prepared for a GPU allowance cannot rot between allowances."""
+command prepared for a GPU allowance cannot rot between allowances. Step (c), the cloned-language
+ablation, runs under the suite's guard that hides tensorflow and seqio, as on the GPU image."""
 import json
 import os
 import subprocess
@@ -31,3 +32,41 @@ def test_gpu_suite_cpu_smoke_writes_every_record(tmp_path):
   # Same tokens, same initial parameters: the fused and the plain loss start from the same value.
   rec = json.loads((out / 'b_encdec.json').read_text())['variants']
   assert abs(rec['default']['final_loss'] - rec['plain_loss']['final_loss']) < 0.05
+
+  # (c): data exported on the spot, then three runs trained, evaluated and reported without TF/seqio.
+  assert '| c_prepare | 0 |' in summary and '| c_ablation | 0 |' in summary, summary
+  rec = json.loads((out / 'c_ablation.json').read_text())
+  assert rec['commit'] and rec['device'] and rec['train_steps'] == 20
+  runs = rec['runs']
+  assert set(runs) == {'p0.5-seed0', 'p0.1-seed0', 'p0.0-seed0'}, runs
+  for name, row in runs.items():
+    assert row['step'] == 20 and 1 < row['ppl_lang0'] < 1000, (name, row)
+    assert row['mexa_max'] is not None and row['mexa_init_max'] is not None, (name, row)
+  for name in ('p0.5-seed0', 'p0.1-seed0'):  # the runs that saw the clone: alignment and TEff
+    assert runs[name]['align_gap_mean'] is not None and runs[name]['teff_lang0'] is not None, runs[name]
+  # The monolingual run never sees the clone, 50/50 sees it half the time: the clone's perplexity
+  # is higher for the first, even after 20 steps.
+  assert runs['p0.0-seed0']['ppl_lang1'] > runs['p0.5-seed0']['ppl_lang1']
+  report = (out / 'c_ablation' / 'report.md').read_text()
+  assert '| 50/50 |' in report and '| 90/10 |' in report and '| monolingual |' in report
+  assert rec['plots'] and all(os.path.getsize(p) > 1000 for p in rec['plots'].values())
+  assert '## (c) cloned-language ablation' in summary
+  for run in runs:  # each run read its export (the suite exits 2 if its guard lets seqio through)
+    assert 'DataConfig.export_dir=' in (out / 'c_ablation' / run / 'train.log').read_text()
+
+
+def test_clone_suite_run_refuses_unprepared_data(tmp_path, capsys):
+  from launch import clone_suite
+  assert clone_suite.main(['run', str(tmp_path / 'nodata'), str(tmp_path / 'out')]) == 2
+  err = capsys.readouterr().err
+  assert 'prepare.json missing' in err and 'gpu_bundle.sh' in err
+  assert not (tmp_path / 'out').exists()  # nothing started, nothing written
+
+
+def test_sweep_export_only_needs_export(tmp_path, capsys):
+  from launch import sweep
+  argv = [str(tmp_path / 'sw'), '--gin_file=gin_configs/experiments/clone_ablation_cpu.gin',
+          '--train_steps=5', '--export_only']
+  assert sweep.main(argv) == 2
+  assert '--export_only needs --export' in capsys.readouterr().err
+  assert not (tmp_path / 'sw').exists()

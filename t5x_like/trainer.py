@@ -188,7 +188,8 @@ def guarded_train_step(state: State, batch: dict, rng: jax.Array, guard: dict, *
 
 
 def new_guard() -> dict:
-  return {'first_nonfinite': jnp.full((), -1, jnp.int32), 'nonfinite_steps': jnp.zeros((), jnp.int32)}
+  # Host numpy: building it runs nothing on a device (compile-only meshes have none to run on).
+  return {'first_nonfinite': np.full((), -1, np.int32), 'nonfinite_steps': np.zeros((), np.int32)}
 
 
 def all_finite(tree) -> jax.Array:
@@ -225,8 +226,8 @@ class CompiledSteps:
         in_shardings=(shardings, batch_sh, rep, rep), out_shardings=(shardings, rep, rep),
         donate_argnums=(0, 3))
     self._finite = jax.jit(all_finite, in_shardings=(shardings,), out_shardings=rep)
-    # The finiteness record of every step since this object was built (see guarded_train_step).
-    self.guard = jax.device_put(new_guard(), rep)
+    self._rep = rep
+    self._guard = None  # placed on first use: a compile-only mesh (the preflight's) has no buffers
     self._eval = jax.jit(functools.partial(eval_step, model=model, loss_cfg=loss_cfg),
                          in_shardings=(shardings['params'], batch_sh), out_shardings=rep)
 
@@ -245,10 +246,17 @@ class CompiledSteps:
     """After compile_train: the AOT-compiled step (memory_analysis, cost_analysis; the preflight)."""
     return self._train
 
+  @property
+  def guard(self):
+    """The finiteness record of every step since this object was built (see guarded_train_step)."""
+    if self._guard is None:
+      self._guard = jax.device_put(new_guard(), self._rep)
+    return self._guard
+
   def train(self, state, batch, rng):
     """-> (state, metrics); updates self.guard on device (see guarded_train_step)."""
     with self._ctx():
-      state, metrics, self.guard = self._train(state, batch, rng, self.guard)
+      state, metrics, self._guard = self._train(state, batch, rng, self.guard)
       return state, metrics
 
   def state_is_finite(self, state) -> bool:

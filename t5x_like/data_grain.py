@@ -23,18 +23,19 @@ the checkpoint as JSON next to the model state, with the export's content hash.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import shutil
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from array_record.python import array_record_module
+
+from t5x_like.host_batches import HostBatchIterator
 
 FORMAT = 't5x_like.export/1'
 META = 'meta.json'
@@ -193,7 +194,7 @@ class ExportCheckpoint:
     self._it.seek(int(value['next_batch']))
 
 
-class ExportIterator:
+class ExportIterator(HostBatchIterator):
   """This host's share of each global batch of an export -> global jax.Array batches."""
 
   def __init__(self, cfg, family: str, sharding, *, vocab_size: Optional[int] = None,
@@ -251,9 +252,6 @@ class ExportIterator:
     rows = self._rows[self.next_batch * self._n_hosts + self._host:stop:self._n_hosts]
     return iter(rows.to_iter_dataset(self._read))
 
-  def __iter__(self):
-    return self
-
   def next_local(self) -> dict[str, np.ndarray]:
     if self._iter is None:
       self._iter = self._host_rows()
@@ -270,21 +268,6 @@ class ExportIterator:
     spec = self._decoder.spec
     return [hashlib.sha256(encode({k: batch[k][i] for k, _, _ in spec}, spec)).hexdigest()[:16]
             for i in range(self.local_batch)]
-
-  def local_batches(self) -> Iterator[dict[str, np.ndarray]]:
-    while True:
-      try:
-        yield self.next_local()
-      except StopIteration:
-        return
-
-  def to_global(self, local: dict[str, np.ndarray]) -> dict[str, Any]:
-    if self._sharding is None:
-      return local
-    return {k: jax.make_array_from_process_local_data(self._sharding, v) for k, v in local.items()}
-
-  def __next__(self):
-    return self.to_global(self.next_local())
 
   def abstract_batch(self, global_batch: int) -> dict[str, jax.ShapeDtypeStruct]:
     return {name: jax.ShapeDtypeStruct((global_batch,) + shape, dtype.newbyteorder('='))

@@ -12,7 +12,7 @@ the same number of hosts sees exactly the batches it would have.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Optional
+from typing import Optional
 
 import jax
 import numpy as np
@@ -20,6 +20,8 @@ import orbax.checkpoint as ocp
 import seqio
 import tensorflow as tf
 from etils import epath
+
+from t5x_like.host_batches import HostBatchIterator
 
 # JAX owns the accelerators; tf.data runs on host CPUs only.
 tf.config.set_visible_devices([], 'GPU')
@@ -89,7 +91,7 @@ class TfIteratorCheckpoint:
     del value  # the handler read the position into the iterator in place
 
 
-class DataIterator:
+class DataIterator(HostBatchIterator):
   """Host-local tf.data iterator -> global jax.Array batches; its position is checkpointable."""
 
   def __init__(self, dataset: tf.data.Dataset, sharding: Optional[jax.sharding.Sharding]):
@@ -98,26 +100,8 @@ class DataIterator:
     self.checkpoint = TfIteratorCheckpoint(self._tf_iterator)
     self.element_spec = dataset.element_spec
 
-  def __iter__(self) -> Iterator[dict[str, Any]]:
-    return self
-
   def next_local(self) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in next(self._tf_iterator).items()}
-
-  def local_batches(self) -> Iterator[dict[str, np.ndarray]]:
-    while True:
-      try:
-        yield self.next_local()
-      except StopIteration:
-        return
-
-  def to_global(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    if self._sharding is None:
-      return local
-    return {k: jax.make_array_from_process_local_data(self._sharding, v) for k, v in local.items()}
-
-  def __next__(self) -> dict[str, jax.Array]:
-    return self.to_global(self.next_local())
 
   def abstract_batch(self, global_batch: int) -> dict[str, jax.ShapeDtypeStruct]:
     return abstract_batch(self.element_spec, global_batch)

@@ -1,0 +1,36 @@
+"""What both input paths share: this host's numpy batches -> global jax.Array batches.
+
+A subclass reads this host's rows in `next_local` (raising StopIteration at the end of a finite split)
+and sets `self._sharding` (None: hand out host-local numpy, e.g. for tools that never shard).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional
+
+import jax
+import numpy as np
+
+
+class HostBatchIterator:
+  _sharding: Optional[jax.sharding.Sharding] = None
+
+  def next_local(self) -> dict[str, np.ndarray]:
+    raise NotImplementedError
+
+  def __iter__(self) -> Iterator[dict[str, Any]]:
+    return self
+
+  def __next__(self) -> dict[str, Any]:
+    return self.to_global(self.next_local())
+
+  def local_batches(self) -> Iterator[dict[str, np.ndarray]]:
+    while True:
+      try:
+        yield self.next_local()
+      except StopIteration:
+        return
+
+  def to_global(self, local: dict[str, np.ndarray]) -> dict[str, Any]:
+    if self._sharding is None:
+      return local
+    return {k: jax.make_array_from_process_local_data(self._sharding, v) for k, v in local.items()}

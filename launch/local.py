@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -61,26 +62,36 @@ def _stop(procs, grace: float = 10.0):
       p.kill()
 
 
+def _exit_queue(procs) -> queue.Queue:
+  """One waiter thread per process puts (index, exit code) on the queue the moment it exits, so the
+  queue's order is the order of the exits. Polling could not tell it: a killed peer and the survivor
+  that aborts on the broken collective a few milliseconds later fall in the same poll interval."""
+  exits = queue.Queue()
+  for i, p in enumerate(procs):
+    threading.Thread(target=lambda i=i, p=p: exits.put((i, p.wait())), daemon=True,
+                     name=f'wait-process-{i}').start()
+  return exits
+
+
 def _wait_all(procs, timeout, say=lambda msg: None):
   """Waits for every process; when one fails (or the timeout passes), stops the others, which would
   otherwise wait on it inside a collective. Returns (codes, index of the first to fail or None)."""
   deadline = None if timeout is None else time.monotonic() + timeout
-  first_failed = None
-  while True:
-    codes = [p.poll() for p in procs]  # every process, every time: a later one may be the one dead
-    # A preempted process (75) is not a failure: the others stop at the same step and commit it.
-    failed = [i for i, c in enumerate(codes) if c not in (None, 0, exit_codes.PREEMPTED)]
-    if failed and first_failed is None:
-      first_failed = failed[0]
-    if all(c is not None for c in codes):
-      break
-    late = deadline is not None and time.monotonic() > deadline
-    if first_failed is not None or late:
-      say(f'process {first_failed} exited with {codes[first_failed]}: stopping the others'
-          if first_failed is not None else f'timeout of {timeout:g} s: stopping all processes')
+  exits, running, first_failed = _exit_queue(procs), len(procs), None
+  while running:
+    try:
+      i, code = exits.get(timeout=None if deadline is None else max(0., deadline - time.monotonic()))
+    except queue.Empty:
+      say(f'timeout of {timeout:g} s: stopping all processes')
       _stop(procs)
       break
-    time.sleep(0.2)
+    running -= 1
+    # A preempted process (75) is not a failure: the others stop at the same step and commit it.
+    if code not in (0, exit_codes.PREEMPTED):
+      first_failed = i
+      say(f'process {i} exited with {code}: stopping the others')
+      _stop(procs)
+      break
   return [p.wait() for p in procs], first_failed
 
 

@@ -30,8 +30,10 @@ class StepWatchdog:
     self._last_step = None
     self._paused = 0
     self._stop = threading.Event()
+    self._waiter = None
     if self.timeout and self.timeout > 0:
-      threading.Thread(target=self._wait_steps, daemon=True, name='step-waiter').start()
+      self._waiter = threading.Thread(target=self._wait_steps, daemon=True, name='step-waiter')
+      self._waiter.start()
       threading.Thread(target=self._watch, daemon=True, name='step-watchdog').start()
 
   def dispatched(self, step: int, token) -> None:
@@ -75,4 +77,9 @@ class StepWatchdog:
         self._last = time.monotonic()
 
   def close(self):
+    """Stops both threads and waits for the step waiter. A daemon thread still inside jax's C++
+    (block_until_ready) when the interpreter finalises is unwound by pthread_exit through a C++
+    catch-all, and the process aborts ("FATAL: exception not rethrown") after a finished run."""
     self._stop.set()
+    if self._waiter is not None:
+      self._waiter.join(timeout=10)

@@ -4,7 +4,8 @@ Issue 10's CPU comparison: bf16, 1024 tokens per step, the MaxText shape (Llama-
 d128, 4 heads x 32, MLP 512, seq 128, batch 8, vocab 8192). Each round runs MaxText's trainer
 (`maxtext.trainers.pre_train.train`, synthetic data, no checkpoints) and then ours
 (`python -m t5x_like.train`: seqio input pipeline on real text, packing, metrics, TensorBoard events,
-one final checkpoint) as separate processes, so both pay their own loop. Optionally ours at the T5X
+one final checkpoint) as separate processes, so both pay their own loop. With --export, ours also
+reads the same stream exported to ArrayRecord (`python -m tasks export`, Grain, no TensorFlow). Optionally ours at the T5X
 encoder-decoder shape too (2+2 layers, d128, gated-GELU 512, 64/64, batch 8); T5X itself is not run.
 
 MaxText needs Python >= 3.12, so it runs from its own virtual environment, never in the repo:
@@ -17,7 +18,7 @@ MaxText needs Python >= 3.12, so it runs from its own virtual environment, never
         huggingface_hub pillow protobuf transformers jinja2 sympy
     # constraints.txt: jax==0.10.2 jaxlib==0.10.2 flax==0.12.8 optax==0.2.8 orbax-checkpoint==0.12.8
     python benchmarks/vs_maxtext.py --maxtext_python /tmp/maxtext_venv/bin/python --rounds 3 \\
-        --out /tmp/vs_maxtext.json
+        --bare --encdec --export --out /tmp/vs_maxtext.json
 
 maxtext 0.2.5 declares its dependencies only under extras (cuda12/tpu, which pull jax >= 0.11.1), so
 they are installed by hand as above. With jax 0.10.2 one import fails: its flash-attention kernel
@@ -121,6 +122,23 @@ def run_ours(family: str, steps: int, workdir: str, extra: list) -> dict:
           'last_loss': float(losses[-1])}
 
 
+def export_ours(steps: int, workdir: str) -> list:
+  """Exports the decoder's training stream (`python -m tasks export`, after packing) once; returns the
+  flags that make a run read it with Grain instead of seqio."""
+  out = os.path.join(workdir, 'export')
+  bindings = [a[len('--gin.'):] for a in OURS['decoder'][1:] + COMMON] + [
+      f"sentencepiece_vocabulary.cache_dir='{os.path.join(workdir, 'spm')}'"]
+  args = [sys.executable, '-m', 'tasks', 'export', '--output', out, '--steps', str(steps),
+          '--gin_file', OURS['decoder'][0].split('=', 1)[1]]
+  for b in bindings:
+    args += ['--gin_bindings', b.replace('=', ' = ', 1)]
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  p = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
+  if p.returncode:
+    raise RuntimeError(f'export failed (exit {p.returncode}): {(p.stdout + p.stderr)[-2000:]}')
+  return [f"--gin.DataConfig.export_dir='{out}'", '--gin.DataConfig.mixture_or_task=None']
+
+
 def run_bare(steps: int) -> dict:
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)
@@ -145,6 +163,8 @@ def main():
                  help="also our bare jitted step at the decoder shape (train_step_throughput.py): the "
                       "full loop's overhead over it")
   p.add_argument('--no_maxtext', action='store_true', help='only our runs')
+  p.add_argument('--export', action='store_true',
+                 help='also ours reading the same text exported to ArrayRecord (Grain, no TensorFlow)')
   p.add_argument('--plain_loss', action='store_true',
                  help="also ours with LossConfig.fused=False (the loss before the fused one)")
   p.add_argument('--maxtext_args', default='', help='extra MaxText key=value settings, space separated')
@@ -156,6 +176,7 @@ def main():
   sys.path.insert(0, REPO)
   from records import record_header, write_record  # this directory, next to the script
   workdir = tempfile.mkdtemp(prefix='vs_maxtext_')
+  export_flags = export_ours(args.our_steps, workdir) if args.export else None
   rounds = []
   for r in range(args.rounds):
     row = {}
@@ -163,6 +184,9 @@ def main():
       row['maxtext'] = run_maxtext(args.maxtext_python, args.maxtext_steps, workdir,
                                    args.maxtext_args.split())
     row['ours_decoder'] = run_ours('decoder', args.our_steps, workdir, args.our_args.split())
+    if export_flags:
+      row['ours_decoder_export'] = run_ours('decoder', args.our_steps, workdir,
+                                            args.our_args.split() + export_flags)
     if args.bare:
       row['ours_bare_step'] = run_bare(args.our_steps)
       row['loop_overhead'] = row['ours_decoder']['step_ms'] / row['ours_bare_step']['step_ms'] - 1
@@ -184,6 +208,10 @@ def main():
     summary['ours_vs_maxtext_speedup'] = summary['maxtext'] / summary['ours_decoder']
   if args.bare:
     summary['loop_overhead'] = summary['ours_decoder'] / summary['ours_bare_step'] - 1
+    if export_flags:
+      summary['loop_overhead_export'] = summary['ours_decoder_export'] / summary['ours_bare_step'] - 1
+  if 'maxtext' in summary and export_flags:
+    summary['ours_export_vs_maxtext_speedup'] = summary['maxtext'] / summary['ours_decoder_export']
   maxtext_version = subprocess.run(
       [args.maxtext_python, '-c', 'import importlib.metadata as m; print(m.version("maxtext"), '
                                   'm.version("jax"))'], capture_output=True, text=True).stdout.split()

@@ -83,9 +83,11 @@ class MetricsLogger:
       w.flush()
       eta = datetime.timedelta(seconds=int(step_time * (self.total_steps - step)))
       mfu = f"{100 * out['mfu']:.1f}%" if 'mfu' in out else 'n/a'
+      saved = (f" | checkpoint blocked {out['checkpoint_blocked_s']:.3f} s"
+               if 'checkpoint_blocked_s' in out else '')
       print(f"step {step:>{len(str(self.total_steps))}}/{self.total_steps} | "
             f"loss {out['loss']:.4f} | acc {out['accuracy']:.3f} | lr {out['learning_rate']:.2e} | "
-            f"{_si(out['tokens_per_s'])} tok/s | {step_time:.3f} s/step | MFU {mfu} | ETA {eta}",
+            f"{_si(out['tokens_per_s'])} tok/s | {step_time:.3f} s/step | MFU {mfu} | ETA {eta}{saved}",
             file=self.stream, flush=True)
     return out
 

@@ -404,6 +404,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   window: list = []
   step = start
   last_logged = start
+  ckpt_blocked = None  # seconds the loop waited in periodic saves since the last log line
   preemption = preemption_lib.PreemptionWatcher(cfg.preemption_grace_secs, say)
   dog = watchdog_lib.StepWatchdog(cfg.step_timeout_secs)
   try:
@@ -426,6 +427,8 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
         avg['learning_rate'] = float(host[-1]['learning_rate'])
         if cfg.nonfinite_policy == 'skip':
           avg['nonfinite_skipped'] = float(g['nonfinite_steps'])
+        if ckpt_blocked is not None:
+          avg['checkpoint_blocked_s'], ckpt_blocked = ckpt_blocked, None
         last = logger.log_train(step, avg, tokens_per_step)
         history.append((step, avg['loss']))
         window, last_logged = [], step
@@ -436,6 +439,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
         logger.start(step)  # eval time is not step time
       preempted = step < train_steps and preemption.reached(step, log_now)
       if step == train_steps or preempted or ckpt.due(step):
+        t_save = time.perf_counter()
         with dog.paused():
           # Nothing non-finite is ever written, so rotation can only drop finite checkpoints for
           # newer finite ones: the last good checkpoint always survives.
@@ -444,6 +448,9 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
             raise Diverged(_diverged_message(f'the state after step {step} holds NaN or Inf '
                                              '(loss and gradients were finite)', ckpt, model_dir))
           ckpt.save(step, state, iterator.checkpoint, force=True)
+        # What an asynchronous save costs the loop: the finiteness checks (a device sync) and Orbax's
+        # copy of the state to host memory; the writing happens in the background.
+        ckpt_blocked = (ckpt_blocked or 0.) + time.perf_counter() - t_save
       if preempted:
         with dog.paused():
           ckpt.wait()

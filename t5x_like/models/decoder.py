@@ -38,7 +38,7 @@ class DecoderConfig:
   dtype: str = 'bfloat16'        # compute dtype; parameters stay in param_dtype
   param_dtype: str = 'float32'
   scan_layers: bool = True
-  remat_policy: str = 'none'     # see layers.REMAT_POLICIES
+  remat_policy: str = 'dots_with_no_batch_dims'  # see layers.REMAT_POLICIES
   attention_impl: Optional[str] = None  # None (XLA decides) | 'xla' | 'cudnn'
 
   family = 'decoder'

@@ -2,6 +2,7 @@
 and each set-up error reported in one line before anything compiles."""
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -27,6 +28,8 @@ def test_tiny_config_trains_writes_run_files_and_resumes(config, tmp_path):
                '--gin.TrainerConfig.checkpoint_every=10')
   assert first.returncode == 0, first.stderr[-3000:]
   assert 'step 20/20' in first.stdout and 'eval ' in first.stdout
+  # The save at step 10 (asynchronous) is reported in the window that follows it.
+  assert re.search(r'step 20/20 .* \| checkpoint blocked \d+\.\d{3} s$', first.stdout, re.M), first.stdout
   assert list((model_dir / 'train').glob('events.out.tfevents.*'))
   assert (model_dir / 'checkpoints' / '20' / 'state').is_dir()
   assert (model_dir / 'checkpoints' / '20' / 'data').is_dir()

@@ -248,10 +248,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   state = {'in_setup': True}
   old_handler = preemption.install_sigterm_handler(args.preemption_grace_secs)
   try:
-    return _run(args, cli_bindings, state)
+    code = _run(args, cli_bindings, state)
   finally:
     if old_handler is not None:
       signal.signal(signal.SIGTERM, old_handler)
+  if code == exit_codes.CONFIG_ERROR and (args.coordinator_address or args.distributed):
+    # A set-up error is found before any save. A normal exit would wait in jax.distributed's
+    # shutdown barrier for peers that themselves wait for this process's devices (5 min, then a
+    # timeout that hides this message): exit now, and the launcher reports this process first.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
+  return code
 
 
 def _run(args, cli_bindings, state) -> int:

@@ -5,6 +5,7 @@ inputs (file paths, sizes, mtimes, options), so re-running a config reuses it.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ def train_sentencepiece(files: Sequence[str], model_prefix: str, vocab_size: int
   else:
     sources.check_text_files(files, f'SentencePiece training input for {model_prefix}')
   os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
-  tmp_prefix = model_prefix + '.tmp'
+  tmp_prefix = f'{model_prefix}.tmp-{os.getpid()}'
   source = ({'sentence_iterator': sentence_iterator} if sentence_iterator is not None
             else {'input': ','.join(files)})
   spm.SentencePieceTrainer.train(
@@ -71,8 +72,14 @@ def sentencepiece_vocabulary(model_path: Optional[str] = None, *, train_files: S
   prefix = os.path.join(cache_dir or DEFAULT_CACHE,
                         f'spm{vocab_size}_{hashlib.sha1(key.encode()).hexdigest()[:12]}')
   if not os.path.exists(prefix + '.model'):
-    train_sentencepiece(files, prefix, vocab_size, model_type=model_type,
-                        user_defined_symbols=user_defined_symbols)
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    # Processes of one job (and parallel tests) share the cache: the first trains, the others wait
+    # and then find the model instead of training it again beside it.
+    with open(prefix + '.lock', 'w') as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not os.path.exists(prefix + '.model'):
+        train_sentencepiece(files, prefix, vocab_size, model_type=model_type,
+                            user_defined_symbols=user_defined_symbols)
   return seqio.SentencePieceVocabulary(prefix + '.model', extra_ids=extra_ids)
 
 

@@ -39,7 +39,7 @@ def train_sentencepiece(files: Sequence[str], model_prefix: str, vocab_size: int
   else:
     sources.check_text_files(files, f'SentencePiece training input for {model_prefix}')
   os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
-  tmp_prefix = f'{model_prefix}.tmp-{os.getpid()}'
+  tmp_prefix = model_prefix + '.tmp'  # no pid: the model's bytes (hashed by run_dir) hold this prefix
   source = ({'sentence_iterator': sentence_iterator} if sentence_iterator is not None
             else {'input': ','.join(files)})
   spm.SentencePieceTrainer.train(

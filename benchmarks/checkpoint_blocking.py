@@ -21,7 +21,7 @@ import sys
 import tempfile
 
 from records import record_header, write_record  # this directory, next to the script
-from vs_maxtext import COMMON, OURS, REPO
+from vs_maxtext import COMMON, OURS, REPO, ours_env
 
 LINE = re.compile(r'^step +(\d+)/\d+ .*\| ([\d.]+) s/step .*?(?:checkpoint blocked ([\d.]+) s)?$')
 
@@ -33,8 +33,7 @@ def run(steps: int, every: int, async_save: bool, workdir: str, extra: list) -> 
           f'--gin.TrainerConfig.checkpoint_every={every}', '--gin.TrainerConfig.keep_checkpoints=2',
           f'--gin.TrainerConfig.async_checkpointing={async_save}',
           f"--gin.sentencepiece_vocabulary.cache_dir='{os.path.join(workdir, 'spm')}'", *extra]
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)
+  env = ours_env()
   p = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
   out = p.stdout + p.stderr
   if p.returncode:

@@ -65,7 +65,7 @@ def analyse(preset: dict, variant: dict, layers: int) -> dict:
 def main():
   p = argparse.ArgumentParser()
   p.add_argument('--preset', default='gpu_1b', choices=sorted(PRESETS))
-  p.add_argument('--variants', default='default,plain_loss,chunk_512,remat_dots')
+  p.add_argument('--variants', default='default,plain_loss,chunk_512,remat_none')
   p.add_argument('--layers', type=int, default=2, help='layers per stack (0: as the preset)')
   p.add_argument('--out', default=None)
   args = p.parse_args()

@@ -93,11 +93,9 @@ VARIANTS = {
     'remat_full': {'model': {'remat_policy': 'full'}},
     'remat_dots': {'model': {'remat_policy': 'dots_with_no_batch_dims'}},
     'no_scan': {'model': {'scan_layers': False}},
-    'no_scan_remat_full': {'model': {'scan_layers': False, 'remat_policy': 'full'}},
     'no_scan_plain_loss': {'model': {'scan_layers': False}, 'loss': {'fused': False}},
     'remat_full_plain_loss': {'model': {'remat_policy': 'full'}, 'loss': {'fused': False}},
     'batch_x2': {'batch_scale': 2},
-    'batch_x2_remat_dots': {'batch_scale': 2, 'model': {'remat_policy': 'dots_with_no_batch_dims'}},
     'no_scan_chunk_512': {'model': {'scan_layers': False}, 'loss': {'chunk_size': 512}},
 }
 

@@ -76,6 +76,13 @@ COMMON = [f'--gin.TRAIN_FILES={TEXT!r}', '--gin.VOCAB_SIZE=8192', '--gin.BATCH_S
           '--gin.train.eval_data=None']
 
 
+def ours_env() -> dict:
+  """Our processes' environment: this checkout, CPU, one device (no fake-device XLA_FLAGS)."""
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  return env
+
+
 def run_maxtext(python: str, steps: int, workdir: str, extra: list) -> dict:
   launcher = os.path.join(workdir, 'maxtext_launch.py')
   with open(launcher, 'w') as f:
@@ -108,8 +115,7 @@ def run_ours(family: str, steps: int, workdir: str, extra: list) -> dict:
   args = [sys.executable, '-m', 't5x_like.train', *OURS[family], *COMMON,
           f"--gin.MODEL_DIR='{model_dir}'", f'--gin.TRAIN_STEPS={steps}',
           f"--gin.sentencepiece_vocabulary.cache_dir='{os.path.join(workdir, 'spm')}'", *extra]
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)
+  env = ours_env()
   t0 = time.perf_counter()
   p = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
   wall = time.perf_counter() - t0
@@ -132,7 +138,7 @@ def export_ours(steps: int, workdir: str) -> list:
           '--gin_file', OURS['decoder'][0].split('=', 1)[1]]
   for b in bindings:
     args += ['--gin_bindings', b.replace('=', ' = ', 1)]
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  env = ours_env()
   p = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
   if p.returncode:
     raise RuntimeError(f'export failed (exit {p.returncode}): {(p.stdout + p.stderr)[-2000:]}')
@@ -140,8 +146,7 @@ def export_ours(steps: int, workdir: str) -> list:
 
 
 def run_bare(steps: int) -> dict:
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)
+  env = ours_env()
   t0 = time.perf_counter()
   p = subprocess.run([sys.executable, 'benchmarks/train_step_throughput.py', '--preset', 'cpu_maxtext',
                       '--steps', str(steps)], capture_output=True, text=True, env=env, cwd=REPO)

@@ -283,7 +283,7 @@ def segment_mask(q_segments, kv_segments, causal: bool, kv_valid=None):
 # The default is 'dots_with_no_batch_dims' (MaxText's 'minimal'): keep the projections' outputs,
 # recompute the element-wise work and attention scores. Without remat, a scanned stack saves every
 # intermediate of every layer in stacked buffers, which was the slowest choice measured on CPU
-# (BENCHMARKS.md: 1.16x slower than this at the MaxText shape, 1.28x at the T5X shape).
+# (BENCHMARKS.md: 1.18x slower than this at the MaxText shape, 1.30x at the T5X shape).
 REMAT_POLICIES = {
     'none': None,
     'full': jax.checkpoint_policies.nothing_saveable,

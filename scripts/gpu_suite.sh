@@ -131,8 +131,11 @@ done
 if [ "$SMOKE" = 1 ]; then
   C_DATA=$SITE/clone_data  # exported on the spot (CI has seqio), tiny: 2 x 32 wide, 20 steps
   C_TEXT=$REPO/../shared/data/parallel/multi30k/train.en
-  # The export needs seqio: C_PREPARE_PYTHON names a Python that has it when PYTHON lacks it.
-  step c_prepare 300 "${C_PREPARE_PYTHON:-$PY}" -m launch.clone_suite prepare "$C_DATA" --text "$C_TEXT" \
+  # The export needs seqio: C_PREPARE_PYTHON names a Python that has it when PYTHON lacks it (with
+  # its own packages only: the bundle's unpacked wheels are built for the GPU image's Python).
+  PREP=("$PY")
+  [ -z "${C_PREPARE_PYTHON:-}" ] || PREP=(env PYTHONPATH="$REPO" "$C_PREPARE_PYTHON")
+  step c_prepare 300 "${PREP[@]}" -m launch.clone_suite prepare "$C_DATA" --text "$C_TEXT" \
     --train_steps 20 --vocab_size 500 --eval_windows 64 --gin NUM_LAYERS=2 --gin EMBED_DIM=32 \
     --gin NUM_HEADS=2 --gin HEAD_DIM=16 --gin MLP_DIM=64 --gin SEQUENCE_LENGTH=64 --gin BATCH_SIZE=8 \
     --gin TrainerConfig.checkpoint_every=5 --gin OptimizerConfig.warmup_steps=5

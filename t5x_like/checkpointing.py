@@ -49,6 +49,7 @@ class Checkpointer:
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self.directory = checkpoint_dir(model_dir)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._reader = None  # restores: host-local, see restore()
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -104,14 +105,17 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state: Any,
               data_checkpoint: Optional[Any] = None) -> Any:
-    state = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))['state']
+    """Reads `step` on this host only. Orbax's own restore ends in a barrier that is a device
+    collective: a host whose read fails never reaches it, and the hosts that did then pair it with
+    the next collective (gloo aborts, NCCL hangs). So every host reads its part with no barrier, and
+    the caller agrees on the outcome across hosts (trainer._restore)."""
+    state = self._read(step, ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))[
+        'state']
     if data_checkpoint is not None:
       # Restored on its own, so that a failure here is known to be the data position's.
       where = self.directory / str(step) / 'data'
       try:
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(data=data_checkpoint.restore_args()))
+        restored = self._read(step, ocp.args.Composite(data=data_checkpoint.restore_args()))
       except ValueError as e:
         if 'has no data-iterator state' in str(e):
           raise CheckpointMismatch(f'checkpoint at step {step} in {self.directory} does not match '
@@ -124,6 +128,14 @@ class Checkpointer:
       data_checkpoint.restored(restored['data'])
     return state
 
+  def _read(self, step: int, args: ocp.args.Composite) -> Any:
+    if self._reader is None:
+      this_host = jax.process_index()
+      self._reader = ocp.Checkpointer(ocp.CompositeCheckpointHandler(),
+                                      multiprocessing_options=ocp.options.MultiprocessingOptions(
+                                          primary_host=this_host, active_processes={this_host}))
+    return self._reader.restore(self.directory / str(step), args=args)
+
   def reached_preemption(self, step: int) -> bool:
     return self.manager.reached_preemption(step)
 
@@ -132,6 +144,9 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
+    if self._reader is not None:
+      self._reader.close()
+      self._reader = None
 
 
 def _sync_processes(name: str):

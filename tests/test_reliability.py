@@ -29,11 +29,12 @@ MODEL = DecoderConfig(vocab_size=500, embed_dim=32, num_layers=2, num_heads=4, n
 MESH = partitioning.MeshConfig(data=2, fsdp=2, tensor=2)
 
 
-def _fit(model_dir, steps, task, *, lr=3e-3, model=MODEL, **trainer_kw):
+def _fit(model_dir, steps, task, *, lr=3e-3, model=MODEL, init_params_from=None, **trainer_kw):
   kw = dict(log_every=1, checkpoint_every=2, async_checkpointing=True)
   kw.update(trainer_kw)
   return trainer.fit(
       model_dir=str(model_dir), train_steps=steps, model_config=model,
+      init_params_from=None if init_params_from is None else str(init_params_from),
       train_data=data.DataConfig(task, {'targets': 32}, batch_size=8, seed=3), eval_data=None,
       optimizer_config=optimizers.OptimizerConfig(learning_rate=lr, warmup_steps=2, decay_steps=40),
       loss_config=losses.LossConfig(), mesh_config=MESH,
@@ -169,6 +170,33 @@ def test_other_model_family_is_named_as_such(tmp_path):
   run_dir.check_model_config(str(tmp_path), DecoderConfig(**{**MODEL.__dict__, 'dtype': 'bfloat16'}),
                              'resuming', log=notes.append)
   assert notes and "dtype: 'float32' (run) vs 'bfloat16'" in notes[0]
+
+
+def test_init_params_from_takes_the_params_not_the_optimizer_and_refuses_another_model_or_vocab(
+    four_steps, lm_task, other_text_task, tmp_path):
+  src, _ = four_steps
+  # Learning rate 0: the new run's first checkpoint holds exactly the parameters it started from.
+  _fit(tmp_path / 'new', 1, lm_task, lr=0.0, init_params_from=src)
+  start, = _restore_all(tmp_path / 'new').values()
+  last = _restore_all(src)[4]
+  assert int(start['step']) == 1  # a new run: its own step count and a fresh optimizer
+  for a, b in zip(jax.tree.leaves(last['params']), jax.tree.leaves(start['params'])):
+    np.testing.assert_array_equal(a, b)
+  adam_counts = [int(x) for p, x in jax.tree_util.tree_leaves_with_path(start['opt_state'])
+                 if 'count' in jax.tree_util.keystr(p)]
+  assert adam_counts and set(adam_counts) == {1}
+  wider = DecoderConfig(**{**MODEL.__dict__, 'mlp_dim': 128})
+  with pytest.raises(run_dir.RunDirMismatch,
+                     match=r"train.init_params_from='.*': .*model.json has other parameter shapes "
+                     r"than this config: mlp_dim: 64 \(run\) vs 128 \(this config\)"):
+    _fit(tmp_path / 'wider', 1, lm_task, model=wider, init_params_from=src)
+  with pytest.raises(run_dir.RunDirMismatch,
+                     match=r"train.init_params_from='.*': vocabulary content differs"):
+    _fit(tmp_path / 'other_vocab', 1, other_text_task, init_params_from=src)
+  for refused in ('wider', 'other_vocab'):  # refused before anything was saved
+    assert not (tmp_path / refused / 'checkpoints').exists() or not _steps_on_disk(
+        tmp_path / refused)
+  assert _steps_on_disk(src) == [1, 2, 4]
 
 
 # --- damaged checkpoints -----------------------------------------------------------------------------
@@ -354,10 +382,14 @@ def _worker_pid(launcher, process_id):
 
 
 def _tb_losses(model_dir):
+  return _tb_losses_of((pathlib.Path(model_dir) / 'train').glob('events.out.tfevents.*'))
+
+
+def _tb_losses_of(event_files):
   from tensorboard.backend.event_processing import event_accumulator
   from tensorboard.util import tensor_util
   out = {}
-  for f in sorted((pathlib.Path(model_dir) / 'train').glob('events.out.tfevents.*')):
+  for f in sorted(event_files):
     ea = event_accumulator.EventAccumulator(str(f), size_guidance={'tensors': 0})
     ea.Reload()
     for e in ea.Tensors('loss'):
@@ -404,3 +436,36 @@ def test_a_dead_or_hung_peer_stops_the_job_with_a_clear_exit(how, small_text, tm
     assert code == exit_codes.PEER_LOST and 'process 0 failed first (exit 4' in err, err
     assert 'no train step finished for' in (logs / 'process_0.log').read_text()
   assert f'logs in {logs}' in err
+
+
+def test_two_processes_agree_on_the_fallback_when_only_one_host_cannot_read_its_part(small_text,
+                                                                                      tmp_path):
+  from launch import local
+  run = tmp_path / 'run'
+  every2 = '--gin.TrainerConfig.checkpoint_every=2'
+  local.launch(_train_args(run, 4, small_text, every2), 2, 4, stream=None, timeout=600,
+               log_dir=str(tmp_path / 'logs_first'))
+  first = _tb_losses(run)
+  assert _steps_on_disk(run) == [1, 2, 4] and sorted(first) == [1, 2, 3, 4]
+  # Only process 1 reads this file: process 0 alone would restore step 4 and train on.
+  damaged, = (run / 'checkpoints' / '4' / 'data' / 'host_1_of_2').glob('iterator.data*')
+  with open(damaged, 'r+b') as fh:
+    fh.truncate(16)
+  with pytest.raises(local.ProcessesFailed) as info:
+    local.launch(_train_args(run, 6, small_text, every2), 2, 4, stream=None, timeout=600,
+                 log_dir=str(tmp_path / 'logs_refused'))
+  assert info.value.returncode == exit_codes.CONFIG_ERROR
+  outs = [(tmp_path / 'logs_refused' / f'process_{i}.log').read_text() for i in (0, 1)]
+  assert 'could not be read on another host' in outs[0] and '--restore_step=2' in outs[0], outs[0]
+  assert f'{run}/checkpoints/4/data: ' in outs[1] and 'is damaged' in outs[1], outs[1][-3000:]
+  assert _steps_on_disk(run) == [1, 2, 4]  # refused: nothing moved, nothing trained
+  before = set((run / 'train').iterdir())
+  outs = local.launch(_train_args(run, 6, small_text, every2, '--restore_fallback'), 2, 4,
+                      stream=None, timeout=600, log_dir=str(tmp_path / 'logs_fallback'))
+  assert 'falling back to step 2' in outs[0], outs[0][-3000:]
+  assert 'step 6/6' in outs[0] and _steps_on_disk(run) == [2, 4, 6]
+  assert len(list((run / 'set_aside_checkpoints').glob('*/4/state'))) == 1
+  new_files = [f for f in (run / 'train').iterdir() if f not in before]
+  resumed = _tb_losses_of(new_files)
+  assert sorted(resumed) == [3, 4, 5, 6]
+  assert resumed[3] == first[3] and resumed[4] == first[4]  # from step 2's state and data position

@@ -7,9 +7,11 @@ TPU targets: libtpu describes the target's devices (`jax.experimental.topologies
 run's mesh is built over them with `partitioning.make_mesh`, and the trainer's real train step
 (`trainer.CompiledSteps`, the run's shardings, batch shapes from `t5x_like.batch_shapes`) is compiled
 ahead of time for them, as MaxText's train_compile does. Memory and FLOPs are XLA's for the target.
-GPU targets (`8xh100`, `2x8xh200`): no deviceless GPU compile exists, so the step is compiled over as
-many fake CPU devices (a subprocess) to validate the sharding, and memory is an analytical estimate; the
-report labels which numbers are compiled and which estimated.
+GPU targets (`8xh100`, `2x8xh200`): where jax's CUDA plugin is installed (`pip install
+"jax[cuda13]==<jax version>"`; no GPU or driver needed, e.g. a login node), XLA's GPU compiler compiles
+the step for the target's GPUs without having them (`targets.gpu_devices`, in a subprocess), cuDNN
+attention included, and the memory is XLA's. Without the plugin the step is compiled over as many fake
+CPU devices to validate the sharding, and memory is an analytical estimate. The report labels which.
 
 Refuses with one line (`error: ...`, exit 2): unknown topology, a mesh or batch that does not divide,
 memory over HBM (by how much, and what to change).
@@ -78,11 +80,13 @@ def _build(param: str, default=None):
 
 
 def load_run(gin_files: Sequence[str], bindings: Sequence[str], search_paths=()) -> RunSpec:
-  """The run's configs from its gin files, without calling any task builder (no data is read)."""
-  train_lib._import_configurables()
+  """The run's configs from its gin files, without calling any task builder (no data is read, and
+  the seqio tasks are left unread: no TensorFlow needed)."""
+  train_lib._import_configurables(with_tasks=False)
   set_macros = {b.split('=', 1)[0].strip() for b in bindings}
   defaults = [f'{k} = {v}' for k, v in _DEFAULT_MACROS.items() if k not in set_macros]
-  train_lib.parse_gin(gin_files, defaults + list(bindings), search_paths)
+  train_lib.parse_gin_importing_tasks_if_named(gin_files, defaults + list(bindings), search_paths,
+                                               skip_tasks=True)
   from t5x_like.data import DataConfig
   try:
     ref = gin.query_parameter('train.train_data')
@@ -173,7 +177,7 @@ def compile_step(run: RunSpec, devices, count_flops: bool = True) -> dict:
   compiled = steps.compiled_train
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}  # None from the GPU compiler
   state_bytes = _shard_bytes(abstract_state, shardings)
   params_bytes = _shard_bytes(abstract_state['params'], shardings['params'])
   total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
@@ -199,7 +203,8 @@ def _unrolled_flops(run: RunSpec, tx, schedule, batch) -> float:
   """XLA's FLOPs of the whole step (all devices). Its cost analysis counts a scanned layer stack's loop
   body once, so the same step with unrolled layers is lowered, unsharded and not compiled, and XLA's
   HLO cost analysis reads it (for the host backend: the TPU one analyses only compiled programs)."""
-  model = build_model(dataclasses.replace(run.model, scan_layers=False))
+  # XLA's attention for the host backend: the same FLOPs as the cuDNN kernel, which it cannot lower.
+  model = build_model(dataclasses.replace(run.model, scan_layers=False, attention_impl=None))
   abstract = jax.eval_shape(functools.partial(trainer_lib.init_fn, model, tx, batch),
                             jax.random.key(0))
   step = jax.jit(functools.partial(trainer_lib.train_step, model=model, tx=tx, schedule=schedule,
@@ -231,9 +236,13 @@ def _fmt_gib(b: float) -> str:
 
 
 def _report_lines(run: RunSpec, target: targets_lib.Target, r: dict, mfu: float,
-                  gpu: bool) -> tuple[list[str], Optional[str]]:
-  """The printed report, and the refusal line when it does not fit."""
-  label = 'compiled for CPU devices (sharding check only)' if gpu else f'compiled by XLA for {target.device_kind}'
+                  estimated: bool) -> tuple[list[str], Optional[str]]:
+  """The printed report, and the refusal line when it does not fit. estimated: the step was compiled
+  over CPU devices for a GPU target (memory from activation_estimate)."""
+  gpu = target.kind == 'gpu'
+  label = ('compiled for CPU devices (sharding check only)' if estimated else
+           f'compiled by XLA for {target.device_kind}'
+           + (' without a GPU (deviceless; no autotuning)' if gpu else ''))
   chips = target.num_chips
   step_s = r['formula_flops_per_step'] / (chips * target.peak_flops * mfu)
   lines = [
@@ -245,7 +254,7 @@ def _report_lines(run: RunSpec, target: targets_lib.Target, r: dict, mfu: float,
       f"compile: {r['compile_s']:.1f}s ({label})",
   ]
   problem = None
-  if gpu:
+  if estimated:
     dp = r['mesh']['data'] * r['mesh']['fsdp']
     act = activation_estimate(run, dp)
     est = r['state_bytes'] + r['params_bytes'] + act  # state + fp32 gradients + activations
@@ -277,19 +286,28 @@ def _report_lines(run: RunSpec, target: targets_lib.Target, r: dict, mfu: float,
   return lines, problem
 
 
-def _gpu_compile(train_args: Sequence[str], devices: int, overrides: Sequence[str]) -> dict:
-  """Compiles over `devices` fake CPU devices in a subprocess (the device count is fixed at jax
-  import) and returns compile_step's result."""
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu')
-  cmd = [sys.executable, '-m', 'launch.preflight', '--_cpu_compile', *train_args, *overrides]
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+def _gpu_compile(train_args: Sequence[str], target: targets_lib.Target, overrides: Sequence[str],
+                 model_configurable: str) -> dict:
+  """compile_step's result for a GPU target, from a subprocess (jax's platform and device count are
+  fixed at its import): deviceless for the target's GPUs where jax's CUDA plugin is installed
+  (r['estimated'] False), else over as many fake CPU devices with XLA's attention (True)."""
+  if targets_lib.cuda_plugin_installed():
+    env = dict(os.environ, **targets_lib.DEVICELESS_GPU_ENV)
+    cmd = ['--_gpu_compile', target.name]
+  else:
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={target.num_chips}',
+               JAX_PLATFORMS='cpu')
+    # The fused cuDNN kernel does not exist on CPU; XLA's attention has the same shapes.
+    cmd = ['--_cpu_compile']
+    overrides = (*overrides, f'--gin.{model_configurable}.attention_impl=None')
+  proc = subprocess.run([sys.executable, '-m', 'launch.preflight', *cmd, *train_args, *overrides],
+                        env=env, capture_output=True, text=True)
   out = proc.stdout.strip().splitlines()
   if proc.returncode or not out:
     err = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
     raise Refusal(err[-1][len('error: '):] if err else
-                  f'CPU compile over {devices} devices failed: {proc.stderr.strip()[-500:]}')
-  return json.loads(out[-1])
+                  f'compile for {target.name} failed: {proc.stderr.strip()[-500:]}')
+  return {**json.loads(out[-1]), 'estimated': cmd[0] == '--_cpu_compile'}
 
 
 def preflight(train_args: Sequence[str], topology: str, mfu: float = 0.5, search: bool = False,
@@ -322,16 +340,14 @@ def preflight(train_args: Sequence[str], topology: str, mfu: float = 0.5, search
       devices = targets_lib.tpu_devices(target)
       r = compile_step(cand, devices)
     else:
-      # The fused cuDNN kernel does not exist on CPU; XLA's attention has the same shapes.
-      cpu_attention = (f'--gin.{type(run.model).__name__}.attention_impl=None',)
-      r = _gpu_compile(train_args, target.num_chips, overrides + cpu_attention)
+      r = _gpu_compile(train_args, target, overrides, type(run.model).__name__)
     if 'oom' in r:
       used, cap = r['oom']
       line = (f'does not fit: XLA needs {_fmt_gib(used)} per device, {_fmt_gib(used - cap)} over the '
               f'{_fmt_gib(cap)} HBM of {target.device_kind}; {_advice(cand)}')
       results.append({'policy': policy, 'batch': batch, 'problem': line, 'lines': [line]})
       continue
-    lines, problem = _report_lines(cand, target, r, mfu, target.kind == 'gpu')
+    lines, problem = _report_lines(cand, target, r, mfu, r.get('estimated', False))
     r.update(policy=policy, batch=batch, lines=lines, problem=problem,
              step_s=r['formula_flops_per_step'] / (target.num_chips * target.peak_flops * mfu))
     results.append(r)
@@ -374,12 +390,15 @@ def make_parser(prog: str = 'python -m launch preflight') -> argparse.ArgumentPa
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  if argv[:1] == ['--_cpu_compile']:  # the GPU path's subprocess: compile over jax.devices()
+  if argv[:1] in (['--_cpu_compile'], ['--_gpu_compile']):  # _gpu_compile's subprocess
+    gpu_target = argv[1] if argv[0] == '--_gpu_compile' else None
     try:
-      bindings, rest = train_lib.split_gin_flags(argv[1:])
+      bindings, rest = train_lib.split_gin_flags(argv[2:] if gpu_target else argv[1:])
       args = train_lib.make_parser().parse_args(rest)
       run = load_run(args.gin_file, args.gin_bindings + bindings, args.gin_search_paths)
-      r = compile_step(run, jax.devices())
+      devices = (targets_lib.gpu_devices(targets_lib.parse(gpu_target)) if gpu_target else
+                 jax.devices())
+      r = compile_step(run, devices)
     except (Refusal, ValueError, TypeError, OSError) as e:
       print(f'error: {train_lib._one_line(e)}', file=sys.stderr)
       return exit_codes.CONFIG_ERROR

@@ -7,6 +7,7 @@ v5e/v5litepod/v6e. `NxTYPE` is N slices joined over DCN (multi-slice).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 
@@ -31,6 +32,18 @@ _TOPO_2D = {1: '1x1', 4: '2x2', 8: '2x4', 16: '4x4', 32: '4x8', 64: '8x8', 128: 
 _GPU = {'h100': (80e9, 989e12, 'NVIDIA H100 80GB HBM3', 'nvidia-h100-80gb'),
         'h200': (141e9, 989e12, 'NVIDIA H200', 'nvidia-h200-141gb'),
         'a100': (80e9, 312e12, 'NVIDIA A100-SXM4-80GB', 'nvidia-a100-80gb')}
+
+
+# What XLA's GPU compiler must be told of a GPU it cannot see (deviceless compilation): SMs, clock,
+# memory bandwidth and size (nvidia-smi's total), compute capability, of the SXM parts.
+_GPU_DESCRIPTION = {
+    'h100': dict(cores=132, clock_ghz=1.98, bandwidth=3.35e12, memory=81559 * 2 ** 20, cc=9),
+    'h200': dict(cores=132, clock_ghz=1.98, bandwidth=4.8e12, memory=143771 * 2 ** 20, cc=9),
+    'a100': dict(cores=108, clock_ghz=1.41, bandwidth=2.04e12, memory=81920 * 2 ** 20, cc=8),
+}
+# Set before jax is imported, in a process that compiles for GPUs it cannot see: no CUDA backend is
+# started (there is no driver) and the CUDA plugin skips its driver/library version check.
+DEVICELESS_GPU_ENV = {'JAX_PLATFORMS': 'cpu', 'JAX_SKIP_CUDA_CONSTRAINTS_CHECK': '1'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,3 +119,45 @@ def tpu_devices(target: Target):
       chip_config_name=target.chip_config, chips_per_host_bounds=host, num_slices=target.num_slices)
   return list(desc.devices)
 
+
+
+def cuda_plugin_installed() -> bool:
+  """Whether jax's CUDA plugin can be imported here (what gpu_devices needs; a GPU does not)."""
+  if importlib.util.find_spec('jax_plugins') is None:
+    return False
+  return any(importlib.util.find_spec(f'jax_plugins.xla_cuda{v}') is not None for v in (13, 12))
+
+
+def gpu_target_config(generation: str) -> str:
+  """The GpuTargetConfig (text proto) of one GPU of `generation`, for deviceless compilation."""
+  d = _GPU_DESCRIPTION[generation]
+  return f"""gpu_device_info {{
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: {233472 if d['cc'] >= 9 else 167936} threads_per_core_limit: 2048
+  core_count: {d['cores']} fpus_per_core: {128 if d['cc'] >= 9 else 64}
+  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
+  memory_bandwidth: {int(d['bandwidth'])} l2_cache_size: {50 * 2 ** 20 if d['cc'] >= 9 else 40 * 2 ** 20}
+  clock_rate_ghz: {d['clock_ghz']} device_memory_size: {d['memory']}
+  shared_memory_per_block_optin: {232448 if d['cc'] >= 9 else 166912}
+  cuda_compute_capability {{ major: {d['cc']} }}
+  registers_per_core_limit: 65536 registers_per_block_limit: 65536
+}}
+platform_name: "CUDA"
+dnn_version_info {{ major: 9 minor: 10 }}
+runtime_version {{ major: 13 }}
+device_description_str: "{_GPU[generation][2]}"
+"""
+
+
+def gpu_devices(target: Target):
+  """Compile-only devices of the target's GPUs, with no GPU and no driver: XLA's own GPU compiler
+  (cuDNN attention, fusions and memory as on the GPU; no autotuning). Needs jax's CUDA plugin
+  (`pip install "jax[cuda13]"`) and DEVICELESS_GPU_ENV set before jax was imported."""
+  try:
+    desc = topologies.get_topology_desc(
+        platform='cuda', topology=f'1x{target.num_slices}x{target.chips_per_slice}',
+        target_config=gpu_target_config(target.generation))
+  except (NotImplementedError, RuntimeError) as e:
+    raise RuntimeError(f'compiling for {target.name} without a GPU needs jax\'s CUDA plugin '
+                       f'(pip install "jax[cuda13]"): {str(e).splitlines()[0]}') from e
+  return list(desc.devices)

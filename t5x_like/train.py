@@ -53,12 +53,14 @@ _UNKNOWN = re.compile(r"No configurable matching (?:reference )?'@?([A-Za-z0-9_.
 
 
 def parse_gin_importing_tasks_if_named(gin_files: Sequence[str], bindings: Sequence[str],
-                                       search_paths: Sequence[str]) -> list[str]:
+                                       search_paths: Sequence[str],
+                                       skip_tasks: bool = False) -> list[str]:
   """parse_gin; the `tasks` package (seqio, TensorFlow) is imported only when the config needs it,
   so a config without seqio tasks runs without TensorFlow. When the command line points the data at
   an export (`DataConfig.export_dir`, with `DataConfig.mixture_or_task=None`), the experiment file's
-  task configurables are left unread instead; returns their names."""
-  reads_export = any(re.match(r'^\s*([\w/]*/)?DataConfig\.export_dir\s*=', b) for b in bindings)
+  task configurables are left unread instead (always with skip_tasks: the preflight, which reads no
+  data); returns their names."""
+  reads_export = skip_tasks or any(re.match(r'^\s*([\w/]*/)?DataConfig\.export_dir\s*=', b) for b in bindings)
   skipped: list[str] = []
   while True:
     try:

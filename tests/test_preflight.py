@@ -2,10 +2,12 @@
 train step compiles for a small TPU topology from libtpu's description (no TPU here), and runs that
 cannot go are refused in one line: mesh that does not divide, memory over HBM, unknown topology."""
 import re
+import subprocess
+import sys
 
 import pytest
 
-from launch import preflight
+from launch import preflight, targets
 from t5x_like import batch_shapes, data, data_seqio
 
 TINY = '--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin'
@@ -55,10 +57,24 @@ def test_refusals_are_one_line(capsys):
                    'HBM of TPU v5 lite; try .*remat_policy', err), err
 
 
-def test_gpu_target_compiles_on_cpu_devices_and_labels_estimates(capsys):
+def test_gpu_target_compiles_on_cpu_devices_and_labels_estimates(capsys, monkeypatch):
+  # Where jax's CUDA plugin is installed the preflight compiles for the GPUs instead (deviceless).
+  monkeypatch.setattr(targets.__name__ + '.cuda_plugin_installed', lambda: False)
   assert preflight.main(['--topology', '8xh100', TINY, '--gin.MeshConfig.fsdp=8',
                          '--gin.MeshConfig.data=1']) == 0
   out = capsys.readouterr().out
   assert "mesh: {'data': 1, 'fsdp': 8, 'tensor': 1} over 8 devices" in out
   assert 'compiled for CPU devices (sharding check only)' in out
   assert 'memory per device (estimated)' in out
+
+
+def test_preflight_of_a_config_naming_seqio_tasks_imports_neither_tensorflow_nor_seqio():
+  # It reads no data, so it runs where only jax (+ its CUDA plugin, for GPU targets) is installed.
+  code = ('import sys; from launch import preflight; rc = preflight.main(sys.argv[1:]); '
+          "print('MODULES', 'tensorflow' in sys.modules, 'seqio' in sys.modules, "
+          "'tasks' in sys.modules); sys.exit(rc)")
+  out = subprocess.run([sys.executable, '-c', code, '--topology', 'v5p-8', TINY], capture_output=True,
+                       text=True, timeout=600, cwd=preflight.train_lib.REPO_ROOT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'compiled by XLA for TPU v5p' in out.stdout
+  assert 'MODULES False False False' in out.stdout

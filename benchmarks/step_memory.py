@@ -49,6 +49,8 @@ def analyse(preset: dict, variant: dict, layers: int, devices=None) -> dict:
   shapes = {'decoder_input_tokens': (batch, preset['seq']), 'decoder_target_tokens': (batch, preset['seq'])}
   if family == 'encdec':
     shapes['encoder_input_tokens'] = (batch, preset['inputs'])
+  if variant.get('segments'):  # packed rows
+    shapes.update(decoder_segment_ids=(batch, preset['seq']), decoder_positions=(batch, preset['seq']))
   abstract_batch = {k: jax.ShapeDtypeStruct(v, np.int32) for k, v in shapes.items()}
   abstract_batch['decoder_loss_weights'] = jax.ShapeDtypeStruct((batch, preset['seq']), np.float32)
   abstract, shardings = trainer.state_shardings(model, tx, abstract_batch, mesh)

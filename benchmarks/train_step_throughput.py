@@ -92,6 +92,9 @@ VARIANTS = {
     'remat_none': {'model': {'remat_policy': 'none'}},
     'remat_full': {'model': {'remat_policy': 'full'}},
     'remat_dots': {'model': {'remat_policy': 'dots_with_no_batch_dims'}},
+    'remat_attention': {'model': {'remat_policy': 'dots_and_fused_attention'}},
+    # Packed rows: a [batch, 1, seq, seq] segment mask (a bias for cuDNN) instead of is_causal.
+    'segment_mask': {'segments': True},
     'no_scan': {'model': {'scan_layers': False}},
     'no_scan_plain_loss': {'model': {'scan_layers': False}, 'loss': {'fused': False}},
     'remat_full_plain_loss': {'model': {'remat_policy': 'full'}, 'loss': {'fused': False}},
@@ -100,11 +103,14 @@ VARIANTS = {
 }
 
 
-def _batch(family: str, cfg, batch: int, seq: int, inputs: int, mesh):
+def _batch(family: str, cfg, batch: int, seq: int, inputs: int, mesh, segments: bool = False):
   rng = np.random.default_rng(0)
   toks = rng.integers(1, cfg.vocab_size, (batch, seq + 1)).astype(np.int32)
   b = {'decoder_input_tokens': toks[:, :-1], 'decoder_target_tokens': toks[:, 1:],
        'decoder_loss_weights': np.ones((batch, seq), np.float32)}
+  if segments:  # as packing writes them: here one document per row
+    b['decoder_segment_ids'] = np.ones((batch, seq), np.int32)
+    b['decoder_positions'] = np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy()
   if family == 'encdec':
     b['encoder_input_tokens'] = rng.integers(1, cfg.vocab_size, (batch, inputs)).astype(np.int32)
   bsh = partitioning.batch_sharding(mesh)
@@ -124,7 +130,8 @@ def setup(preset: dict, variant: dict):
   opt = optimizers.OptimizerConfig()
   tx, sched = optimizers.make_optimizer(opt, 1000), optimizers.make_schedule(opt, 1000)
   mesh = partitioning.make_mesh(partitioning.MeshConfig())
-  b = _batch(family, cfg, _batch_size(preset, variant), preset['seq'], preset.get('inputs', 0), mesh)
+  b = _batch(family, cfg, _batch_size(preset, variant), preset['seq'], preset.get('inputs', 0), mesh,
+             variant.get('segments', False))
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in b.items()}
   _, shardings = trainer.state_shardings(model, tx, abstract_batch, mesh)
   state = trainer.create_state(model, tx, abstract_batch, mesh, shardings, jax.random.key(0))

@@ -222,7 +222,9 @@ def activation_estimate(run: RunSpec, dp: int) -> float:
   d = cfg.embed_dim
   layers = getattr(cfg, 'num_layers', None) or (cfg.num_encoder_layers + cfg.num_decoder_layers)
   tokens = run.batch_size * sum(run.feature_lengths.values()) / dp
-  per_layer = {'none': 34, 'dots': 16, 'dots_with_no_batch_dims': 16, 'full': 2}[cfg.remat_policy]
+  # Bytes per token and model dimension; keeping the fused attention's output adds its bf16 copy.
+  per_layer = {'none': 34, 'dots': 16, 'dots_with_no_batch_dims': 16, 'dots_and_fused_attention': 18,
+               'full': 2}[cfg.remat_policy]
   logits = tokens * cfg.vocab_size * 4 * 2  # fp32 logits and their gradient
   return tokens * d * per_layer * layers + logits
 

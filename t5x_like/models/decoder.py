@@ -38,7 +38,7 @@ class DecoderConfig:
   dtype: str = 'bfloat16'        # compute dtype; parameters stay in param_dtype
   param_dtype: str = 'float32'
   scan_layers: bool = True
-  remat_policy: str = 'dots_with_no_batch_dims'  # see layers.REMAT_POLICIES
+  remat_policy: str = 'dots_and_fused_attention'  # see layers.REMAT_POLICIES
   attention_impl: Optional[str] = None  # None (XLA decides) | 'xla' | 'cudnn'
 
   family = 'decoder'
@@ -93,7 +93,8 @@ class DecoderBlock(nn.Module):
         implementation=cfg.attention_impl, name='attention')(
             h, h, mask=mask, q_positions=positions, kv_positions=positions,
             deterministic=self.deterministic, decode=self.decode,
-            cache_index=positions[:, 0] if self.decode == 'step' else None)
+            cache_index=positions[:, 0] if self.decode == 'step' else None,
+            causal=mask is None and self.decode != 'step')
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic)
     x = x + h
     h = norm('mlp_norm')(x)
@@ -128,9 +129,11 @@ class Decoder(nn.Module):
       raise ValueError("decode='step' takes decoder_input_tokens [batch, 1] and decoder_positions")
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (bsz, length))
-    if segments is None:
-      segments = jnp.ones_like(tokens)
-    mask = None if decode == 'step' else layers.segment_mask(segments, segments, causal=True)
+    # Unpacked rows (no segment ids): plain causal attention, which the blocks ask of the kernel
+    # (is_causal) rather than building a [batch, 1, length, length] mask; padding at a row's end is
+    # never attended to by the real tokens before it.
+    mask = (None if decode == 'step' or segments is None else
+            layers.segment_mask(segments, segments, causal=True))
 
     embed = layers.Embed(cfg.vocab_size, cfg.embed_dim, nn.initializers.normal(cfg.init_std),
                          dtype=dtype, param_dtype=pdtype, name='token_embed')

@@ -36,7 +36,7 @@ class EncDecConfig:
   dtype: str = 'bfloat16'
   param_dtype: str = 'float32'
   scan_layers: bool = True
-  remat_policy: str = 'dots_with_no_batch_dims'  # see layers.REMAT_POLICIES
+  remat_policy: str = 'dots_and_fused_attention'  # see layers.REMAT_POLICIES
   attention_impl: Optional[str] = None
 
   family = 'encdec'

@@ -187,7 +187,8 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_q, x_kv, *, mask=None, bias=None, q_positions=None, kv_positions=None,
-               deterministic: bool = True, decode: Optional[str] = None, cache_index=None):
+               deterministic: bool = True, decode: Optional[str] = None, cache_index=None,
+               causal: bool = False):
     dense = functools.partial(DenseGeneral, dtype=self.dtype, param_dtype=self.param_dtype)
     q = dense((self.num_heads, self.head_dim), ('embed', 'heads', 'kv'), kernel_init=self.q_init,
               name='query')(x_q)
@@ -219,11 +220,16 @@ class Attention(nn.Module):
     v = constrain(v, ('activation_batch', 'activation_length', 'activation_kv_heads', 'activation_kv'))
     if self.dropout_rate > 0.0 and not deterministic:
       # jax.nn.dot_product_attention has no attention dropout; do it explicitly.
+      if causal:
+        tril = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), dtype=bool))[None, None]
+        mask = tril if mask is None else mask & tril
       out = _attention_with_dropout(self, q, k, v, mask, bias)
     else:
+      # causal=True instead of a mask: the kernel masks itself (cuDNN: no [batch, 1, q, k] bias
+      # tensor read per layer, and its causal kernel skips the masked blocks).
       out = jax.nn.dot_product_attention(
           q, k, v, bias=None if bias is None else bias.astype(q.dtype), mask=mask,
-          scale=self.scale, implementation=self.implementation)
+          scale=self.scale, implementation=self.implementation, is_causal=causal)
     out = constrain(out, ('activation_batch', 'activation_length', 'activation_heads', 'activation_kv'))
     return dense((x_q.shape[-1],), ('heads', 'kv', 'embed'), in_axes=2, kernel_init=self.out_init,
                  name='out')(out)
@@ -280,15 +286,26 @@ def segment_mask(q_segments, kv_segments, causal: bool, kv_valid=None):
   return mask[:, None]
 
 
-# The default is 'dots_with_no_batch_dims' (MaxText's 'minimal'): keep the projections' outputs,
-# recompute the element-wise work and attention scores. Without remat, a scanned stack saves every
+# The default is 'dots_and_fused_attention': MaxText's 'minimal' ('dots_with_no_batch_dims': keep the
+# projections' outputs, recompute the element-wise work and the attention), plus the fused attention
+# kernel's outputs where there is one (cuDNN: compiled for an H200, its forward then runs once instead
+# of twice, for 6% more memory; BENCHMARKS.md). With XLA's attention the two policies are the same. Without remat, a scanned stack saves every
 # intermediate of every layer in stacked buffers, which was the slowest choice measured on CPU
 # (BENCHMARKS.md: 1.18x slower than this at the MaxText shape, 1.30x at the T5X shape).
+def _dots_and_fused_attention(prim, *args, **params) -> bool:
+  """Keep the projections' outputs and the fused attention kernel's (its output and softmax
+  statistics, the cuDNN backward's residuals), so the kernel's forward is not run again in the
+  backward pass (MaxText's 'minimal_flash')."""
+  return (prim.name.startswith('dot_product_attention_fwd') or
+          jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims(prim, *args, **params))
+
+
 REMAT_POLICIES = {
     'none': None,
     'full': jax.checkpoint_policies.nothing_saveable,
     'dots': jax.checkpoint_policies.checkpoint_dots,
     'dots_with_no_batch_dims': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    'dots_and_fused_attention': _dots_and_fused_attention,
 }
 
 

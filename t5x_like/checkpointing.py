@@ -1,7 +1,9 @@
 """Orbax checkpoints that hold the train state and the data-iterator position together.
 
-Layout: MODEL_DIR/checkpoints/<step>/{state, data}/. `state` is the sharded {step, params, opt_state}
-pytree (StandardSave, async); `data` is the position in the data, saved by whatever the data module
+Layout: MODEL_DIR/checkpoints/<step>/{state, data, counters}/. `state` is the sharded {step, params,
+opt_state} pytree (StandardSave, async); `counters` is a small JSON of run totals that the state does
+not hold (e.g. how many non-finite steps were skipped; absent in older checkpoints, read as {});
+`data` is the position in the data, saved by whatever the data module
 hands over (`data_checkpoint`: an object with save_args() / restore_args() -> orbax CheckpointArgs and
 restored(value)): one tf.data iterator checkpoint per host on the seqio path (data_seqio.py), the next
 global batch as JSON on the export path (data_grain.py). Either way a resumed run continues with
@@ -97,8 +99,10 @@ class Checkpointer:
     return dest
 
   def save(self, step: int, state: Any, data_checkpoint: Optional[Any],
-           force: bool = False) -> bool:
+           force: bool = False, counters: Optional[dict] = None) -> bool:
     items = {'state': ocp.args.StandardSave(state)}
+    if counters:
+      items['counters'] = ocp.args.JsonSave(counters)
     if data_checkpoint is not None:
       items['data'] = data_checkpoint.save_args()
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -127,6 +131,12 @@ class Checkpointer:
                                 f'{_failed_file(e, where)}: {_reason(e)}') from e
       data_checkpoint.restored(restored['data'])
     return state
+
+  def counters(self, step: int) -> dict:
+    """The run totals saved with `step` ({} when it has none: saved before they existed)."""
+    if not (self.directory / str(step) / 'counters').exists():
+      return {}
+    return dict(self._read(step, ocp.args.Composite(counters=ocp.args.JsonRestore()))['counters'])
 
   def _read(self, step: int, args: ocp.args.Composite) -> Any:
     if self._reader is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 import time
 from typing import Any, Callable, Optional
 
@@ -19,13 +20,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
+from t5x_like import checkpointing
+from t5x_like import data
 from t5x_like import losses
+from t5x_like import metrics as metrics_lib
 from t5x_like import optimizers
 from t5x_like import partitioning
 from t5x_like import preemption as preemption_lib
 from t5x_like import run_dir
 from t5x_like import watchdog as watchdog_lib
+from t5x_like.models import build_model
 
 State = dict
 
@@ -187,9 +193,10 @@ def guarded_train_step(state: State, batch: dict, rng: jax.Array, guard: dict, *
   return new_state, {**metrics, 'nonfinite': jnp.where(ok, 0.0, 1.0)}, guard
 
 
-def new_guard() -> dict:
+def new_guard(nonfinite_steps: int = 0) -> dict:
   # Host numpy: building it runs nothing on a device (compile-only meshes have none to run on).
-  return {'first_nonfinite': np.full((), -1, np.int32), 'nonfinite_steps': np.zeros((), np.int32)}
+  return {'first_nonfinite': np.full((), -1, np.int32),
+          'nonfinite_steps': np.full((), nonfinite_steps, np.int32)}
 
 
 def all_finite(tree) -> jax.Array:
@@ -253,6 +260,11 @@ class CompiledSteps:
       self._guard = jax.device_put(new_guard(), self._rep)
     return self._guard
 
+  def start_guard(self, nonfinite_steps: int):
+    """A resumed run counts on from its checkpoint's skipped steps; the first non-finite step is
+    this process's own (a run resumed under policy 'stop' must not stop for a step it skipped)."""
+    self._guard = jax.device_put(new_guard(nonfinite_steps), self._rep)
+
   def train(self, state, batch, rng):
     """-> (state, metrics); updates self.guard on device (see guarded_train_step)."""
     with self._ctx():
@@ -281,8 +293,6 @@ def _write_run_files(model_dir: str, resumed_from: Optional[int], model_config, 
   model.json (family + config, for exporters and evaluators) and the vocabulary."""
   if jax.process_index() != 0:
     return
-  import os
-  from t5x_like import data, run_dir
   os.makedirs(model_dir, exist_ok=True)
   if resumed_from is None:
     run_dir.save_model_config(model_dir, model_config)
@@ -305,8 +315,6 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   Returns the last logged train metrics, 'history' (step, loss) of every logged step, and 'eval'
   ({task name: metrics}) when evaluated.
   """
-  from t5x_like import checkpointing, data, metrics as metrics_lib
-  from t5x_like.models import build_model
   cfg = trainer_config
   is_main = jax.process_index() == 0
   say = log if is_main else (lambda *a, **k: None)
@@ -388,6 +396,14 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     return {}
   steps = CompiledSteps(model, tx, schedule, loss_config, mesh, shardings, cfg.num_microbatches,
                         skip_nonfinite=cfg.nonfinite_policy == 'skip')
+  if latest is not None:  # the count of skipped steps runs over the whole run, not this process
+    try:
+      counters = ckpt.counters(latest)
+    except Exception as e:  # pylint: disable=broad-except  # a count is not worth stopping a run for
+      say(f'WARNING: the counters saved with step {latest} are unreadable ({str(e)[:200]}); the '
+          'count of skipped non-finite steps starts again at 0')
+      counters = {}
+    steps.start_guard(nonfinite_steps=int(counters.get('nonfinite_steps', 0)))
   abstract_in = partitioning.with_sharding(abstract_state, shardings)
   abstract_b = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
                 for k, v in abstract_batch.items()}
@@ -443,11 +459,13 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
         with dog.paused():
           # Nothing non-finite is ever written, so rotation can only drop finite checkpoints for
           # newer finite ones: the last good checkpoint always survives.
-          _check_finite(cfg, jax.device_get(steps.guard), ckpt, model_dir)
+          g = jax.device_get(steps.guard)
+          _check_finite(cfg, g, ckpt, model_dir)
           if not steps.state_is_finite(state):
             raise Diverged(_diverged_message(f'the state after step {step} holds NaN or Inf '
                                              '(loss and gradients were finite)', ckpt, model_dir))
-          ckpt.save(step, state, iterator.checkpoint, force=True)
+          ckpt.save(step, state, iterator.checkpoint, force=True,
+                    counters={'nonfinite_steps': int(g['nonfinite_steps'])})
         # What an asynchronous save costs the loop: the finiteness checks (a device sync) and Orbax's
         # copy of the state to host memory; the writing happens in the background.
         ckpt_blocked = (ckpt_blocked or 0.) + time.perf_counter() - t_save
@@ -479,7 +497,6 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
 def _restore(ckpt, cfg: TrainerConfig, abstract_state, data_checkpoint, say):
   """(state, step) from the latest checkpoint, TrainerConfig.restore_step, or (restore_fallback) the
   newest readable one. Checkpoints newer than the one restored are set aside, not deleted."""
-  from t5x_like import checkpointing
   available = ckpt.all_steps()
   where = ckpt.directory
   if cfg.restore_step is not None:
@@ -523,7 +540,6 @@ def _restore(ckpt, cfg: TrainerConfig, abstract_state, data_checkpoint, say):
 
 
 def _diverged_message(what: str, ckpt, model_dir: str) -> str:
-  from t5x_like import checkpointing
   ckpt.wait()
   good = ckpt.latest_step()
   last = (f'last good checkpoint: step {good} in {checkpointing.checkpoint_dir(model_dir)} (no '
@@ -551,12 +567,10 @@ def run_evals(steps, params, evals, family, batch_sh, max_batches, logger, step)
 def _all_hosts_have(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
-  from jax.experimental import multihost_utils
   return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def evaluate(steps: CompiledSteps, params, eval_data, family: str, batch_sh, max_batches: int) -> dict:
-  from t5x_like import data
   it = data.open_iterator(eval_data, family, batch_sh)
   batches = it.local_batches()
   total = None

@@ -108,6 +108,19 @@ def test_skip_policy_trains_on_counts_skipped_steps_and_saves_only_finite_state(
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state)), s
 
 
+def test_skipped_steps_are_counted_over_the_whole_run_across_a_resume(lm_task, tmp_path):
+  kw = dict(lr=1e6, nonfinite_policy='skip', checkpoint_every=3)
+  straight = _fit(tmp_path / 'run', 6, lm_task, **kw)
+  ck = checkpointing.Checkpointer(str(tmp_path / 'run'), save_every=3)
+  at_3 = ck.counters(3)['nonfinite_steps']
+  ck.close()
+  assert 0 < at_3 <= straight['nonfinite_skipped'] <= 6
+  # Resume from step 3 (step 6 is set aside) and train 4..6 again: same total, not the 4..6 part.
+  resumed = _fit(tmp_path / 'run', 6, lm_task, restore_step=3, **kw)
+  assert resumed['nonfinite_skipped'] == straight['nonfinite_skipped']
+  assert resumed['loss'] == straight['loss']
+
+
 def test_skip_policy_leaves_params_unchanged_on_a_nonfinite_step_and_counts_it(lm_task):
   model = build_model(MODEL)
   opt = optimizers.OptimizerConfig(learning_rate=1e-2, warmup_steps=0)

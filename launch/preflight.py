@@ -45,6 +45,8 @@ from t5x_like.models import build_model
 
 GiB = 1024 ** 3
 SEARCH_REMAT = ('none', 'dots_with_no_batch_dims', 'dots', 'full')
+# Differs from 'dots_with_no_batch_dims' only where attention is the cuDNN kernel.
+SEARCH_REMAT_GPU = ('dots_and_fused_attention',)
 # Placeholders for the macros a run sets on its command line; the preflight writes nothing.
 _DEFAULT_MACROS = {'MODEL_DIR': "'/nonexistent/preflight'", 'TRAIN_STEPS': '10000'}
 
@@ -202,13 +204,15 @@ def compile_step(run: RunSpec, devices, count_flops: bool = True) -> dict:
 def _unrolled_flops(run: RunSpec, tx, schedule, batch) -> float:
   """XLA's FLOPs of the whole step (all devices). Its cost analysis counts a scanned layer stack's loop
   body once, so the same step with unrolled layers is lowered, unsharded and not compiled, and XLA's
-  HLO cost analysis reads it (for the host backend: the TPU one analyses only compiled programs)."""
+  HLO cost analysis reads it (for the host backend: the TPU one analyses only compiled programs).
+  The microbatch loop is a scan too: the whole batch is counted as one (the same matmuls; only the
+  gradient sums differ)."""
   # XLA's attention for the host backend: the same FLOPs as the cuDNN kernel, which it cannot lower.
   model = build_model(dataclasses.replace(run.model, scan_layers=False, attention_impl=None))
   abstract = jax.eval_shape(functools.partial(trainer_lib.init_fn, model, tx, batch),
                             jax.random.key(0))
   step = jax.jit(functools.partial(trainer_lib.train_step, model=model, tx=tx, schedule=schedule,
-                                   loss_cfg=run.loss, num_microbatches=run.trainer.num_microbatches))
+                                   loss_cfg=run.loss, num_microbatches=1))
   cost = step.lower(trainer_lib.unbox(abstract), batch, jax.eval_shape(lambda: jax.random.key(0))
                     ).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -238,10 +242,15 @@ def _fmt_gib(b: float) -> str:
 
 
 def _report_lines(run: RunSpec, target: targets_lib.Target, r: dict, mfu: float,
-                  estimated: bool) -> tuple[list[str], Optional[str]]:
+                  estimated: bool, gpu_mem_fraction: float = targets_lib.JAX_GPU_MEM_FRACTION
+                  ) -> tuple[list[str], Optional[str]]:
   """The printed report, and the refusal line when it does not fit. estimated: the step was compiled
-  over CPU devices for a GPU target (memory from activation_estimate)."""
+  over CPU devices for a GPU target (memory from activation_estimate). On a GPU the run has
+  gpu_mem_fraction of the memory (JAX's pool), not all of it."""
   gpu = target.kind == 'gpu'
+  capacity = target.hbm_bytes * (gpu_mem_fraction if gpu else 1.)
+  of = (f'{_fmt_gib(capacity)} ({gpu_mem_fraction:.0%} of {_fmt_gib(target.hbm_bytes)}: JAX\'s GPU '
+        'memory pool)' if gpu else f'{_fmt_gib(capacity)} HBM')
   label = ('compiled for CPU devices (sharding check only)' if estimated else
            f'compiled by XLA for {target.device_kind}'
            + (' without a GPU (deviceless; no autotuning)' if gpu else ''))
@@ -264,7 +273,7 @@ def _report_lines(run: RunSpec, target: targets_lib.Target, r: dict, mfu: float,
         f"memory per device (estimated): parameters + optimizer state {_fmt_gib(r['state_bytes'])} "
         f"(exact, from the shardings), gradients {_fmt_gib(r['params_bytes'])}, activations "
         f"{_fmt_gib(act)} (remat_policy={run.model.remat_policy!r}); total {_fmt_gib(est)} of "
-        f'{_fmt_gib(target.hbm_bytes)}',
+        f'{of}',
         f"FLOPs per step (6N + attention formula): {r['formula_flops_per_step']:.3e}",
     ]
     total = est
@@ -274,17 +283,22 @@ def _report_lines(run: RunSpec, target: targets_lib.Target, r: dict, mfu: float,
     lines += [
         f"memory per device (compiled): parameters + optimizer state {_fmt_gib(r['state_bytes'])}, "
         f"temporaries {_fmt_gib(r['temp_bytes'])}, total {_fmt_gib(total)} of "
-        f'{_fmt_gib(target.hbm_bytes)} HBM ({100 * total / target.hbm_bytes:.0f}%)',
+        f'{of} ({100 * total / capacity:.0f}%)',
         f"FLOPs per step: {xla}6N + attention {r['formula_flops_per_step']:.3e}"
         + (f" (ratio {r['xla_flops'] / r['formula_flops_per_step']:.2f}; XLA counts remat "
-           'recomputation)' if xla else ''),
+           f"recomputation: {mfu:.0%} MFU is {mfu * r['xla_flops'] / r['formula_flops_per_step']:.0%}"
+           ' of peak in XLA\'s FLOPs)' if xla else ''),
     ]
   lines.append(f'expected step time at {mfu:.0%} MFU: {step_s * 1e3:.4g} ms; '
                f"{_count(r['tokens_per_step'] / step_s * 86400)} tokens/day "
                f'(peak {target.peak_flops / 1e12:.0f} TFLOP/s per chip)')
-  if total > target.hbm_bytes:
-    problem = (f'does not fit: {_fmt_gib(total)} per device is {_fmt_gib(total - target.hbm_bytes)} '
-               f'over the {_fmt_gib(target.hbm_bytes)} HBM of {target.device_kind}; {_advice(run)}')
+  if total > capacity:
+    pool = (f' (JAX\'s pool, {gpu_mem_fraction:.0%} of its {_fmt_gib(target.hbm_bytes)}: raise it '
+            f'with --env XLA_PYTHON_CLIENT_MEM_FRACTION=F in the launch and --gpu_mem_fraction F '
+            'here, leaving room for NCCL and cuDNN)' if gpu else '')
+    problem = (f'does not fit: {_fmt_gib(total)} per device is {_fmt_gib(total - capacity)} '
+               f'over the {_fmt_gib(capacity)}{"" if gpu else " HBM"} of {target.device_kind}'
+               f'{pool}; {_advice(run)}')
   return lines, problem
 
 
@@ -313,9 +327,15 @@ def _gpu_compile(train_args: Sequence[str], target: targets_lib.Target, override
 
 
 def preflight(train_args: Sequence[str], topology: str, mfu: float = 0.5, search: bool = False,
-              print_fn=print) -> dict:
-  """Runs the preflight; returns the result dict (with 'lines'). Raises Refusal when it won't go."""
+              print_fn=print, gpu_mem_fraction: Optional[float] = None) -> dict:
+  """Runs the preflight; returns the result dict (with 'lines'). Raises Refusal when it won't go.
+  gpu_mem_fraction: of each GPU's memory, what the run's JAX will use (None: as this environment's
+  XLA_PYTHON_CLIENT_MEM_FRACTION says, else JAX's default 0.75)."""
   target = targets_lib.parse(topology)
+  if gpu_mem_fraction is None:
+    gpu_mem_fraction = targets_lib.gpu_mem_fraction()
+  elif not 0 < gpu_mem_fraction <= 1:
+    raise Refusal(f'--gpu_mem_fraction={gpu_mem_fraction}: expected a fraction in (0, 1]')
   bindings, rest = train_lib.split_gin_flags(train_args)
   args, unknown = train_lib.make_parser().parse_known_args(rest)
   if unknown:
@@ -333,7 +353,8 @@ def preflight(train_args: Sequence[str], topology: str, mfu: float = 0.5, search
     per_device = sorted({max(1, run.batch_size // dp_guess) * f for f in (1, 2, 4)} | {1})
     candidates = [(p, b * dp_guess, (f"--gin.{type(run.model).__name__}.remat_policy='{p}'",
                                       f'--gin.train/DataConfig.batch_size={b * dp_guess}'))
-                  for p in SEARCH_REMAT for b in per_device]
+                  for p in SEARCH_REMAT + (SEARCH_REMAT_GPU if target.kind == 'gpu' else ())
+                  for b in per_device]
   results = []
   for policy, batch, overrides in candidates:
     cand = dataclasses.replace(run, model=dataclasses.replace(run.model, remat_policy=policy),
@@ -349,7 +370,8 @@ def preflight(train_args: Sequence[str], topology: str, mfu: float = 0.5, search
               f'{_fmt_gib(cap)} HBM of {target.device_kind}; {_advice(cand)}')
       results.append({'policy': policy, 'batch': batch, 'problem': line, 'lines': [line]})
       continue
-    lines, problem = _report_lines(cand, target, r, mfu, r.get('estimated', False))
+    lines, problem = _report_lines(cand, target, r, mfu, r.get('estimated', False),
+                                   gpu_mem_fraction)
     r.update(policy=policy, batch=batch, lines=lines, problem=problem,
              step_s=r['formula_flops_per_step'] / (target.num_chips * target.peak_flops * mfu))
     results.append(r)
@@ -385,6 +407,9 @@ def make_parser(prog: str = 'python -m launch preflight') -> argparse.ArgumentPa
   p.add_argument('--topology', required=True,
                  help='v4-8..., v5p-256, 2xv5p-256, v5e-16/v5litepod-16, v6e-64, 8xh100, 2x8xh200')
   p.add_argument('--mfu', type=float, default=0.5, help='MFU assumed for the expected step time')
+  p.add_argument('--gpu_mem_fraction', type=float, default=None,
+                 help='GPU targets: the fraction of each GPU\'s memory the run\'s JAX takes (as its '
+                 'XLA_PYTHON_CLIENT_MEM_FRACTION; default: this environment\'s, else 0.75)')
   p.add_argument('--search', action='store_true',
                  help='try remat policies x per-device batch sizes; print the fastest that fits')
   return p
@@ -409,7 +434,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   # Everything that is not the preflight's own option is the train command's (as after `--`).
   args, train_args = make_parser().parse_known_args([a for a in argv if a != '--'])
   try:
-    preflight(train_args, args.topology, args.mfu, args.search)
+    preflight(train_args, args.topology, args.mfu, args.search,
+              gpu_mem_fraction=args.gpu_mem_fraction)
   except (Refusal, ValueError, TypeError, OSError) as e:
     if '--traceback' in train_args:
       raise

@@ -29,9 +29,14 @@ _TOPO_3D = {4: '2x2x1', 8: '2x2x2', 16: '2x2x4', 32: '2x4x4', 64: '4x4x4', 128: 
             256: '4x8x8', 512: '8x8x8', 1024: '8x8x16', 2048: '8x16x16', 4096: '16x16x16'}
 _TOPO_2D = {1: '1x1', 4: '2x2', 8: '2x4', 16: '4x4', 32: '4x8', 64: '8x8', 128: '8x16',
             256: '16x16'}
-_GPU = {'h100': (80e9, 989e12, 'NVIDIA H100 80GB HBM3', 'nvidia-h100-80gb'),
-        'h200': (141e9, 989e12, 'NVIDIA H200', 'nvidia-h200-141gb'),
-        'a100': (80e9, 312e12, 'NVIDIA A100-SXM4-80GB', 'nvidia-a100-80gb')}
+_GPU = {'h100': (989e12, 'NVIDIA H100 80GB HBM3', 'nvidia-h100-80gb'),
+        'h200': (989e12, 'NVIDIA H200', 'nvidia-h200-141gb'),
+        'a100': (312e12, 'NVIDIA A100-SXM4-80GB', 'nvidia-a100-80gb')}
+# JAX's GPU client preallocates this fraction of a GPU's memory as its pool at start, and a program
+# that needs more fails then, whatever the GPU has (jax 0.10-0.11; XLA_CLIENT_MEM_FRACTION, formerly
+# XLA_PYTHON_CLIENT_MEM_FRACTION, changes it).
+JAX_GPU_MEM_FRACTION = 0.75
+GPU_MEM_FRACTION_VARS = ('XLA_CLIENT_MEM_FRACTION', 'XLA_PYTHON_CLIENT_MEM_FRACTION')
 
 
 # What XLA's GPU compiler must be told of a GPU it cannot see (deviceless compilation): SMs, clock,
@@ -86,8 +91,9 @@ def parse(name: str) -> Target:
   m = re.fullmatch(r'(?:(\d+)x)?(\d+)x(h100|h200|a100)', s)
   if m:
     nodes, gpus, gen = int(m.group(1) or 1), int(m.group(2)), m.group(3)
-    hbm, peak, kind, label = _GPU[gen]
-    return Target(name, 'gpu', gen, nodes, gpus, hbm, peak, kind, gke_accelerator=label)
+    peak, kind, label = _GPU[gen]
+    return Target(name, 'gpu', gen, nodes, gpus, _GPU_DESCRIPTION[gen]['memory'], peak, kind,
+                  gke_accelerator=label)
   m = re.fullmatch(r'(?:(\d+)x)?(v4|v5p|v5e|v5litepod|v5lite|v6e)-(\d+)', s)
   if not m:
     raise ValueError(f'unknown topology {name!r}: use a TPU type (v4-8, v5p-256, v5e-16, '
@@ -121,6 +127,22 @@ def tpu_devices(target: Target):
 
 
 
+def gpu_mem_fraction(environ=None) -> float:
+  """The fraction of each GPU's memory that JAX will use, as the environment sets it (the job's
+  `--env`), else JAX_GPU_MEM_FRACTION."""
+  environ = os.environ if environ is None else environ
+  for var in GPU_MEM_FRACTION_VARS:
+    if environ.get(var):
+      try:
+        f = float(environ[var])
+      except ValueError:
+        f = -1.
+      if not 0 < f <= 1:
+        raise ValueError(f'{var}={environ[var]!r}: expected a fraction in (0, 1]')
+      return f
+  return JAX_GPU_MEM_FRACTION
+
+
 def cuda_plugin_installed() -> bool:
   """Whether jax's CUDA plugin can be imported here (what gpu_devices needs; a GPU does not)."""
   if importlib.util.find_spec('jax_plugins') is None:
@@ -145,7 +167,7 @@ def gpu_target_config(generation: str) -> str:
 platform_name: "CUDA"
 dnn_version_info {{ major: 9 minor: 10 }}
 runtime_version {{ major: 13 }}
-device_description_str: "{_GPU[generation][2]}"
+device_description_str: "{_GPU[generation][1]}"
 """
 
 

@@ -42,6 +42,15 @@ def test_tiny_decoder_compiles_for_v5p_8(capsys):
   assert 'compiled by XLA for TPU v5' in out and 'expected step time at 50% MFU' in out
 
 
+def test_flops_count_every_microbatch():
+  # XLA's cost analysis counts a scan's body once: the microbatch loop must not halve the FLOPs.
+  args = [TINY, '--gin.MeshConfig.data=2', '--gin.MeshConfig.fsdp=2']
+  one = preflight.preflight(args, 'v5p-8', print_fn=lambda *a: None)
+  two = preflight.preflight(args + ['--gin.TrainerConfig.num_microbatches=2'], 'v5p-8',
+                            print_fn=lambda *a: None)
+  assert two['xla_flops'] == pytest.approx(one['xla_flops'], rel=0.02)
+
+
 def test_refusals_are_one_line(capsys):
   def refused(argv):
     assert preflight.main(argv) == 2
@@ -66,6 +75,29 @@ def test_gpu_target_compiles_on_cpu_devices_and_labels_estimates(capsys, monkeyp
   assert "mesh: {'data': 1, 'fsdp': 8, 'tensor': 1} over 8 devices" in out
   assert 'compiled for CPU devices (sharding check only)' in out
   assert 'memory per device (estimated)' in out
+
+
+def test_a_gpu_run_fits_only_in_the_memory_pool_jax_preallocates(capsys, monkeypatch):
+  monkeypatch.setattr(targets.__name__ + '.cuda_plugin_installed', lambda: False)
+  monkeypatch.delenv('XLA_CLIENT_MEM_FRACTION', raising=False)
+  monkeypatch.delenv('XLA_PYTHON_CLIENT_MEM_FRACTION', raising=False)
+  args = ['--topology', '8xh100', TINY, '--gin.MeshConfig.fsdp=8', '--gin.MeshConfig.data=1']
+  assert preflight.main(args) == 0
+  out = capsys.readouterr().out
+  # What CUDA reports of an H100 (81559 MiB), of which JAX takes 75% unless told otherwise.
+  assert "of 59.74 GiB (75% of 79.65 GiB: JAX's GPU memory pool)" in out, out
+  # The tiny model's fp32 state alone is over 1e-5 of the GPU: refused, naming the pool and the flag.
+  assert preflight.main(args + ['--gpu_mem_fraction', '1e-5']) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('error: does not fit:') and '\n' not in err
+  assert "JAX's pool, 0% of its 79.65 GiB" in err and 'XLA_PYTHON_CLIENT_MEM_FRACTION' in err
+  # The environment the launch exports is what the preflight reads when not told.
+  monkeypatch.setenv('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.9')
+  assert preflight.main(args) == 0
+  assert '(90% of 79.65 GiB' in capsys.readouterr().out
+  monkeypatch.setenv('XLA_PYTHON_CLIENT_MEM_FRACTION', '90')
+  assert preflight.main(args) == 2
+  assert "XLA_PYTHON_CLIENT_MEM_FRACTION='90': expected a fraction in (0, 1]" in capsys.readouterr().err
 
 
 def test_preflight_of_a_config_naming_seqio_tasks_imports_neither_tensorflow_nor_seqio():

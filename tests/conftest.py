@@ -8,10 +8,19 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 import pathlib  # noqa: E402
 
+import gin  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gin():
+  """gin's bindings are process-global: a test that parses a config (the preflight, the train entry)
+  must not leave e.g. MeshConfig.fsdp=8 to the MeshConfig() of a later test in the same process."""
+  yield
+  gin.clear_config()
 
 
 @pytest.fixture(scope='session')

@@ -8,7 +8,7 @@ Format of EXPORT_DIR/<split>/ (FORMAT = 't5x_like.export/1'):
                        example after feature conversion and packing: the arrays of meta['features'],
                        in that order, each C-ordered little-endian bytes of its dtype and shape,
                        concatenated (all records have meta['record_bytes'] bytes).
-EXPORT_DIR/vocabulary/ spm.model + vocabulary.json (tasks/vocab.save_vocabulary's format).
+EXPORT_DIR/vocabulary/ spm.model + vocabulary.json (t5x_like/vocabulary.save_vocabulary's format).
 
 Reading. meta['mode'] says what the records are:
   'stream'  the first num_examples of the trainer's (infinite, shuffled, possibly scheduled) seqio

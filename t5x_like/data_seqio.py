@@ -21,6 +21,7 @@ import seqio
 import tensorflow as tf
 from etils import epath
 
+from t5x_like import vocabulary as vocabulary_lib
 from t5x_like.host_batches import HostBatchIterator
 
 # JAX owns the accelerators; tf.data runs on host CPUs only.
@@ -71,8 +72,7 @@ def vocabulary(cfg) -> seqio.Vocabulary:
 
 
 def save_vocabulary(cfg, directory: str) -> None:
-  from tasks import vocab as vocab_lib
-  vocab_lib.save_vocabulary(vocabulary(cfg), directory)
+  vocabulary_lib.save_vocabulary(vocabulary(cfg), directory)
 
 
 class TfIteratorCheckpoint:

@@ -1,5 +1,5 @@
 """A run's vocabulary without TensorFlow or seqio: the `spm.model` + `vocabulary.json` that
-tasks/vocab.save_vocabulary writes next to the checkpoints (its docstring is the format).
+save_vocabulary writes next to the checkpoints (its docstring is the format), and reads back.
 
 `SentencePieceVocabulary` and `ClonedVocabulary` give the same ids and text as seqio's
 SentencePieceVocabulary and tasks.cloned.ClonedVocabulary (tests/test_vocabulary.py compares them);
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from typing import Sequence
 
 import numpy as np
@@ -121,6 +122,48 @@ class ClonedVocabulary:
 
   def decode(self, ids) -> str:
     return self.base.decode(self.to_base(list(ids)).tolist())
+
+
+def save_vocabulary(vocab, directory: str) -> None:
+  """Writes a run's vocabulary next to its checkpoints: `spm.model` + `vocabulary.json`.
+
+  Exporters and evaluators read it back with `load_vocabulary` (here, without TensorFlow; or
+  tasks.vocab.load_vocabulary, as seqio vocabularies), so a model dir is self-contained. `vocab` is
+  seqio's SentencePieceVocabulary or this module's, or a cloned vocabulary over one (both families
+  name their parts alike: sentencepiece_model_file, extra_ids; base, num_languages, frac_clone, seed,
+  is_cloned), so this layer needs neither seqio nor tasks.
+  `vocabulary.json` is one of:
+
+    {"type": "sentencepiece", "extra_ids": E, "vocab_size": V}
+        `spm.model` with E extra ids (sentinels) after its pieces; V includes them.
+    {"type": "cloned", "num_languages": n, "frac_clone": f, "seed": s, "base_vocab_size": V,
+     "extra_ids": E, "vocab_size": n * V, "num_cloned": c, "cloned_ids": [...]}
+        A cloned vocabulary (tasks.cloned.ClonedVocabulary, or ClonedVocabulary here) over the sentencepiece `spm.model` with E extra ids (V
+        includes them). Language k (0 = the original) writes token t as t + k*V when t is one of
+        the `cloned_ids` (the first c = int(f*V) ids of range(V) shuffled by Python
+        random.Random(s), pad 0 excluded), else as t (shared "anchor" ids). Any id decodes as
+        id % V. `cloned_ids` is listed so that other tools need not reproduce Python's shuffle.
+  """
+  os.makedirs(directory, exist_ok=True)
+  if hasattr(vocab, 'is_cloned'):
+    base = vocab.base
+    if not hasattr(base, 'sentencepiece_model_file'):
+      raise TypeError(f'cannot save a cloned vocabulary over {type(base).__name__}')
+    model_file = base.sentencepiece_model_file
+    meta = {'type': 'cloned', 'num_languages': vocab.num_languages,
+            'frac_clone': vocab.frac_clone, 'seed': vocab.seed,
+            'base_vocab_size': base.vocab_size, 'extra_ids': base.extra_ids,
+            'vocab_size': vocab.vocab_size, 'pad_id': 0, 'eos_id': base.eos_id,
+            'unk_id': base.unk_id, 'num_cloned': int(vocab.is_cloned.sum()),
+            'cloned_ids': [int(i) for i in vocab.is_cloned.nonzero()[0]]}
+  elif hasattr(vocab, 'sentencepiece_model_file'):
+    model_file = vocab.sentencepiece_model_file
+    meta = {'type': 'sentencepiece', 'extra_ids': vocab.extra_ids, 'vocab_size': vocab.vocab_size}
+  else:
+    raise TypeError(f'cannot save a vocabulary of type {type(vocab).__name__}')
+  shutil.copyfile(model_file, os.path.join(directory, 'spm.model'))
+  with open(os.path.join(directory, 'vocabulary.json'), 'w') as f:
+    json.dump(meta, f, indent=2)
 
 
 def load_vocabulary(directory: str):

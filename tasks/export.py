@@ -21,7 +21,7 @@ import numpy as np
 from array_record.python import array_record_module
 
 from t5x_like import data_grain, data_seqio
-from tasks import vocab as vocab_lib
+from t5x_like import vocabulary as vocabulary_lib
 
 
 def _spec(element_spec) -> list[dict]:
@@ -33,10 +33,10 @@ def _spec(element_spec) -> list[dict]:
 def _write_vocabulary(vocab, vocab_dir: str) -> None:
   """OUTPUT/vocabulary/, shared by the splits: a second split must have the same one."""
   if not os.path.exists(os.path.join(vocab_dir, 'spm.model')):
-    vocab_lib.save_vocabulary(vocab, vocab_dir)
+    vocabulary_lib.save_vocabulary(vocab, vocab_dir)
     return
   with tempfile.TemporaryDirectory() as tmp:
-    vocab_lib.save_vocabulary(vocab, tmp)
+    vocabulary_lib.save_vocabulary(vocab, tmp)
     if not filecmp.cmp(os.path.join(tmp, 'spm.model'), os.path.join(vocab_dir, 'spm.model'),
                        shallow=False):
       raise ValueError(f'{vocab_dir} holds another vocabulary than this config\'s: export each '

@@ -83,46 +83,8 @@ def sentencepiece_vocabulary(model_path: Optional[str] = None, *, train_files: S
   return seqio.SentencePieceVocabulary(prefix + '.model', extra_ids=extra_ids)
 
 
-def save_vocabulary(vocab: seqio.Vocabulary, directory: str) -> None:
-  """Writes a run's vocabulary next to its checkpoints: `spm.model` + `vocabulary.json`.
-
-  Exporters and evaluators read it back with `load_vocabulary`, so a model dir is self-contained.
-  `vocabulary.json` is one of:
-
-    {"type": "sentencepiece", "extra_ids": E, "vocab_size": V}
-        `spm.model` with E extra ids (sentinels) after its pieces; V includes them.
-    {"type": "cloned", "num_languages": n, "frac_clone": f, "seed": s, "base_vocab_size": V,
-     "extra_ids": E, "vocab_size": n * V, "num_cloned": c, "cloned_ids": [...]}
-        tasks.cloned.ClonedVocabulary over the sentencepiece `spm.model` with E extra ids (V
-        includes them). Language k (0 = the original) writes token t as t + k*V when t is one of
-        the `cloned_ids` (the first c = int(f*V) ids of range(V) shuffled by Python
-        random.Random(s), pad 0 excluded), else as t (shared "anchor" ids). Any id decodes as
-        id % V. `cloned_ids` is listed so that other tools need not reproduce Python's shuffle.
-  """
-  import shutil
-  os.makedirs(directory, exist_ok=True)
-  from tasks import cloned
-  if isinstance(vocab, cloned.ClonedVocabulary):
-    base = vocab.base
-    if not isinstance(base, seqio.SentencePieceVocabulary):
-      raise TypeError(f'cannot save a cloned vocabulary over {type(base).__name__}')
-    shutil.copyfile(base.sentencepiece_model_file, os.path.join(directory, 'spm.model'))
-    meta = {'type': 'cloned', 'num_languages': vocab.num_languages,
-            'frac_clone': vocab.frac_clone, 'seed': vocab.seed,
-            'base_vocab_size': base.vocab_size, 'extra_ids': base.extra_ids,
-            'vocab_size': vocab.vocab_size, 'pad_id': 0, 'eos_id': base.eos_id,
-            'unk_id': base.unk_id, 'num_cloned': int(vocab.is_cloned.sum()),
-            'cloned_ids': [int(i) for i in vocab.is_cloned.nonzero()[0]]}
-  elif isinstance(vocab, seqio.SentencePieceVocabulary):
-    shutil.copyfile(vocab.sentencepiece_model_file, os.path.join(directory, 'spm.model'))
-    meta = {'type': 'sentencepiece', 'extra_ids': vocab.extra_ids, 'vocab_size': vocab.vocab_size}
-  else:
-    raise TypeError(f'cannot save a vocabulary of type {type(vocab).__name__}')
-  with open(os.path.join(directory, 'vocabulary.json'), 'w') as f:
-    json.dump(meta, f, indent=2)
-
-
 def load_vocabulary(directory: str) -> seqio.Vocabulary:
+  """What t5x_like.vocabulary.save_vocabulary wrote, as seqio vocabularies (see its docstring)."""
   with open(os.path.join(directory, 'vocabulary.json')) as f:
     meta = json.load(f)
   if meta['type'] == 'sentencepiece':

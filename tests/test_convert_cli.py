@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from t5x_like import decoding, run_dir
+from t5x_like import decoding, run_dir, vocabulary
 from t5x_like.convert import from_hf, to_hf
 from t5x_like.convert.__main__ import main as convert_main
 from t5x_like.models import DecoderConfig
@@ -18,11 +18,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _model_dir(path, cfg, vocab, seed=0):
   """A model dir as the trainer leaves it: model.json, vocabulary/, checkpoints/0 (random params)."""
-  from tasks import vocab as vocab_lib
   from test_convert import init_params
   os.makedirs(path, exist_ok=True)
   run_dir.save_model_config(str(path), cfg)
-  vocab_lib.save_vocabulary(vocab, os.path.join(path, 'vocabulary'))
+  vocabulary.save_vocabulary(vocab, os.path.join(path, 'vocabulary'))
   params = init_params(cfg, seed)
   from_hf.save_checkpoint(str(path), params)
   return params
@@ -101,9 +100,9 @@ TrainerConfig.log_every = 5
 def test_cloned_vocabulary_tokenizer(tmp_path, small_vocab):
   from transformers import AutoTokenizer
   from t5x_like.convert import tokenizer
-  from tasks import cloned, vocab as vocab_lib
+  from tasks import cloned
   cv = cloned.ClonedVocabulary(small_vocab, num_languages=3, frac_clone=0.5, seed=0)
-  vocab_lib.save_vocabulary(cv, str(tmp_path / 'vocab'))
+  vocabulary.save_vocabulary(cv, str(tmp_path / 'vocab'))
   out = tmp_path / 'hf'
   out.mkdir()
   tokenizer.write_hf_tokenizer(str(tmp_path / 'vocab'), str(out), family='decoder',

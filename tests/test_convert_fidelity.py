@@ -23,7 +23,7 @@ import pytest
 import torch
 from flax import traverse_util
 
-from t5x_like import decoding, run_dir
+from t5x_like import decoding, run_dir, vocabulary
 from t5x_like.convert import from_hf
 from t5x_like.convert.__main__ import main as convert_main
 from t5x_like.evaluation import batches, hidden_states, mexa
@@ -313,7 +313,7 @@ def test_mexa_cuts_at_the_model_limit_and_counts(small_vocab, small_text):
 def test_cloned_export_special_tokens_and_every_eos_stops(tmp_path, small_vocab):
   """Issue 13.3: 2 languages, every id cloned; text with characters outside the vocabulary."""
   from transformers import AutoModelForCausalLM, AutoTokenizer
-  from tasks import cloned, vocab as vocab_lib
+  from tasks import cloned
   from test_convert import init_params
   cv = cloned.ClonedVocabulary(small_vocab, num_languages=2, frac_clone=1.0, seed=0)
   v = small_vocab.vocab_size
@@ -331,7 +331,7 @@ def test_cloned_export_special_tokens_and_every_eos_stops(tmp_path, small_vocab)
   run = tmp_path / 'run'
   os.makedirs(run)
   run_dir.save_model_config(str(run), cfg)
-  vocab_lib.save_vocabulary(cv, str(run / 'vocabulary'))
+  vocabulary.save_vocabulary(cv, str(run / 'vocabulary'))
   from_hf.save_checkpoint(str(run), params)
   out = str(tmp_path / 'hf')
   assert convert_main(['to-hf', '--model_dir', str(run), '--out', out]) == 0

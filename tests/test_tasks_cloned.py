@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import seqio
 
+from t5x_like import vocabulary
 from tasks import cloned, lm, mixtures, schedules, vocab as vocab_lib
 
 
@@ -46,7 +47,7 @@ def test_cloned_ids_fall_in_their_language_range_and_decode_back(base, m30k):
 
 def test_vocabulary_save_load_roundtrip(base, tmp_path):
   cv = cloned.ClonedVocabulary(base, num_languages=2, frac_clone=0.5, seed=3)
-  vocab_lib.save_vocabulary(cv, str(tmp_path))
+  vocabulary.save_vocabulary(cv, str(tmp_path))
   back = vocab_lib.load_vocabulary(str(tmp_path))
   assert isinstance(back, cloned.ClonedVocabulary) and back == cv
   assert np.array_equal(back.is_cloned, cv.is_cloned)

@@ -13,7 +13,7 @@ def test_tf_free_vocabularies_match_seqio_and_the_cloned_vocabulary(small_text, 
   for name, theirs in (('plain', seqio_vocab),
                        ('cloned', cloned.ClonedVocabulary(seqio_vocab, num_languages=3,
                                                           frac_clone=0.4, seed=7))):
-    vocab.save_vocabulary(theirs, str(tmp_path / name))
+    vocabulary.save_vocabulary(theirs, str(tmp_path / name))
     mine = vocabulary.load_vocabulary(str(tmp_path / name))
     assert mine.vocab_size == theirs.vocab_size and mine.eos_id == theirs.eos_id
     for line in lines:

@@ -32,6 +32,7 @@ import shlex
 import subprocess
 import sys
 import time
+import traceback
 from typing import Optional, Sequence
 
 from t5x_like.eval import checkpoint_steps
@@ -269,7 +270,6 @@ def evaluate_runs(runs: list[dict], eval_flags: Sequence[str], say=print) -> int
                                 *[a for b in baselines for a in ('--baseline_dir', b)],
                                 *eval_flags])
     except Exception as e:  # one broken run must not cost the others their evaluation
-      import traceback
       traceback.print_exc()
       say(f'[sweep] evaluating {r["name"]} FAILED: {type(e).__name__}: {e}')
       rc = 1

@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 
 def checkpoint_dir(model_dir: str) -> epath.Path:
@@ -161,7 +162,6 @@ class Checkpointer:
 
 def _sync_processes(name: str):
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
 
 

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from t5x_like import exit_codes
 
@@ -87,7 +88,6 @@ class PreemptionWatcher:
 
   def reached(self, step: int, at_log_step: bool) -> bool:
     if self._use_jax:
-      from jax.experimental import multihost_utils
       hit = multihost_utils.reached_preemption_sync_point(step)
       if hit and _notice['at'] is None:
         _notice['at'] = time.monotonic()
@@ -97,7 +97,6 @@ class PreemptionWatcher:
       return _notice['at'] is not None
     if not at_log_step:
       return False
-    from jax.experimental import multihost_utils
     flags = multihost_utils.process_allgather(np.asarray(_notice['at'] is not None))
     if np.any(flags) and _notice['at'] is None:
       _notice['at'] = time.monotonic()

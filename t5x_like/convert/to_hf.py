@@ -11,10 +11,13 @@ import os
 from typing import Optional
 
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from t5x_like import checkpointing
 from t5x_like.convert import llama, t5
 from t5x_like.convert import safetensors_stream as st
+from t5x_like.convert import tokenizer
 from t5x_like.convert.mapping import ConversionError, Rule, hf_shape, to_hf
 from t5x_like.run_dir import abstract_params
 
@@ -27,8 +30,6 @@ class CheckpointLeaves:
   host arrays (no device copy)."""
 
   def __init__(self, model_dir: str, cfg, step: Optional[int] = None):
-    import orbax.checkpoint as ocp
-    from t5x_like import checkpointing
     self._mngr = ocp.CheckpointManager(checkpointing.checkpoint_dir(model_dir))
     self.step = self._mngr.latest_step() if step is None else step
     if self.step is None or self.step not in self._mngr.all_steps():
@@ -39,7 +40,6 @@ class CheckpointLeaves:
     self._path, self._value = None, None
 
   def __call__(self, path: tuple) -> np.ndarray:
-    import orbax.checkpoint as ocp
     if path != self._path:
       self._path, self._value = None, None  # dropped before the next one is read
       abstract = self._abstract[path]
@@ -152,7 +152,6 @@ def export(model_dir: str, out: str, *, step: Optional[int] = None, dtype: Optio
   notes = {}
   vocab_dir = os.path.join(model_dir, 'vocabulary')
   if os.path.exists(os.path.join(vocab_dir, 'vocabulary.json')):
-    from t5x_like.convert import tokenizer
     notes = tokenizer.write_hf_tokenizer(vocab_dir, out, family=cfg.family,
                                          model_vocab_size=cfg.vocab_size)
     write_generation_config(cfg, out, notes['eos_token_ids'])

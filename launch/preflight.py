@@ -45,6 +45,9 @@ from t5x_like.models import build_model
 
 GiB = 1024 ** 3
 SEARCH_REMAT = ('none', 'dots_with_no_batch_dims', 'dots', 'full')
+# --search takes only what uses at most this fraction of the memory (fragmentation, the runtime's own
+# buffers: what a compiled program's size does not show).
+SEARCH_HEADROOM = 0.9
 # Differs from 'dots_with_no_batch_dims' only where attention is the cuDNN kernel.
 SEARCH_REMAT_GPU = ('dots_and_fused_attention',)
 # Placeholders for the macros a run sets on its command line; the preflight writes nothing.
@@ -241,14 +244,19 @@ def _fmt_gib(b: float) -> str:
   return f'{b / GiB:.2f} GiB'
 
 
+def _capacity(target: targets_lib.Target, gpu_mem_fraction: float) -> float:
+  """Bytes a run may use per device: the HBM (TPU), JAX's memory pool (GPU)."""
+  return target.hbm_bytes * (gpu_mem_fraction if target.kind == 'gpu' else 1.)
+
+
 def _report_lines(run: RunSpec, target: targets_lib.Target, r: dict, mfu: float,
                   estimated: bool, gpu_mem_fraction: float = targets_lib.JAX_GPU_MEM_FRACTION
-                  ) -> tuple[list[str], Optional[str]]:
-  """The printed report, and the refusal line when it does not fit. estimated: the step was compiled
+                  ) -> tuple[list[str], Optional[str], float]:
+  """The printed report, the refusal line when it does not fit, and the bytes per device. estimated: the step was compiled
   over CPU devices for a GPU target (memory from activation_estimate). On a GPU the run has
   gpu_mem_fraction of the memory (JAX's pool), not all of it."""
   gpu = target.kind == 'gpu'
-  capacity = target.hbm_bytes * (gpu_mem_fraction if gpu else 1.)
+  capacity = _capacity(target, gpu_mem_fraction)
   of = (f'{_fmt_gib(capacity)} ({gpu_mem_fraction:.0%} of {_fmt_gib(target.hbm_bytes)}: JAX\'s GPU '
         'memory pool)' if gpu else f'{_fmt_gib(capacity)} HBM')
   label = ('compiled for CPU devices (sharding check only)' if estimated else
@@ -292,6 +300,9 @@ def _report_lines(run: RunSpec, target: targets_lib.Target, r: dict, mfu: float,
   lines.append(f'expected step time at {mfu:.0%} MFU: {step_s * 1e3:.4g} ms; '
                f"{_count(r['tokens_per_step'] / step_s * 86400)} tokens/day "
                f'(peak {target.peak_flops / 1e12:.0f} TFLOP/s per chip)')
+  if total > SEARCH_HEADROOM * capacity and total <= capacity:
+    lines.append(f'WARNING: {100 * total / capacity:.0f}% of the memory leaves little room for '
+                 'fragmentation and the runtime\'s own buffers')
   if total > capacity:
     pool = (f' (JAX\'s pool, {gpu_mem_fraction:.0%} of its {_fmt_gib(target.hbm_bytes)}: raise it '
             f'with --env XLA_PYTHON_CLIENT_MEM_FRACTION=F in the launch and --gpu_mem_fraction F '
@@ -299,7 +310,7 @@ def _report_lines(run: RunSpec, target: targets_lib.Target, r: dict, mfu: float,
     problem = (f'does not fit: {_fmt_gib(total)} per device is {_fmt_gib(total - capacity)} '
                f'over the {_fmt_gib(capacity)}{"" if gpu else " HBM"} of {target.device_kind}'
                f'{pool}; {_advice(run)}')
-  return lines, problem
+  return lines, problem, total
 
 
 def _gpu_compile(train_args: Sequence[str], target: targets_lib.Target, overrides: Sequence[str],
@@ -370,9 +381,10 @@ def preflight(train_args: Sequence[str], topology: str, mfu: float = 0.5, search
               f'{_fmt_gib(cap)} HBM of {target.device_kind}; {_advice(cand)}')
       results.append({'policy': policy, 'batch': batch, 'problem': line, 'lines': [line]})
       continue
-    lines, problem = _report_lines(cand, target, r, mfu, r.get('estimated', False),
-                                   gpu_mem_fraction)
+    lines, problem, total = _report_lines(cand, target, r, mfu, r.get('estimated', False),
+                                          gpu_mem_fraction)
     r.update(policy=policy, batch=batch, lines=lines, problem=problem,
+             used=total / _capacity(target, gpu_mem_fraction),
              step_s=r['formula_flops_per_step'] / (target.num_chips * target.peak_flops * mfu))
     results.append(r)
     # For the search: XLA's FLOPs include remat's recomputation, so at the same hardware utilisation a
@@ -382,15 +394,17 @@ def preflight(train_args: Sequence[str], topology: str, mfu: float = 0.5, search
                             / r['xla_flops']) if np.isfinite(r['xla_flops']) else float('nan')
     if search:
       print_fn(f"  remat_policy={policy!r} batch {batch}: "
-               + (problem or f"{_fmt_gib(r.get('total_bytes', 0))} per device, XLA "
+               + (problem or f"{_fmt_gib(total)} per device ({r['used']:.0%}), XLA "
                   f"{r['xla_flops']:.3e} FLOPs/step, {r['hw_tokens_per_s']:.4g} tokens/s at "
                   f'{mfu:.0%} of peak'))
   if search:
-    fits = [r for r in results if not r['problem']]
+    fits = [r for r in results if not r['problem'] and r['used'] <= SEARCH_HEADROOM]
     if not fits:
-      raise Refusal(f'no remat policy x batch fits {target.name}: ' + results[-1]['problem'])
+      raise Refusal(f'no remat policy x batch fits {target.name} within {SEARCH_HEADROOM:.0%} of its '
+                    'memory: ' + (results[-1]['problem'] or f"{results[-1]['used']:.0%} used"))
     best = max(fits, key=lambda r: (np.nan_to_num(r['hw_tokens_per_s']), r['batch']))
-    print_fn(f"fastest that fits: remat_policy={best['policy']!r}, batch {best['batch']}")
+    print_fn(f"fastest that fits in {SEARCH_HEADROOM:.0%} of the memory: "
+             f"remat_policy={best['policy']!r}, batch {best['batch']}")
     for line in best['lines']:
       print_fn(line)
     return best

@@ -91,6 +91,11 @@ def test_a_gpu_run_fits_only_in_the_memory_pool_jax_preallocates(capsys, monkeyp
   err = capsys.readouterr().err.strip()
   assert err.startswith('error: does not fit:') and '\n' not in err
   assert "JAX's pool, 0% of its 79.65 GiB" in err and 'XLA_PYTHON_CLIENT_MEM_FRACTION' in err
+  # Between 90% and 100% of the pool it goes, with a warning (and --search would not take it).
+  r = preflight.preflight(args[2:], '8xh100', print_fn=lambda *a: None)
+  tight = 0.75 * r['used'] / 0.95
+  assert preflight.main(args + ['--gpu_mem_fraction', str(tight)]) == 0
+  assert 'WARNING: 95% of the memory leaves little room' in capsys.readouterr().out
   # The environment the launch exports is what the preflight reads when not told.
   monkeypatch.setenv('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.9')
   assert preflight.main(args) == 0

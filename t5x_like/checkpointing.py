@@ -1,8 +1,10 @@
 """Orbax checkpoints that hold the train state and the data-iterator position together.
 
-Layout: MODEL_DIR/checkpoints/<step>/{state, data, counters}/. `state` is the sharded {step, params,
-opt_state} pytree (StandardSave, async); `counters` is a small JSON of run totals that the state does
-not hold (e.g. how many non-finite steps were skipped; absent in older checkpoints, read as {});
+Layout: MODEL_DIR/checkpoints/<step>/{state, checksums, data, counters}/. `state` is the sharded
+{step, params, opt_state} pytree (StandardSave, async); `checksums` holds two sums of each array's bits
+(state_checksums.py), compared after every restore, since Orbax stores none; `counters` is a small JSON
+of run totals that the state does not hold (e.g. how many non-finite steps were skipped). Checkpoints
+written before `checksums` or `counters` existed read them as {};
 `data` is the position in the data, saved by whatever the data module
 hands over (`data_checkpoint`: an object with save_args() / restore_args() -> orbax CheckpointArgs and
 restored(value)): one tf.data iterator checkpoint per host on the seqio path (data_seqio.py), the next
@@ -20,6 +22,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+
+from t5x_like import state_checksums
 
 
 def checkpoint_dir(model_dir: str) -> epath.Path:
@@ -100,8 +104,13 @@ class Checkpointer:
     return dest
 
   def save(self, step: int, state: Any, data_checkpoint: Optional[Any],
-           force: bool = False, counters: Optional[dict] = None) -> bool:
+           force: bool = False, counters: Optional[dict] = None,
+           checksums: Optional[dict] = None) -> bool:
+    """checksums: state_checksums.checksums(state), computed by the caller, which knows whether it has
+    already synchronised the devices for this save."""
     items = {'state': ocp.args.StandardSave(state)}
+    if checksums:
+      items['checksums'] = ocp.args.JsonSave(checksums)
     if counters:
       items['counters'] = ocp.args.JsonSave(counters)
     if data_checkpoint is not None:
@@ -135,9 +144,27 @@ class Checkpointer:
 
   def counters(self, step: int) -> dict:
     """The run totals saved with `step` ({} when it has none: saved before they existed)."""
-    if not (self.directory / str(step) / 'counters').exists():
+    return self._json_item(step, 'counters')
+
+  def verify(self, step: int, state: Any) -> Optional[CheckpointDamaged]:
+    """Compares the arrays restored from `step` with the checksums saved with them: the error naming
+    the first array whose bits changed, else None (also for checkpoints saved without checksums).
+    A device computation over the whole state: every process calls it together."""
+    where = f'checkpoint at step {step} in {self.directory}'
+    try:
+      saved = self._json_item(step, 'checksums')
+    except Exception as e:  # pylint: disable=broad-except
+      return CheckpointDamaged(f'{where} is damaged: {self.directory / str(step) / "checksums"}: '
+                               f'{_reason(e)}')
+    if not saved:
+      return None
+    mismatch = state_checksums.first_mismatch(saved, state_checksums.checksums(state))
+    return CheckpointDamaged(f'{where} is damaged: {mismatch}') if mismatch else None
+
+  def _json_item(self, step: int, name: str) -> dict:
+    if not (self.directory / str(step) / name).exists():
       return {}
-    return dict(self._read(step, ocp.args.Composite(counters=ocp.args.JsonRestore()))['counters'])
+    return dict(self._read(step, ocp.args.Composite(**{name: ocp.args.JsonRestore()}))[name])
 
   def _read(self, step: int, args: ocp.args.Composite) -> Any:
     if self._reader is None:
@@ -196,17 +223,31 @@ def _first_difference(saved: Any, abstract: Any) -> Optional[str]:
 
 
 def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = None):
-  """Restores only the parameters of a run (for evaluation and export): no optimizer state is read."""
+  """Restores only the parameters of a run (for evaluation and export): no optimizer state is read.
+  They are checked against the checksums saved with them (CheckpointDamaged if their bits changed)."""
   mngr = ocp.CheckpointManager(checkpoint_dir(model_dir))
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(model_dir)}')
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(
-          item={'params': abstract_params},
-          restore_args=jax.tree.map(_restore_arg, {'params': abstract_params}),
-          partial_restore=True)))
-  return restored['state']['params'], step
+  try:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(model_dir)}')
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item={'params': abstract_params},
+            restore_args=jax.tree.map(_restore_arg, {'params': abstract_params}),
+            partial_restore=True)))
+    params = restored['state']['params']
+    saved = {}
+    if (checkpoint_dir(model_dir) / str(step) / 'checksums').exists():
+      saved = mngr.restore(step, args=ocp.args.Composite(checksums=ocp.args.JsonRestore()))[
+          'checksums']
+  finally:
+    mngr.close()
+  mismatch = saved and state_checksums.first_mismatch(
+      dict(saved), state_checksums.checksums({'params': params}))
+  if mismatch:
+    raise CheckpointDamaged(f'checkpoint at step {step} in {checkpoint_dir(model_dir)} is damaged: '
+                            f'{mismatch}')
+  return params, step
 
 
 def _restore_arg(a):

@@ -30,6 +30,7 @@ from t5x_like import optimizers
 from t5x_like import partitioning
 from t5x_like import preemption as preemption_lib
 from t5x_like import run_dir
+from t5x_like import state_checksums
 from t5x_like import watchdog as watchdog_lib
 from t5x_like.models import build_model
 
@@ -465,7 +466,8 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
             raise Diverged(_diverged_message(f'the state after step {step} holds NaN or Inf '
                                              '(loss and gradients were finite)', ckpt, model_dir))
           ckpt.save(step, state, iterator.checkpoint, force=True,
-                    counters={'nonfinite_steps': int(g['nonfinite_steps'])})
+                    counters={'nonfinite_steps': int(g['nonfinite_steps'])},
+                    checksums=state_checksums.checksums(state))
         # What an asynchronous save costs the loop: the finiteness checks (a device sync) and Orbax's
         # copy of the state to host memory; the writing happens in the background.
         ckpt_blocked = (ckpt_blocked or 0.) + time.perf_counter() - t_save
@@ -516,12 +518,16 @@ def _restore(ckpt, cfg: TrainerConfig, abstract_state, data_checkpoint, say):
       if error is not e:
         error.__cause__ = e
     if _all_hosts_have(error is None):
+      # Arrays that read back without an error can still hold other bits than were saved.
+      error = ckpt.verify(s, state)
+    if _all_hosts_have(error is None):
       newer = [x for x in available if x > s]
       if newer:
         dest = ckpt.set_aside(newer)
         say(f'WARNING: checkpoints of steps {newer} are newer than step {s}: moved to {dest} so '
             f'that training from step {s} does not overwrite them')
       return state, s
+    state = None  # freed before the next candidate is read: two states may not fit the devices
     if error is None:
       error = checkpointing.CheckpointDamaged(f'checkpoint at step {s} in {where} could not be '
                                               'read on another host (see its log)')

@@ -6,6 +6,7 @@ happened, that nothing already saved is lost, and that no checkpoint holds NaN o
 """
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from t5x_like import checkpointing, data, exit_codes, losses, optimizers, partitioning, run_dir
@@ -276,6 +278,63 @@ def test_fallback_and_restore_step_resume_exactly_and_set_newer_steps_aside(four
     aside = list((run / 'set_aside_checkpoints').glob('*/4'))
     assert len(aside) == 1 and (aside[0] / 'state').is_dir()
     assert not list((run / 'checkpoints').glob('*tmp*'))
+
+
+def _rewrite_with_one_bit_flipped(run, step):
+  """Saves `step`'s state again through Orbax with one bit of one parameter flipped, keeping the
+  checksums saved with the original: the checkpoint reads back without any error, as it would after
+  bits changed in storage or in host memory before the write. Returns that parameter's path."""
+  state = _restore_all(run)[step]
+  path, leaf = jax.tree_util.tree_flatten_with_path(state['params'])[0][0]
+  host = np.array(leaf)
+  host.view(np.uint32).reshape(-1)[5] ^= np.uint32(1 << 20)
+  state['params'] = jax.tree_util.tree_map_with_path(
+      lambda p, x: jax.device_put(host, x.sharding) if p == path else x, state['params'])
+  tmp = run / 'rewritten'
+  with ocp.StandardCheckpointer() as c:
+    c.save(tmp, state)
+    c.wait_until_finished()
+  shutil.rmtree(run / 'checkpoints' / str(step) / 'state')
+  shutil.move(tmp, run / 'checkpoints' / str(step) / 'state')
+  return 'params/' + '/'.join(k.key for k in path)
+
+
+def test_changed_bits_that_read_back_cleanly_are_caught_by_the_checksums(four_steps, lm_task,
+                                                                         tmp_path):
+  src, hist = four_steps
+  run = tmp_path / 'run'
+  shutil.copytree(src, run)
+  name = _rewrite_with_one_bit_flipped(run, 4)
+  with pytest.raises(checkpointing.CheckpointDamaged) as info:
+    _fit(run, 6, lm_task)
+  msg = str(info.value)
+  assert msg.startswith(f'checkpoint at step 4 in {run / "checkpoints"} is damaged: {name} '
+                        '(float32) reads back with checksum '), msg
+  assert 'its bits changed after it was saved; resume from an earlier step with --restore_step=2' \
+      in msg, msg
+  assert _steps_on_disk(run) == [1, 2, 4]
+  # Evaluation and export read the parameters through restore_params: checked there too.
+  abstract = _restore_all(src)[4]['params']
+  with pytest.raises(checkpointing.CheckpointDamaged, match=re.escape(name)):
+    checkpointing.restore_params(str(run), abstract)
+  params, step = checkpointing.restore_params(str(run), abstract, step=2)
+  assert step == 2 and jax.tree.structure(params) == jax.tree.structure(abstract)
+  # With restore_fallback the run goes on from step 2, exactly as the first time.
+  resumed = dict(_fit(run, 6, lm_task, restore_fallback=True)['history'])
+  assert resumed[3] == hist[3] and resumed[4] == hist[4]
+  assert len(list((run / 'set_aside_checkpoints').glob('*/4'))) == 1
+
+
+def test_a_checkpoint_saved_without_checksums_still_resumes(four_steps, lm_task, tmp_path):
+  src, hist = four_steps
+  run = tmp_path / 'run'
+  shutil.copytree(src, run)
+  assert (run / 'checkpoints' / '4' / 'checksums').is_dir()
+  for s in _steps_on_disk(run):
+    shutil.rmtree(run / 'checkpoints' / str(s) / 'checksums')
+  resumed = dict(_fit(run, 6, lm_task)['history'])
+  assert sorted(resumed) == [5, 6]
+  assert (run / 'checkpoints' / '6' / 'checksums').is_dir()
 
 
 def test_restore_step_that_does_not_exist_names_the_steps_there(four_steps, lm_task, tmp_path):

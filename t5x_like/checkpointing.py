@@ -1,8 +1,8 @@
 """Orbax checkpoints that hold the train state and the data-iterator position together.
 
 Layout: MODEL_DIR/checkpoints/<step>/{state, checksums, data, counters}/. `state` is the sharded
-{step, params, opt_state} pytree (StandardSave, async); `checksums` holds two sums of each array's bits
-(state_checksums.py), compared after every restore, since Orbax stores none; `counters` is a small JSON
+{step, params, opt_state} pytree (StandardSave, async); `checksums` holds a checksum of each array's
+bits (state_checksums.py), compared after every restore, since Orbax stores none; `counters` is a small JSON
 of run totals that the state does not hold (e.g. how many non-finite steps were skipped). Checkpoints
 written before `checksums` or `counters` existed read them as {};
 `data` is the position in the data, saved by whatever the data module
@@ -106,8 +106,8 @@ class Checkpointer:
   def save(self, step: int, state: Any, data_checkpoint: Optional[Any],
            force: bool = False, counters: Optional[dict] = None,
            checksums: Optional[dict] = None) -> bool:
-    """checksums: state_checksums.checksums(state), computed by the caller, which knows whether it has
-    already synchronised the devices for this save."""
+    """checksums: state_checksums.checksums(state), saved beside it; verify() compares them after a
+    restore."""
     items = {'state': ocp.args.StandardSave(state)}
     if checksums:
       items['checksums'] = ocp.args.JsonSave(checksums)

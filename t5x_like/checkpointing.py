@@ -2,10 +2,10 @@
 
 Layout: MODEL_DIR/checkpoints/<step>/{state, checksums, data, counters}/. `state` is the sharded
 {step, params, opt_state} pytree (StandardSave, async); `checksums` holds a checksum of each array's
-bits (state_checksums.py), compared after every restore, since Orbax stores none; `counters` is a small JSON
-of run totals that the state does not hold (e.g. how many non-finite steps were skipped). Checkpoints
-written before `checksums` or `counters` existed read them as {};
-`data` is the position in the data, saved by whatever the data module
+bits (state_checksums.py), compared after every restore, since Orbax stores none; `counters` is a
+small JSON of run totals that the state does not hold (e.g. how many non-finite steps were skipped).
+Checkpoints written before `checksums` or `counters` existed read them as {}; `data` is the position
+in the data, saved by whatever the data module
 hands over (`data_checkpoint`: an object with save_args() / restore_args() -> orbax CheckpointArgs and
 restored(value)): one tf.data iterator checkpoint per host on the seqio path (data_seqio.py), the next
 global batch as JSON on the export path (data_grain.py). Either way a resumed run continues with

@@ -15,6 +15,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
 
 
+def steps_on_disk(model_dir) -> list:
+  """The committed checkpoint steps of a run (Orbax's temporary folders excluded)."""
+  ck = pathlib.Path(model_dir) / 'checkpoints'
+  return sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit())
+
+
 @pytest.fixture(autouse=True)
 def _fresh_gin():
   """gin's bindings are process-global: a test that parses a config (the preflight, the train entry)

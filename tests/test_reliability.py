@@ -1,17 +1,14 @@
-"""Issue 12: preemption, divergence, run-dir identity, damaged checkpoints, bad input, dead peers.
+"""Issue 12: preemption, divergence, run-dir identity, damaged checkpoints, bad input (dead peers and
+real processes: test_reliability_processes.py).
 
-Each test reproduces one failure mode of a weekend run on a tiny model (8 fake CPU devices, or real
-localhost processes through launch/local.py) and checks that it ends in one line that says what
-happened, that nothing already saved is lost, and that no checkpoint holds NaN or another vocabulary.
+Each test reproduces one failure mode of a weekend run on a tiny model (8 fake CPU devices) and checks
+that it ends in one line that says what happened, that nothing already saved is lost, and that no
+checkpoint holds NaN or another vocabulary.
 """
 import os
-import pathlib
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import gin
 import jax
@@ -20,12 +17,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import steps_on_disk
 from t5x_like import checkpointing, data, exit_codes, losses, optimizers, partitioning, run_dir
 from t5x_like import train, trainer
 from t5x_like.models import DecoderConfig, EncDecConfig, build_model
 from tasks import sources, vocab as vocab_lib
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL = DecoderConfig(vocab_size=500, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
                       head_dim=8, mlp_dim=64, dtype='float32')
 MESH = partitioning.MeshConfig(data=2, fsdp=2, tensor=2)
@@ -41,11 +38,6 @@ def _fit(model_dir, steps, task, *, lr=3e-3, model=MODEL, init_params_from=None,
       optimizer_config=optimizers.OptimizerConfig(learning_rate=lr, warmup_steps=2, decay_steps=40),
       loss_config=losses.LossConfig(), mesh_config=MESH,
       trainer_config=trainer.TrainerConfig(**kw), log=lambda *a, **k: None)
-
-
-def _steps_on_disk(model_dir):
-  ck = pathlib.Path(model_dir) / 'checkpoints'
-  return sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit())
 
 
 def _restore_all(model_dir, model=MODEL):
@@ -78,7 +70,7 @@ def test_sigterm_saves_that_step_once_and_the_run_resumes_bit_exactly(lm_task, t
   with pytest.raises(trainer.Preempted, match='preempted at step 3: checkpoint saved') as info:
     _fit(tmp_path / 'b', 6, lm_task, checkpoint_every=4)
   # Orbax saves the first step of a fresh run; then the preempted step once (no second save of 3).
-  assert info.value.step == 3 and _steps_on_disk(tmp_path / 'b') == [1, 3]
+  assert info.value.step == 3 and steps_on_disk(tmp_path / 'b') == [1, 3]
   monkeypatch.setattr(trainer.CompiledSteps, 'train', real_train)
   resumed = dict(_fit(tmp_path / 'b', 6, lm_task, checkpoint_every=4)['history'])
   assert sorted(resumed) == [4, 5, 6]
@@ -95,7 +87,7 @@ def test_divergence_stops_at_the_exact_step_and_no_checkpoint_holds_nan(lm_task,
     _fit(tmp_path / 'run', 10, lm_task, lr=1e6, log_every=10, checkpoint_every=2, keep_checkpoints=1)
   msg = str(info.value)
   first = int(msg.split('non-finite loss or gradient at step ')[1].split()[0])
-  on_disk = _steps_on_disk(tmp_path / 'run')
+  on_disk = steps_on_disk(tmp_path / 'run')
   assert on_disk and max(on_disk) < first, (on_disk, msg)
   assert f'last good checkpoint: step {max(on_disk)}' in msg
   for s, state in _restore_all(tmp_path / 'run').items():
@@ -105,7 +97,7 @@ def test_divergence_stops_at_the_exact_step_and_no_checkpoint_holds_nan(lm_task,
 def test_skip_policy_trains_on_counts_skipped_steps_and_saves_only_finite_state(lm_task, tmp_path):
   out = _fit(tmp_path / 'run', 6, lm_task, lr=1e6, nonfinite_policy='skip', checkpoint_every=3)
   assert 0 < out['nonfinite_skipped'] <= 6 and np.isfinite(out['loss'])
-  assert _steps_on_disk(tmp_path / 'run') == [1, 3, 6]
+  assert steps_on_disk(tmp_path / 'run') == [1, 3, 6]
   for s, state in _restore_all(tmp_path / 'run').items():
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state)), s
 
@@ -171,7 +163,7 @@ def test_same_size_vocabulary_with_other_content_is_refused_before_restoring(
                      match=r'vocabulary content differs from .*spm.model: sha256 \w+ \(run\) vs '
                      r'\w+ \(.*\), same size 500'):
     _fit(tmp_path / 'run', 4, other_text_task)
-  assert spm.read_bytes() == saved and _steps_on_disk(tmp_path / 'run') == [1, 2]
+  assert spm.read_bytes() == saved and steps_on_disk(tmp_path / 'run') == [1, 2]
 
 
 def test_other_model_family_is_named_as_such(tmp_path):
@@ -209,9 +201,9 @@ def test_init_params_from_takes_the_params_not_the_optimizer_and_refuses_another
                      match=r"train.init_params_from='.*': vocabulary content differs"):
     _fit(tmp_path / 'other_vocab', 1, other_text_task, init_params_from=src)
   for refused in ('wider', 'other_vocab'):  # refused before anything was saved
-    assert not (tmp_path / refused / 'checkpoints').exists() or not _steps_on_disk(
+    assert not (tmp_path / refused / 'checkpoints').exists() or not steps_on_disk(
         tmp_path / refused)
-  assert _steps_on_disk(src) == [1, 2, 4]
+  assert steps_on_disk(src) == [1, 2, 4]
 
 
 # --- damaged checkpoints -----------------------------------------------------------------------------
@@ -258,7 +250,7 @@ def test_damaged_checkpoint_is_reported_as_damaged_with_step_file_and_way_out(da
   assert f'checkpoint at step 4 in {run / "checkpoints"} is damaged: ' in msg, msg
   assert f'{run / "checkpoints" / "4" / where}' in msg, msg
   assert 'does not match' not in msg and '--restore_step=2' in msg, msg
-  assert _steps_on_disk(run) == [1, 2, 4]  # nothing deleted
+  assert steps_on_disk(run) == [1, 2, 4]  # nothing deleted
 
 
 def test_fallback_and_restore_step_resume_exactly_and_set_newer_steps_aside(four_steps, lm_task,
@@ -274,7 +266,7 @@ def test_fallback_and_restore_step_resume_exactly_and_set_newer_steps_aside(four
     resumed = dict(_fit(run, 6, lm_task, **how)['history'])
     assert sorted(resumed) == [3, 4, 5, 6]
     assert resumed[3] == hist[3] and resumed[4] == hist[4]  # from step 2's state, exactly as before
-    assert _steps_on_disk(run) == [2, 4, 6]
+    assert steps_on_disk(run) == [2, 4, 6]
     aside = list((run / 'set_aside_checkpoints').glob('*/4'))
     assert len(aside) == 1 and (aside[0] / 'state').is_dir()
     assert not list((run / 'checkpoints').glob('*tmp*'))
@@ -312,7 +304,7 @@ def test_changed_bits_that_read_back_cleanly_are_caught_by_the_checksums(four_st
                         '(float32) reads back with checksum '), msg
   assert 'its bits changed after it was saved; resume from an earlier step with --restore_step=2' \
       in msg, msg
-  assert _steps_on_disk(run) == [1, 2, 4]
+  assert steps_on_disk(run) == [1, 2, 4]
   # Evaluation and export read the parameters through restore_params: checked there too.
   abstract = _restore_all(src)[4]['params']
   with pytest.raises(checkpointing.CheckpointDamaged, match=re.escape(name)):
@@ -330,7 +322,7 @@ def test_a_checkpoint_saved_without_checksums_still_resumes(four_steps, lm_task,
   run = tmp_path / 'run'
   shutil.copytree(src, run)
   assert (run / 'checkpoints' / '4' / 'checksums').is_dir()
-  for s in _steps_on_disk(run):
+  for s in steps_on_disk(run):
     shutil.rmtree(run / 'checkpoints' / str(s) / 'checksums')
   resumed = dict(_fit(run, 6, lm_task)['history'])
   assert sorted(resumed) == [5, 6]
@@ -380,164 +372,3 @@ def test_entry_point_refuses_an_empty_training_file_before_compiling(tmp_path, s
   err = capsys.readouterr().err.strip().splitlines()
   assert code == exit_codes.CONFIG_ERROR and err[-1].startswith(f'error: {empty}: empty file ('), err
   assert not (tmp_path / 'run' / 'checkpoints').exists()
-
-
-# --- dead peers and hangs ----------------------------------------------------------------------------
-
-def test_step_watchdog_exits_peer_lost_when_no_step_finishes(tmp_path):
-  script = ('import time\n'
-            'from t5x_like import watchdog\n'
-            'class Done:\n  def block_until_ready(self): pass\n'
-            'class Never:\n  def block_until_ready(self): time.sleep(3600)\n'
-            'dog = watchdog.StepWatchdog(1.0)\n'
-            'dog.dispatched(1, Done())\n'
-            'dog.dispatched(2, Never())\n'
-            'time.sleep(30)\n')
-  t0 = time.monotonic()
-  out = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True, text=True,
-                       timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
-  assert out.returncode == exit_codes.PEER_LOST, out.stderr
-  assert time.monotonic() - t0 < 20
-  assert 'no train step finished for' in out.stderr and 'last finished step 1' in out.stderr
-
-
-def test_distributed_init_timeout_names_coordinator_and_process(tmp_path):
-  from launch import local
-  port = local.free_port()
-  out = subprocess.run(
-      [sys.executable, '-m', 't5x_like.train', '--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin',
-       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', '--process_id=1',
-       '--distributed_timeout_secs=3'],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert out.returncode == exit_codes.PEER_LOST, out.stderr[-2000:]
-  last = out.stderr.strip().splitlines()[-1]
-  assert last.startswith(f'error: process 1 of 2 could not join the coordinator at 127.0.0.1:{port} '
-                         'within 3 s'), last
-
-
-# --- real processes: 2 x 4 devices through launch/local.py -------------------------------------------
-
-def _train_args(model_dir, steps, text, *extra):
-  return ['--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin',
-          f"--gin.MODEL_DIR='{model_dir}'", f'--gin.TRAIN_STEPS={steps}',
-          f"--gin.TRAIN_FILES=['{text['train']}']", f"--gin.VALIDATION_FILES=['{text['validation']}']",
-          '--gin.MeshConfig.data=2', '--gin.MeshConfig.fsdp=4', '--gin.TrainerConfig.log_every=1',
-          '--gin.TrainerConfig.checkpoint_every=100', '--gin.TrainerConfig.eval_every=0', *extra]
-
-
-def _start_launcher(train_args):
-  """launch.local in its own process (no --log_dir); returns it and its log folder (from stderr)."""
-  proc = subprocess.Popen([sys.executable, '-m', 'launch.local', '--num_processes=2',
-                           '--devices_per_process=4', '--', *train_args], cwd=REPO,
-                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-  first = proc.stderr.readline()
-  assert 'logs in ' in first, first
-  return proc, pathlib.Path(first.split('logs in ')[1].split('/process_*')[0])
-
-
-def _wait_for(path, text, proc, timeout=300):
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if path.exists() and text in path.read_text():
-      return
-    assert proc.poll() is None, f'launcher exited {proc.returncode} before {text!r} in {path}'
-    time.sleep(0.2)
-  raise AssertionError(f'{text!r} not in {path} after {timeout} s')
-
-
-def _worker_pid(launcher, process_id):
-  children = pathlib.Path(f'/proc/{launcher.pid}/task/{launcher.pid}/children').read_text().split()
-  for pid in children:
-    if f'--process_id={process_id}' in pathlib.Path(f'/proc/{pid}/cmdline').read_text():
-      return int(pid)
-  raise AssertionError(f'no worker {process_id} among {children}')
-
-
-def _tb_losses(model_dir):
-  return _tb_losses_of((pathlib.Path(model_dir) / 'train').glob('events.out.tfevents.*'))
-
-
-def _tb_losses_of(event_files):
-  from tensorboard.backend.event_processing import event_accumulator
-  from tensorboard.util import tensor_util
-  out = {}
-  for f in sorted(event_files):
-    ea = event_accumulator.EventAccumulator(str(f), size_guidance={'tensors': 0})
-    ea.Reload()
-    for e in ea.Tensors('loss'):
-      out[e.step] = float(tensor_util.make_ndarray(e.tensor_proto))
-  return out
-
-
-def test_two_processes_sigterm_save_one_step_exit_75_and_resume_bit_exactly(small_text, tmp_path):
-  from launch import local
-  straight = tmp_path / 'straight'
-  local.launch(_train_args(straight, 8, small_text), 2, 4, stream=None, timeout=600,
-               log_dir=str(tmp_path / 'logs_straight'))
-  run = tmp_path / 'run'
-  launcher, logs = _start_launcher(_train_args(run, 8, small_text))
-  _wait_for(logs / 'process_0.log', 'step 3/8', launcher)
-  launcher.send_signal(signal.SIGTERM)  # passed on to both workers, as a pod's notice reaches every host
-  assert launcher.wait(timeout=120) == exit_codes.PREEMPTED, launcher.stderr.read()[-3000:]
-  log0 = (logs / 'process_0.log').read_text()
-  saved = int(log0.split('preempted at step ')[1].split(':')[0])
-  assert 'StepAlreadyExistsError' not in log0 + (logs / 'process_1.log').read_text()
-  assert _steps_on_disk(run)[-1] == saved
-  assert sorted(p.name for p in (run / 'checkpoints' / str(saved) / 'data').iterdir() if p.is_dir()) == [
-      'host_0_of_2', 'host_1_of_2']
-  outs = local.launch(_train_args(run, 8, small_text), 2, 4, stream=None, timeout=600,
-                      log_dir=str(tmp_path / 'logs_resume'))
-  assert f'Resuming from checkpoint at step {saved}' in outs[0] and 'step 8/8' in outs[0]
-  assert _tb_losses(run) == _tb_losses(straight)  # every step 1..8, bit for bit
-
-
-@pytest.mark.parametrize('how', ['SIGKILL', 'SIGSTOP'])
-def test_a_dead_or_hung_peer_stops_the_job_with_a_clear_exit(how, small_text, tmp_path):
-  launcher, logs = _start_launcher(_train_args(tmp_path / 'run', 1000, small_text,
-                                               '--gin.TrainerConfig.step_timeout_secs=5'))
-  _wait_for(logs / 'process_0.log', 'step    3/1000', launcher)
-  victim = _worker_pid(launcher, 1)
-  t0 = time.monotonic()
-  os.kill(victim, getattr(signal, how))
-  code = launcher.wait(timeout=120)
-  err = launcher.stderr.read()
-  assert time.monotonic() - t0 < 40, err
-  if how == 'SIGKILL':  # the launcher sees it die and stops process 0
-    assert code == 128 + signal.SIGKILL and 'process 1 failed first (exit -9' in err, err
-  else:  # process 0 waits in a collective until its step watchdog gives up
-    assert code == exit_codes.PEER_LOST and 'process 0 failed first (exit 4' in err, err
-    assert 'no train step finished for' in (logs / 'process_0.log').read_text()
-  assert f'logs in {logs}' in err
-
-
-def test_two_processes_agree_on_the_fallback_when_only_one_host_cannot_read_its_part(small_text,
-                                                                                      tmp_path):
-  from launch import local
-  run = tmp_path / 'run'
-  every2 = '--gin.TrainerConfig.checkpoint_every=2'
-  local.launch(_train_args(run, 4, small_text, every2), 2, 4, stream=None, timeout=600,
-               log_dir=str(tmp_path / 'logs_first'))
-  first = _tb_losses(run)
-  assert _steps_on_disk(run) == [1, 2, 4] and sorted(first) == [1, 2, 3, 4]
-  # Only process 1 reads this file: process 0 alone would restore step 4 and train on.
-  damaged, = (run / 'checkpoints' / '4' / 'data' / 'host_1_of_2').glob('iterator.data*')
-  with open(damaged, 'r+b') as fh:
-    fh.truncate(16)
-  with pytest.raises(local.ProcessesFailed) as info:
-    local.launch(_train_args(run, 6, small_text, every2), 2, 4, stream=None, timeout=600,
-                 log_dir=str(tmp_path / 'logs_refused'))
-  assert info.value.returncode == exit_codes.CONFIG_ERROR
-  outs = [(tmp_path / 'logs_refused' / f'process_{i}.log').read_text() for i in (0, 1)]
-  assert 'could not be read on another host' in outs[0] and '--restore_step=2' in outs[0], outs[0]
-  assert f'{run}/checkpoints/4/data: ' in outs[1] and 'is damaged' in outs[1], outs[1][-3000:]
-  assert _steps_on_disk(run) == [1, 2, 4]  # refused: nothing moved, nothing trained
-  before = set((run / 'train').iterdir())
-  outs = local.launch(_train_args(run, 6, small_text, every2, '--restore_fallback'), 2, 4,
-                      stream=None, timeout=600, log_dir=str(tmp_path / 'logs_fallback'))
-  assert 'falling back to step 2' in outs[0], outs[0][-3000:]
-  assert 'step 6/6' in outs[0] and _steps_on_disk(run) == [2, 4, 6]
-  assert len(list((run / 'set_aside_checkpoints').glob('*/4/state'))) == 1
-  new_files = [f for f in (run / 'train').iterdir() if f not in before]
-  resumed = _tb_losses_of(new_files)
-  assert sorted(resumed) == [3, 4, 5, 6]
-  assert resumed[3] == first[3] and resumed[4] == first[4]  # from step 2's state and data position

@@ -1,0 +1,177 @@
+"""Issue 12 with real processes: a dead or hung peer, a coordinator that never answers, and two
+processes (2 x 4 CPU devices through launch/local.py, gloo collectives) that are preempted, resume bit
+for bit, and agree on a fallback when only one of them cannot read its part of a checkpoint. Kept apart
+from test_reliability.py so that the two halves can run on different test workers.
+"""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, steps_on_disk
+from t5x_like import exit_codes
+
+
+# --- dead peers and hangs ----------------------------------------------------------------------------
+
+def test_step_watchdog_exits_peer_lost_when_no_step_finishes(tmp_path):
+  script = ('import time\n'
+            'from t5x_like import watchdog\n'
+            'class Done:\n  def block_until_ready(self): pass\n'
+            'class Never:\n  def block_until_ready(self): time.sleep(3600)\n'
+            'dog = watchdog.StepWatchdog(1.0)\n'
+            'dog.dispatched(1, Done())\n'
+            'dog.dispatched(2, Never())\n'
+            'time.sleep(30)\n')
+  t0 = time.monotonic()
+  out = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert out.returncode == exit_codes.PEER_LOST, out.stderr
+  assert time.monotonic() - t0 < 20
+  assert 'no train step finished for' in out.stderr and 'last finished step 1' in out.stderr
+
+
+def test_distributed_init_timeout_names_coordinator_and_process(tmp_path):
+  from launch import local
+  port = local.free_port()
+  out = subprocess.run(
+      [sys.executable, '-m', 't5x_like.train', '--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin',
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', '--process_id=1',
+       '--distributed_timeout_secs=3'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode == exit_codes.PEER_LOST, out.stderr[-2000:]
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'error: process 1 of 2 could not join the coordinator at 127.0.0.1:{port} '
+                         'within 3 s'), last
+
+
+# --- real processes: 2 x 4 devices through launch/local.py -------------------------------------------
+
+def _train_args(model_dir, steps, text, *extra):
+  return ['--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin',
+          f"--gin.MODEL_DIR='{model_dir}'", f'--gin.TRAIN_STEPS={steps}',
+          f"--gin.TRAIN_FILES=['{text['train']}']", f"--gin.VALIDATION_FILES=['{text['validation']}']",
+          '--gin.MeshConfig.data=2', '--gin.MeshConfig.fsdp=4', '--gin.TrainerConfig.log_every=1',
+          '--gin.TrainerConfig.checkpoint_every=100', '--gin.TrainerConfig.eval_every=0', *extra]
+
+
+def _start_launcher(train_args):
+  """launch.local in its own process (no --log_dir); returns it and its log folder (from stderr)."""
+  proc = subprocess.Popen([sys.executable, '-m', 'launch.local', '--num_processes=2',
+                           '--devices_per_process=4', '--', *train_args], cwd=REPO,
+                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+  first = proc.stderr.readline()
+  assert 'logs in ' in first, first
+  return proc, pathlib.Path(first.split('logs in ')[1].split('/process_*')[0])
+
+
+def _wait_for(path, text, proc, timeout=300):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if path.exists() and text in path.read_text():
+      return
+    assert proc.poll() is None, f'launcher exited {proc.returncode} before {text!r} in {path}'
+    time.sleep(0.2)
+  raise AssertionError(f'{text!r} not in {path} after {timeout} s')
+
+
+def _worker_pid(launcher, process_id):
+  children = pathlib.Path(f'/proc/{launcher.pid}/task/{launcher.pid}/children').read_text().split()
+  for pid in children:
+    if f'--process_id={process_id}' in pathlib.Path(f'/proc/{pid}/cmdline').read_text():
+      return int(pid)
+  raise AssertionError(f'no worker {process_id} among {children}')
+
+
+def _tb_losses(model_dir):
+  return _tb_losses_of((pathlib.Path(model_dir) / 'train').glob('events.out.tfevents.*'))
+
+
+def _tb_losses_of(event_files):
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  out = {}
+  for f in sorted(event_files):
+    ea = event_accumulator.EventAccumulator(str(f), size_guidance={'tensors': 0})
+    ea.Reload()
+    for e in ea.Tensors('loss'):
+      out[e.step] = float(tensor_util.make_ndarray(e.tensor_proto))
+  return out
+
+
+def test_two_processes_sigterm_save_one_step_exit_75_and_resume_bit_exactly(small_text, tmp_path):
+  from launch import local
+  straight = tmp_path / 'straight'
+  local.launch(_train_args(straight, 8, small_text), 2, 4, stream=None, timeout=600,
+               log_dir=str(tmp_path / 'logs_straight'))
+  run = tmp_path / 'run'
+  launcher, logs = _start_launcher(_train_args(run, 8, small_text))
+  _wait_for(logs / 'process_0.log', 'step 3/8', launcher)
+  launcher.send_signal(signal.SIGTERM)  # passed on to both workers, as a pod's notice reaches every host
+  assert launcher.wait(timeout=120) == exit_codes.PREEMPTED, launcher.stderr.read()[-3000:]
+  log0 = (logs / 'process_0.log').read_text()
+  saved = int(log0.split('preempted at step ')[1].split(':')[0])
+  assert 'StepAlreadyExistsError' not in log0 + (logs / 'process_1.log').read_text()
+  assert steps_on_disk(run)[-1] == saved
+  assert sorted(p.name for p in (run / 'checkpoints' / str(saved) / 'data').iterdir() if p.is_dir()) == [
+      'host_0_of_2', 'host_1_of_2']
+  outs = local.launch(_train_args(run, 8, small_text), 2, 4, stream=None, timeout=600,
+                      log_dir=str(tmp_path / 'logs_resume'))
+  assert f'Resuming from checkpoint at step {saved}' in outs[0] and 'step 8/8' in outs[0]
+  assert _tb_losses(run) == _tb_losses(straight)  # every step 1..8, bit for bit
+
+
+@pytest.mark.parametrize('how', ['SIGKILL', 'SIGSTOP'])
+def test_a_dead_or_hung_peer_stops_the_job_with_a_clear_exit(how, small_text, tmp_path):
+  launcher, logs = _start_launcher(_train_args(tmp_path / 'run', 1000, small_text,
+                                               '--gin.TrainerConfig.step_timeout_secs=5'))
+  _wait_for(logs / 'process_0.log', 'step    3/1000', launcher)
+  victim = _worker_pid(launcher, 1)
+  t0 = time.monotonic()
+  os.kill(victim, getattr(signal, how))
+  code = launcher.wait(timeout=120)
+  err = launcher.stderr.read()
+  assert time.monotonic() - t0 < 40, err
+  if how == 'SIGKILL':  # the launcher sees it die and stops process 0
+    assert code == 128 + signal.SIGKILL and 'process 1 failed first (exit -9' in err, err
+  else:  # process 0 waits in a collective until its step watchdog gives up
+    assert code == exit_codes.PEER_LOST and 'process 0 failed first (exit 4' in err, err
+    assert 'no train step finished for' in (logs / 'process_0.log').read_text()
+  assert f'logs in {logs}' in err
+
+
+def test_two_processes_agree_on_the_fallback_when_only_one_host_cannot_read_its_part(small_text,
+                                                                                      tmp_path):
+  from launch import local
+  run = tmp_path / 'run'
+  every2 = '--gin.TrainerConfig.checkpoint_every=2'
+  local.launch(_train_args(run, 4, small_text, every2), 2, 4, stream=None, timeout=600,
+               log_dir=str(tmp_path / 'logs_first'))
+  first = _tb_losses(run)
+  assert steps_on_disk(run) == [1, 2, 4] and sorted(first) == [1, 2, 3, 4]
+  # Only process 1 reads this file: process 0 alone would restore step 4 and train on.
+  damaged, = (run / 'checkpoints' / '4' / 'data' / 'host_1_of_2').glob('iterator.data*')
+  with open(damaged, 'r+b') as fh:
+    fh.truncate(16)
+  with pytest.raises(local.ProcessesFailed) as info:
+    local.launch(_train_args(run, 6, small_text, every2), 2, 4, stream=None, timeout=600,
+                 log_dir=str(tmp_path / 'logs_refused'))
+  assert info.value.returncode == exit_codes.CONFIG_ERROR
+  outs = [(tmp_path / 'logs_refused' / f'process_{i}.log').read_text() for i in (0, 1)]
+  assert 'could not be read on another host' in outs[0] and '--restore_step=2' in outs[0], outs[0]
+  assert f'{run}/checkpoints/4/data: ' in outs[1] and 'is damaged' in outs[1], outs[1][-3000:]
+  assert steps_on_disk(run) == [1, 2, 4]  # refused: nothing moved, nothing trained
+  before = set((run / 'train').iterdir())
+  outs = local.launch(_train_args(run, 6, small_text, every2, '--restore_fallback'), 2, 4,
+                      stream=None, timeout=600, log_dir=str(tmp_path / 'logs_fallback'))
+  assert 'falling back to step 2' in outs[0], outs[0][-3000:]
+  assert 'step 6/6' in outs[0] and steps_on_disk(run) == [2, 4, 6]
+  assert len(list((run / 'set_aside_checkpoints').glob('*/4/state'))) == 1
+  new_files = [f for f in (run / 'train').iterdir() if f not in before]
+  resumed = _tb_losses_of(new_files)
+  assert sorted(resumed) == [3, 4, 5, 6]
+  assert resumed[3] == first[3] and resumed[4] == first[4]  # from step 2's state and data position

@@ -54,7 +54,7 @@ def checksums(tree: Any) -> dict:
   """{'path/of/array': {'dtype': 'float32', 'checksum': int}} for every array of
   `tree` (global jax.Arrays on any mesh, or host arrays). Every process must call it together."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  paths = [_path(p) for p, _ in flat]
+  paths = [jax.tree_util.keystr(p, simple=True, separator='/') for p, _ in flat]
   leaves = [jnp.asarray(x) if not isinstance(x, jax.Array) else x for _, x in flat]
   sums = jax.device_get(_all_checksums(leaves)) if leaves else []
   return {p: {'dtype': str(x.dtype), 'checksum': int(s)} for p, x, s in zip(paths, leaves, sums)}
@@ -72,14 +72,3 @@ def first_mismatch(saved: dict, restored: dict) -> Optional[str]:
               f'with {a["checksum"]:08x}: its bits changed after it was saved')
   return None
 
-
-def _path(key_path) -> str:
-  parts = []
-  for k in key_path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return '/'.join(parts)

@@ -18,6 +18,9 @@ import shutil
 import subprocess
 import sys
 
+from launch import mini_ablation
+from t5x_like import train
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(REPO, 'demo_data')
 SWORD_MODULE = 'engWEB2015eb'
@@ -76,7 +79,6 @@ def main(argv=None) -> int:
     ensure_sword_bible()
     export_bible(all_path, train_path, valid_path)
   if args.mode == 'ablation':
-    from launch import mini_ablation
     out = args.out or os.path.join(REPO, 'runs', 'demo_ablation')
     text = args.text_files[0] if args.text_files else all_path
     code = mini_ablation.main([text, out, '--train_steps', str(args.steps or 800)])
@@ -89,7 +91,6 @@ def main(argv=None) -> int:
     valid_files = args.validation_files or args.text_files[:1]
   else:
     train_files, valid_files = [train_path], args.validation_files or [valid_path]
-  from t5x_like import train
   return train.main([
       '--gin_file=gin_configs/examples/bible_demo.gin',
       f'--gin.MODEL_DIR={(args.out or os.path.join(REPO, "runs", "demo"))!r}',

@@ -19,6 +19,8 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from launch import sweep
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_FILE = 'gin_configs/experiments/clone_ablation_cpu.gin'
 
@@ -87,7 +89,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from tasks import vocab
   vocab.sentencepiece_vocabulary(train_files=[train], vocab_size=args.vocab_size)
 
-  from launch import sweep
   rc = sweep.main(sweep_argv(args, out, train, valid))
   report = os.path.join(out, 'report.md')
   if os.path.exists(report):

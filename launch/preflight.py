@@ -35,6 +35,7 @@ import numpy as np
 
 from launch import targets as targets_lib
 from t5x_like import batch_shapes
+from t5x_like.data import DataConfig
 from t5x_like import exit_codes
 from t5x_like import losses
 from t5x_like import optimizers
@@ -87,12 +88,10 @@ def _build(param: str, default=None):
 def load_run(gin_files: Sequence[str], bindings: Sequence[str], search_paths=()) -> RunSpec:
   """The run's configs from its gin files, without calling any task builder (no data is read, and
   the seqio tasks are left unread: no TensorFlow needed)."""
-  train_lib._import_configurables(with_tasks=False)
   set_macros = {b.split('=', 1)[0].strip() for b in bindings}
   defaults = [f'{k} = {v}' for k, v in _DEFAULT_MACROS.items() if k not in set_macros]
   train_lib.parse_gin_importing_tasks_if_named(gin_files, defaults + list(bindings), search_paths,
                                                skip_tasks=True)
-  from t5x_like.data import DataConfig
   try:
     ref = gin.query_parameter('train.train_data')
   except ValueError as e:
@@ -216,7 +215,7 @@ def _unrolled_flops(run: RunSpec, tx, schedule, batch) -> float:
                             jax.random.key(0))
   step = jax.jit(functools.partial(trainer_lib.train_step, model=model, tx=tx, schedule=schedule,
                                    loss_cfg=run.loss, num_microbatches=1))
-  cost = step.lower(trainer_lib.unbox(abstract), batch, jax.eval_shape(lambda: jax.random.key(0))
+  cost = step.lower(partitioning.unbox(abstract), batch, jax.eval_shape(lambda: jax.random.key(0))
                     ).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get('flops', float('nan'))) if cost else float('nan')

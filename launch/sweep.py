@@ -35,7 +35,12 @@ import time
 import traceback
 from typing import Optional, Sequence
 
-from t5x_like.eval import checkpoint_steps
+import gin
+
+from t5x_like import eval as eval_lib
+from t5x_like import report
+from t5x_like import train
+from t5x_like.evaluation.results import checkpoint_steps
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT = {'P_CLONE': 'p', 'SCHEDULE': 'sched', 'SEED': 'seed', 'FRAC_CLONE': 'frac'}
@@ -137,9 +142,6 @@ def train_command(model_dir: str, gin_files: Sequence[str], settings: dict, trai
 
 def query_macros(gin_files: Sequence[str], bindings: Sequence[str], names: Sequence[str]) -> dict:
   """Values of gin macros after parsing the run's files and bindings (None where undefined)."""
-  import gin
-  from t5x_like import train
-  train._import_configurables(with_tasks=False)
   gin.clear_config()
   try:
     # A run that reads an export leaves the task configurables unread: no seqio/TensorFlow here.
@@ -251,7 +253,6 @@ def train_all(runs: list[dict], jobs: int, say=print) -> dict[str, int]:
 def evaluate_runs(runs: list[dict], eval_flags: Sequence[str], say=print) -> int:
   """Monolingual runs first (the others' token efficiency is fitted on them), each through
   t5x_like.eval in this process. Returns the number of failures."""
-  from t5x_like import eval as eval_lib
   baselines = [r['model_dir'] for r in runs if r['info'].get('monolingual')]
   failures = 0
   for r in sorted(runs, key=lambda r: not r['info'].get('monolingual')):
@@ -393,7 +394,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.eval and finished:
     failed += ['eval'] * evaluate_runs(finished, shlex.split(args.eval_flags))
   if args.report:
-    from t5x_like import report
     report.main([args.sweep_dir])
   if failed:
     print(f'[sweep] failures: {failed}', file=sys.stderr)

@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from t5x_like import state_checksums
@@ -144,27 +145,13 @@ class Checkpointer:
 
   def counters(self, step: int) -> dict:
     """The run totals saved with `step` ({} when it has none: saved before they existed)."""
-    return self._json_item(step, 'counters')
+    return _json_item(self.directory / str(step), 'counters', lambda args: self._read(step, args))
 
   def verify(self, step: int, state: Any) -> Optional[CheckpointDamaged]:
     """Compares the arrays restored from `step` with the checksums saved with them: the error naming
     the first array whose bits changed, else None (also for checkpoints saved without checksums).
     A device computation over the whole state: every process calls it together."""
-    where = f'checkpoint at step {step} in {self.directory}'
-    try:
-      saved = self._json_item(step, 'checksums')
-    except Exception as e:  # pylint: disable=broad-except
-      return CheckpointDamaged(f'{where} is damaged: {self.directory / str(step) / "checksums"}: '
-                               f'{_reason(e)}')
-    if not saved:
-      return None
-    mismatch = state_checksums.first_mismatch(saved, state_checksums.checksums(state))
-    return CheckpointDamaged(f'{where} is damaged: {mismatch}') if mismatch else None
-
-  def _json_item(self, step: int, name: str) -> dict:
-    if not (self.directory / str(step) / name).exists():
-      return {}
-    return dict(self._read(step, ocp.args.Composite(**{name: ocp.args.JsonRestore()}))[name])
+    return _verify_checksums(self.directory, step, lambda args: self._read(step, args), state)
 
   def _read(self, step: int, args: ocp.args.Composite) -> Any:
     if self._reader is None:
@@ -187,6 +174,29 @@ class Checkpointer:
       self._reader = None
 
 
+def _json_item(step_dir: epath.Path, name: str, read: Callable[[ocp.args.Composite], Any]) -> dict:
+  """A small JSON item of a checkpoint step, read through `read` ({} when the step has none)."""
+  if not (step_dir / name).exists():
+    return {}
+  return dict(read(ocp.args.Composite(**{name: ocp.args.JsonRestore()}))[name])
+
+
+def _verify_checksums(directory: epath.Path, step: int, read: Callable[[ocp.args.Composite], Any],
+                      tree: Any) -> Optional[CheckpointDamaged]:
+  """The error naming the first array of `tree` (restored from `step`) whose checksum differs from
+  the one saved with it, else None; arrays the step saved no checksum of are not compared."""
+  where = f'checkpoint at step {step} in {directory}'
+  try:
+    saved = _json_item(directory / str(step), 'checksums', read)
+  except Exception as e:  # pylint: disable=broad-except
+    return CheckpointDamaged(f'{where} is damaged: {directory / str(step) / "checksums"}: '
+                             f'{_reason(e)}')
+  if not saved:
+    return None
+  mismatch = state_checksums.first_mismatch(saved, state_checksums.checksums(tree))
+  return CheckpointDamaged(f'{where} is damaged: {mismatch}') if mismatch else None
+
+
 def _sync_processes(name: str):
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
@@ -207,7 +217,6 @@ def _failed_file(e: BaseException, under: epath.Path) -> str:
 
 def _first_difference(saved: Any, abstract: Any) -> Optional[str]:
   """'params/x/kernel: checkpoint (64, 32) vs config (32, 32)' for the first leaf that differs."""
-  from flax import traverse_util
   flat_saved = traverse_util.flatten_dict(saved, sep='/') if isinstance(saved, dict) else {}
   flat_new = traverse_util.flatten_dict(abstract, sep='/') if isinstance(abstract, dict) else {}
   only_saved = sorted(set(flat_saved) - set(flat_new))
@@ -236,17 +245,12 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
             restore_args=jax.tree.map(_restore_arg, {'params': abstract_params}),
             partial_restore=True)))
     params = restored['state']['params']
-    saved = {}
-    if (checkpoint_dir(model_dir) / str(step) / 'checksums').exists():
-      saved = mngr.restore(step, args=ocp.args.Composite(checksums=ocp.args.JsonRestore()))[
-          'checksums']
+    damaged = _verify_checksums(checkpoint_dir(model_dir), step,
+                                lambda args: mngr.restore(step, args=args), {'params': params})
   finally:
     mngr.close()
-  mismatch = saved and state_checksums.first_mismatch(
-      dict(saved), state_checksums.checksums({'params': params}))
-  if mismatch:
-    raise CheckpointDamaged(f'checkpoint at step {step} in {checkpoint_dir(model_dir)} is damaged: '
-                            f'{mismatch}')
+  if damaged:
+    raise damaged
   return params, step
 
 

@@ -19,12 +19,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import os
 import sys
 import time
 from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+from t5x_like import decoding, partitioning, run_dir
+from t5x_like.evaluation import alignment, batches, mexa, perplexity, text_sources, translation
+from t5x_like.evaluation import token_efficiency as te
+from t5x_like.evaluation.results import (checkpoint_steps, read_results, read_run_info, scalars,
+                                         write_results)
+from t5x_like.metrics import SummaryWriter  # TensorBoard files without TensorFlow
+from t5x_like.models import build_model
 
 METRICS = ('ppl', 'align', 'grad', 'mexa', 'teff', 'bleu')
 
@@ -53,101 +62,7 @@ class EvalOptions:
   max_decode_length: int = 128
 
 
-# --- where things are --------------------------------------------------------------------------------
-
-def results_path(model_dir: str, step: int) -> str:
-  return os.path.join(model_dir, 'eval', str(step), 'results.json')
-
-
-def read_run_info(model_dir: str) -> dict:
-  path = os.path.join(model_dir, 'run.json')
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
-def checkpoint_steps(model_dir: str) -> list[int]:
-  """Finished checkpoint steps (orbax writes into a temporary name and renames when done)."""
-  d = os.path.join(model_dir, 'checkpoints')
-  if not os.path.isdir(d):
-    return []
-  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
-
-
-def read_results(model_dir: str) -> dict[int, dict]:
-  """{step: results} of every evaluated step of a run."""
-  out = {}
-  d = os.path.join(model_dir, 'eval')
-  if os.path.isdir(d):
-    for name in os.listdir(d):
-      p = os.path.join(d, name, 'results.json')
-      if name.isdigit() and os.path.exists(p):
-        with open(p) as f:
-          out[int(name)] = json.load(f)
-  return dict(sorted(out.items()))
-
-
-def _json_safe(x):
-  if isinstance(x, float) and not math.isfinite(x):
-    return None  # JSON has no inf/nan; the reader sees null
-  if isinstance(x, dict):
-    return {k: _json_safe(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_json_safe(v) for v in x]
-  return x
-
-
-def write_results(model_dir: str, step: int, results: dict) -> str:
-  path = results_path(model_dir, step)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  merged = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      merged = json.load(f)
-  for k, v in _json_safe(results).items():
-    # One level deep: e.g. init_control.alignment from a later call keeps init_control.mexa.
-    if isinstance(v, dict) and isinstance(merged.get(k), dict) and k == 'init_control':
-      merged[k].update(v)
-    else:
-      merged[k] = v
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(merged, f, indent=1)
-  os.replace(tmp, path)  # a reader never sees half a file
-  return path
-
-
-def scalars(results: dict) -> dict[str, float]:
-  """The TensorBoard view of a results dict: one tag per number worth a curve."""
-  out = {}
-  for lang, r in results.get('perplexity', {}).items():
-    out[f'ppl/{lang}'] = r['perplexity']
-    if 'last_n' in r:
-      out[f'ppl_last{r["last_n"]["n"]}/{lang}'] = r['last_n']['perplexity']
-  for lang, r in results.get('alignment', {}).items():
-    for name, v in zip(r['layers'], r['centred_gap']):
-      out[f'align_centred_gap/{lang}/{name}'] = v
-    for name, v in zip(r['layers'], r['raw']):
-      out[f'align_raw/{lang}/{name}'] = v
-  for lang, r in results.get('gradient_alignment', {}).items():
-    out[f'grad_cos/{lang}/non_vocab'] = r['non_vocab']
-    out[f'grad_cos/{lang}/non_vocab_mismatched'] = r['non_vocab_mismatched']
-  for target, r in results.get('mexa', {}).get('targets', {}).items():
-    for pool, s in r.items():
-      out[f'mexa/{target}/{pool}_mean'] = s['mean']
-      out[f'mexa/{target}/{pool}_max'] = s['max']
-  for lang, r in results.get('token_efficiency', {}).get('languages', {}).items():
-    if r.get('teff') is not None:
-      out[f'teff/{lang}'] = r['teff']
-  if 'translation' in results:
-    out['translation/bleu'] = results['translation']['bleu']
-    out['translation/chrf'] = results['translation']['chrf']
-  return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(float(v))}
-
-
 def write_tensorboard(model_dir: str, step: int, results: dict) -> None:
-  from t5x_like.metrics import SummaryWriter  # TensorBoard files without TensorFlow
   w = SummaryWriter(os.path.join(model_dir, 'eval', 'suite'))
   for k, v in scalars(results).items():
     w.scalar(k, v, step)
@@ -159,7 +74,6 @@ def write_tensorboard(model_dir: str, step: int, results: dict) -> None:
 
 def tokens_seen(run_info: dict, step: int, num_languages: int) -> Optional[list[float]]:
   """Expected tokens of each language after `step` steps (nominal batch x length per step)."""
-  from t5x_like.evaluation import token_efficiency as te
   need = ('batch_size', 'sequence_length', 'train_steps')
   if not all(k in run_info for k in need):
     return None
@@ -176,7 +90,6 @@ def _eval_length(opts: EvalOptions, run_info: dict) -> int:
 
 
 def _windows(vocab, opts: EvalOptions, length: int):
-  from t5x_like.evaluation import batches, text_sources
   if not opts.eval_files:
     raise ValueError('no evaluation text: pass --eval_files (or evaluate a run made by launch/sweep.py, '
                      'whose run.json names its validation files)')
@@ -194,7 +107,6 @@ def _subset(windows: dict, n: int) -> dict:
 def _mexa_sets(opts: EvalOptions, num_langs: int) -> tuple[tuple, list]:
   """(pivot spec, target specs). Default for a cloned model: the pivot text in language 0 against the
   same text in every clone; FLORES English when its tar is there, else the evaluation text."""
-  from t5x_like.evaluation import text_sources
   pivot = opts.mexa_pivot
   if pivot is None:
     tar = opts.flores_tar or text_sources.DEFAULT_FLORES_TAR
@@ -214,7 +126,6 @@ def _mexa_sets(opts: EvalOptions, num_langs: int) -> tuple[tuple, list]:
 
 
 def _mexa(model, params, vocab, opts: EvalOptions, num_langs: int) -> dict:
-  from t5x_like.evaluation import mexa, text_sources
   pivot, targets = _mexa_sets(opts, num_langs)
   def embed(spec):
     src, lang = text_sources.parse_spec(spec)
@@ -240,9 +151,6 @@ def make_decoder(model, params, vocab, *, batch_size: int = 16, beam_size: int =
   Decoder-only models continue `[0] + prompt` (no EOS appended); encoder-decoders read it with its
   EOS, as the tasks feed them. Generation stops at EOS; the text is decoded from the new tokens only.
   """
-  import numpy as np
-  from t5x_like import decoding
-  from t5x_like.evaluation import batches
   cfg = model.config
 
   def decode(prompts):
@@ -275,7 +183,6 @@ def evaluate(model, params, vocab, step: int, opts: EvalOptions, run_info: dict,
              windows: Optional[dict] = None) -> dict:
   """All asked-for metrics of one checkpoint -> a results dict (see the module doc). `windows`: the
   evaluation windows if already built (they do not depend on the checkpoint)."""
-  from t5x_like.evaluation import alignment, batches, perplexity
   num_langs = batches.num_languages(vocab)
   length = _eval_length(opts, run_info)
   res: dict = {'step': int(step), 'num_languages': num_langs,
@@ -324,7 +231,6 @@ def evaluate(model, params, vocab, step: int, opts: EvalOptions, run_info: dict,
   if 'teff' in opts.metrics:
     res['token_efficiency'] = _teff(res, opts)
   if 'bleu' in opts.metrics:
-    from t5x_like.evaluation import text_sources, translation
     if not (opts.src_file and opts.ref_file):
       raise ValueError('bleu needs --src_file and --ref_file')
     src = text_sources.read_lines(opts.src_file, opts.flores_tar)
@@ -338,10 +244,7 @@ def evaluate(model, params, vocab, step: int, opts: EvalOptions, run_info: dict,
 
 def _init_params(model, params):
   """Freshly initialised parameters of the same model (seed 0), laid out like `params`."""
-  import jax
-  from t5x_like import run_dir
-  from t5x_like.trainer import unbox
-  fresh = unbox(model.init(jax.random.key(0), run_dir._dummy_batch(model.config))['params'])  # pylint: disable=protected-access
+  fresh = partitioning.unbox(model.init(jax.random.key(0), run_dir._dummy_batch(model.config))['params'])  # pylint: disable=protected-access
   return jax.tree.map(lambda p, f: f.astype(p.dtype), params, fresh)
 
 
@@ -369,7 +272,6 @@ def baseline_points(baseline_dirs: Sequence[str]) -> tuple[list, list, str]:
 
 
 def _teff(res: dict, opts: EvalOptions) -> dict:
-  from t5x_like.evaluation import token_efficiency as te
   if not opts.baseline_dirs:
     raise ValueError('teff needs --baseline_dir (monolingual runs evaluated with ppl at >= 3 steps)')
   if 'tokens_seen' not in res:
@@ -444,8 +346,6 @@ _RESULT_KEY = {'ppl': 'perplexity', 'align': 'alignment', 'grad': 'gradient_alig
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = make_parser().parse_args(argv)
   try:
-    from t5x_like import run_dir
-    from t5x_like.models import build_model
     run_info = read_run_info(args.model_dir)
     opts = options_from_args(args, run_info)
     cfg = run_dir.load_model_config(args.model_dir)

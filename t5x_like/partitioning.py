@@ -123,6 +123,12 @@ def check_divisible(abstract_tree, shardings, what: str = 'parameter') -> None:
                          f'axes {axes} of size {n}; change the model size or MeshConfig')
 
 
+def unbox(tree):
+  """Strips flax's LogicallyPartitioned boxes (also from abstract ShapeDtypeStruct trees)."""
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.Partitioned) else x,
+                      tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
 def with_sharding(abstract_tree, shardings):
   """Attach shardings to ShapeDtypeStructs (the target of a sharded restore or of jit out_shardings)."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree,

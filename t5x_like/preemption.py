@@ -25,13 +25,13 @@ from typing import Callable, Optional
 
 import jax
 import numpy as np
+from jax._src import distributed  # the preemption sync manager jax.distributed started, if any
 from jax.experimental import multihost_utils
 
 from t5x_like import exit_codes
 
 
 def _jax_preemption_service() -> bool:
-  from jax._src import distributed
   return jax.process_count() > 1 and distributed.global_state.preemption_sync_manager is not None
 
 

@@ -21,6 +21,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from t5x_like.evaluation.results import read_results, read_run_info
+
 Z = 3.0  # standard errors a difference must exceed to be called evidence
 
 
@@ -28,7 +30,9 @@ Z = 3.0  # standard errors a difference must exceed to be called evidence
 
 def load_sweep(sweep_dir: str) -> list[dict]:
   """[{'name', 'info', 'results': {step: results}}] of every run dir with a run.json."""
-  from t5x_like.eval import read_results, read_run_info
+  if not os.path.isdir(sweep_dir):
+    raise FileNotFoundError(f'{sweep_dir}: no such directory (pass the sweep directory that '
+                            'launch/sweep.py wrote, with one run dir per setting)')
   runs = []
   for name in sorted(os.listdir(sweep_dir)):
     d = os.path.join(sweep_dir, name)

@@ -2,20 +2,25 @@
 decoding)."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import tempfile
 from typing import Optional
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
-from t5x_like.models import DecoderConfig, EncDecConfig
+from t5x_like import checkpointing, partitioning, vocabulary
+from t5x_like.models import DecoderConfig, EncDecConfig, build_model
 
 _FAMILIES = {'decoder': DecoderConfig, 'encdec': EncDecConfig}
 
 
 def save_model_config(model_dir: str, cfg) -> None:
   """MODEL_DIR/model.json: the family and the config's fields, what load_model_config reads."""
-  import dataclasses
   with open(os.path.join(model_dir, 'model.json'), 'w') as f:
     json.dump({'family': cfg.family, 'config': dataclasses.asdict(cfg)}, f, indent=2)
 
@@ -31,38 +36,31 @@ def load_model_config(model_dir: str):
 
 def load_vocabulary(model_dir: str):
   """MODEL_DIR/vocabulary, without TensorFlow or seqio (t5x_like/vocabulary.py)."""
-  from t5x_like import vocabulary
   return vocabulary.load_vocabulary(os.path.join(model_dir, 'vocabulary'))
 
 
 def boxed_abstract_params(cfg):
   """Shapes, dtypes and logical axes of a config's parameters, from `jax.eval_shape` (no allocation)."""
-  from t5x_like.models import build_model
   return jax.eval_shape(lambda r: build_model(cfg).init(r, _dummy_batch(cfg))['params'],
                         jax.random.key(0))
 
 
 def abstract_params(cfg):
   """Shapes and dtypes of a config's parameter tree (ShapeDtypeStructs, no axis metadata)."""
-  from t5x_like.trainer import unbox
-  return unbox(boxed_abstract_params(cfg))
+  return partitioning.unbox(boxed_abstract_params(cfg))
 
 
 def load_params(model_dir: str, step: Optional[int] = None, mesh=None):
   """(params, step) of a run's checkpoint, sharded over `mesh` (default: all devices, data-parallel)."""
-  import flax.linen as nn
-  from t5x_like import checkpointing, partitioning
-  from t5x_like.trainer import unbox
   cfg = load_model_config(model_dir)
   mesh = mesh or partitioning.make_mesh(partitioning.MeshConfig())
   boxed = boxed_abstract_params(cfg)
   shardings = partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh)
-  abstract = partitioning.with_sharding(unbox(boxed), shardings)
+  abstract = partitioning.with_sharding(partitioning.unbox(boxed), shardings)
   return checkpointing.restore_params(model_dir, abstract, step)
 
 
 def _dummy_batch(cfg):
-  import jax.numpy as jnp
   batch = {'decoder_input_tokens': jnp.zeros((1, 8), jnp.int32)}
   if cfg.family == 'encdec':
     batch['encoder_input_tokens'] = jnp.zeros((1, 8), jnp.int32)
@@ -82,7 +80,6 @@ def check_model_config(model_dir: str, cfg, what: str, log=print) -> None:
   """Raises RunDirMismatch when MODEL_DIR/model.json has another family or other parameter shapes
   than `cfg`; fields that change no shape (dropout, dtype) only get a note. No model.json: nothing
   to compare (runs from before it was written)."""
-  import dataclasses
   path = os.path.join(model_dir, 'model.json')
   if not os.path.exists(path):
     return
@@ -112,7 +109,6 @@ def _as_json(x):
 def vocabulary_fingerprint(directory: str) -> dict:
   """What identifies a saved vocabulary: vocabulary.json's content and the SentencePiece model's
   sha256 (hashing the file's bytes needs no vocabulary loader)."""
-  import hashlib
   out = {}
   meta = os.path.join(directory, 'vocabulary.json')
   if os.path.exists(meta):
@@ -129,7 +125,6 @@ def check_vocabulary(model_dir: str, write_vocabulary, source: str, what: str) -
   """Raises RunDirMismatch when MODEL_DIR/vocabulary differs in content (not only size) from the
   vocabulary that `write_vocabulary(directory)` writes (the data's: seqio task or export).
   No saved vocabulary: nothing to compare."""
-  import tempfile
   saved = vocabulary_fingerprint(os.path.join(model_dir, 'vocabulary'))
   if not saved:
     return

@@ -24,26 +24,24 @@ import threading
 from typing import Optional, Sequence
 
 import gin
+import jax
 
+# Everything a gin file may name is registered on import: data (DataConfig), models (DecoderConfig,
+# EncDecConfig), losses, optimizers, partitioning (MeshConfig), trainer (TrainerConfig). Task builders
+# (the `tasks` package) bring TensorFlow and seqio, which a run reading an export does without: they
+# are imported only when the gin config names one (parse_gin_importing_tasks_if_named).
+from t5x_like import data  # noqa: F401
 from t5x_like import exit_codes
+from t5x_like import losses
+from t5x_like import models  # noqa: F401
+from t5x_like import optimizers
+from t5x_like import partitioning
 from t5x_like import preemption
+from t5x_like import trainer as trainer_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUP_ERRORS = (ValueError, TypeError, KeyError, OSError)
 _MACRO = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
-
-
-def _import_configurables(with_tasks: bool = True):
-  # Everything a gin file may name. Task builders register seqio tasks when gin calls them; they
-  # bring TensorFlow and seqio, which a run reading an export (DataConfig.export_dir) does without.
-  import t5x_like.data  # noqa: F401
-  import t5x_like.losses  # noqa: F401
-  import t5x_like.models  # noqa: F401
-  import t5x_like.optimizers  # noqa: F401
-  import t5x_like.partitioning  # noqa: F401
-  import t5x_like.trainer  # noqa: F401
-  if with_tasks:
-    import tasks  # noqa: F401
 
 
 # Configurables of the `tasks` package (task builders register under tasks.*; the vocabulary builder
@@ -87,7 +85,6 @@ def train(*, model_dir: str = gin.REQUIRED, train_steps: int = gin.REQUIRED, mod
   init_params_from: a model dir (e.g. one written by `t5x_like.convert from-hf`) whose latest
   parameters start this run when MODEL_DIR has no checkpoint yet; the optimizer starts fresh.
   """
-  from t5x_like import losses, optimizers, partitioning, trainer as trainer_lib
   return trainer_lib.fit(
       model_dir=model_dir, train_steps=train_steps, model_config=model, train_data=train_data,
       eval_data=eval_data, optimizer_config=optimizer or optimizers.OptimizerConfig(),
@@ -201,7 +198,6 @@ def make_parser() -> argparse.ArgumentParser:
 def initialize_distributed(args) -> None:
   """jax.distributed.initialize with a bounded wait. jax aborts with a C++ stack dump when the
   coordinator cannot be reached; a timer a little earlier says who waited for whom, then exits 4."""
-  import jax
   where = (f'process {args.process_id} of {args.num_processes}' if args.process_id is not None
            else 'this process')
   coordinator = args.coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS',
@@ -267,8 +263,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _run(args, cli_bindings, state) -> int:
   if args.coordinator_address or args.distributed:
     initialize_distributed(args)
-  _import_configurables(with_tasks=False)
-  from t5x_like import trainer as trainer_lib
   try:
     if not args.gin_file:
       raise ValueError('no --gin_file given (see gin_configs/examples/)')

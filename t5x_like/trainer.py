@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import gin
@@ -72,12 +72,6 @@ class Preempted(Exception):
     self.step = step
 
 
-def unbox(tree):
-  """Strips flax's LogicallyPartitioned boxes (also from abstract ShapeDtypeStruct trees)."""
-  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.Partitioned) else x,
-                      tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-
-
 def _dummy(abstract_batch):
   return {k: jnp.zeros(v.shape, v.dtype) for k, v in abstract_batch.items()}
 
@@ -93,7 +87,7 @@ def state_shardings(model, tx, abstract_batch, mesh):
   boxed = jax.eval_shape(functools.partial(init_fn, model, tx, abstract_batch), jax.random.key(0))
   specs = nn.get_partition_spec(boxed)
   shardings = partitioning.logical_to_sharding(specs, mesh)
-  abstract = unbox(boxed)
+  abstract = partitioning.unbox(boxed)
   partitioning.check_divisible(abstract['params'], shardings['params'])
   return abstract, shardings
 
@@ -101,7 +95,7 @@ def state_shardings(model, tx, abstract_batch, mesh):
 def create_state(model, tx, abstract_batch, mesh, shardings, rng) -> State:
   """Initialises directly into the sharded layout: each device only ever holds its own shards."""
   with mesh_context(mesh):
-    return jax.jit(lambda r: unbox(init_fn(model, tx, abstract_batch, r)),
+    return jax.jit(lambda r: partitioning.unbox(init_fn(model, tx, abstract_batch, r)),
                    out_shardings=shardings)(rng)
 
 
@@ -420,7 +414,6 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   history: list = []
   window: list = []
   step = start
-  last_logged = start
   ckpt_blocked = None  # seconds the loop waited in periodic saves since the last log line
   preemption = preemption_lib.PreemptionWatcher(cfg.preemption_grace_secs, say)
   dog = watchdog_lib.StepWatchdog(cfg.step_timeout_secs)
@@ -448,7 +441,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
           avg['checkpoint_blocked_s'], ckpt_blocked = ckpt_blocked, None
         last = logger.log_train(step, avg, tokens_per_step)
         history.append((step, avg['loss']))
-        window, last_logged = [], step
+        window = []
       if evals and cfg.eval_every and step % cfg.eval_every == 0 and step < train_steps:
         with dog.paused():
           last['eval'] = run_evals(steps, state['params'], evals, family, batch_sh, cfg.eval_steps,

@@ -23,9 +23,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import sys
 from typing import Optional, Sequence
+
+import gin
+import numpy as np
+import seqio
+
+from t5x_like import models
+from t5x_like import train as train_lib
+from t5x_like.data import DataConfig
+from tasks import beam_cache, export, sources, vocab
 
 
 def register_from_gin(gin_files: Sequence[str], bindings: Sequence[str],
@@ -34,15 +45,11 @@ def register_from_gin(gin_files: Sequence[str], bindings: Sequence[str],
   their builders make. Returns ({scope: DataConfig} for the scopes the gin configures, the one-line
   errors of the others). `config_text` (a parsed config, from gin.config_str()) replaces the files:
   remote Beam workers get it this way, with no access to the gin files."""
-  import gin
-  from t5x_like import train as train_lib
-  train_lib._import_configurables()  # pylint: disable=protected-access
   if config_text is not None:
     gin.clear_config()
     gin.parse_config(config_text)
   else:
     train_lib.parse_gin(gin_files, bindings, [])
-  from t5x_like.data import DataConfig
   configs, errors = {}, []
   for scope in ('train', 'eval'):
     try:
@@ -54,18 +61,16 @@ def register_from_gin(gin_files: Sequence[str], bindings: Sequence[str],
   return configs, errors
 
 
-def _jsonable(value, vocab):
-  import numpy as np
+def _jsonable(value, vocabulary):
   value = np.asarray(value)
   if value.dtype.kind in 'SO':
     return value.tolist() if value.ndim else value.item().decode('utf-8', 'replace')
-  if value.ndim == 1 and vocab is not None and value.dtype.kind in 'iu':
-    return {'ids': value.tolist(), 'text': vocab.decode(value.tolist())}
+  if value.ndim == 1 and vocabulary is not None and value.dtype.kind in 'iu':
+    return {'ids': value.tolist(), 'text': vocabulary.decode(value.tolist())}
   return value.tolist()
 
 
 def show(args, gin_bindings) -> int:
-  import seqio
   configs, errors = (register_from_gin(args.gin_file, gin_bindings) if args.gin_file or gin_bindings
                      else ({}, []))
   try:
@@ -89,23 +94,17 @@ def show(args, gin_bindings) -> int:
 
 
 def vocab_cmd(args) -> int:
-  import itertools
-  from tasks import sources, vocab
   texts = itertools.chain.from_iterable(sources.iter_texts(s) for s in args.sources)
   path = vocab.train_sentencepiece(
       [], args.output, args.vocab_size, model_type=args.model_type,
       user_defined_symbols=[s for s in args.symbols.split(',') if s],
       sentence_iterator=iter(texts))
-  import seqio
   v = seqio.SentencePieceVocabulary(path, extra_ids=args.extra_ids)
   print(json.dumps({'model': path, 'vocab_size': v.vocab_size, 'extra_ids': args.extra_ids}))
   return 0
 
 
 def cache_cmd(args, gin_bindings) -> int:
-  import gin
-  import seqio
-  from tasks import beam_cache
   configs, _ = register_from_gin(args.gin_file, gin_bindings)
   names = args.tasks or [c.name for c in configs.values()]
   task_names = []
@@ -122,8 +121,6 @@ def cache_cmd(args, gin_bindings) -> int:
 def _model_family(override: Optional[str]) -> str:
   if override:
     return override
-  import gin
-  from t5x_like import models
   try:
     selector = gin.query_parameter('train.model').selector
   except ValueError:
@@ -132,7 +129,6 @@ def _model_family(override: Optional[str]) -> str:
 
 
 def _binds(name: str) -> bool:
-  import gin
   try:
     return gin.query_parameter(name) is not None
   except ValueError:
@@ -140,9 +136,6 @@ def _binds(name: str) -> bool:
 
 
 def export_cmd(args, gin_bindings, argv) -> int:
-  import dataclasses
-  import gin
-  from tasks import export
   configs, errors = register_from_gin(args.gin_file, gin_bindings)
   family = _model_family(args.family)
   out = {}
@@ -172,8 +165,7 @@ def export_cmd(args, gin_bindings, argv) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  from t5x_like.train import split_gin_flags
-  cli_bindings, rest = split_gin_flags(argv)
+  cli_bindings, rest = train_lib.split_gin_flags(argv)
   p = argparse.ArgumentParser(prog='python -m tasks', description=__doc__.split('\n')[0])
   sub = p.add_subparsers(dest='cmd', required=True)
   s = sub.add_parser('show', help='print examples of a task or mixture as JSON lines')

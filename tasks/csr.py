@@ -19,7 +19,6 @@ so the same seed gives the same switches.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Mapping, Optional, Sequence, Union
 
 import gin

@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import gzip
 import logging
-import math
 import os
 import re
 from typing import Iterable, Mapping, Optional, Sequence

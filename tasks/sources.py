@@ -6,14 +6,18 @@ set-up, not inside tf.data after the model has compiled.
 """
 from __future__ import annotations
 
+import codecs
 import functools
 import glob
+import itertools
 import logging
 import os
+import xml.etree.ElementTree as ET
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 import seqio
 import tensorflow as tf
+from pysword.modules import SwordModules
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +61,6 @@ def check_text_files(paths: Sequence[str], what: str) -> None:
   only blank lines, and any invalid UTF-8 (a file in another encoding, a truncated download).
   One error line names the file and, for bad bytes, the line. Reads in 1 MB chunks with Python's
   C decoder (~1 GB/s), so even large corpora are checked in seconds at set-up."""
-  import codecs
   for path in paths:
     if os.path.getsize(path) == 0:
       raise InputError(f'{path}: empty file ({what})')
@@ -101,7 +104,6 @@ SWORD_PATHS = ('/usr/share/sword', os.path.expanduser('~/.sword'))
 def read_sword_bible(module: str = 'engWEB2015eb', sword_path: str | None = None
                      ) -> Iterable[tuple[str, str]]:
   """(verse id 'BOOK.CHAPTER.VERSE', text) for every verse of a SWORD Bible module (pysword)."""
-  from pysword.modules import SwordModules
   paths = [sword_path] if sword_path else [p for p in SWORD_PATHS if os.path.isdir(p)]
   for path in paths:
     mods = SwordModules(path)
@@ -148,7 +150,6 @@ def scan_parallel_files(files: Mapping[str, str], what: str) -> dict:
   Returns {'lines': n, 'skipped_empty': k, 'first_empty': [line numbers]}: a line that is empty
   on any side is dropped from every side (reported, never silently shifted).
   """
-  import itertools
   paths = {lang: resolve_files(f, f'{what}[{lang!r}]') for lang, f in files.items()}
   for lang, p in paths.items():
     if len(p) != 1:
@@ -265,7 +266,6 @@ def tsv_source(split_files: Mapping[str, Sequence[str]], columns: Sequence[str],
 
 def read_ces_bible(path: str) -> dict[str, str]:
   """{verse id 'MAT.1.1': text} of a CES-XML Bible; empty verses are left out (and logged)."""
-  import xml.etree.ElementTree as ET
   try:
     root = ET.parse(path).getroot()
   except ET.ParseError as e:

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 from typing import Optional, Sequence
 
 import gin
 import seqio
+import sentencepiece as spm
 
-from tasks import sources
+from tasks import cloned, sources
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser('~'), '.cache', 't5x_like', 'spm')
 
@@ -28,8 +30,6 @@ def train_sentencepiece(files: Sequence[str], model_prefix: str, vocab_size: int
 
   `user_defined_symbols` are kept as single pieces (language tags such as '<en>').
   """
-  import itertools
-  import sentencepiece as spm
   if sentence_iterator is not None:
     first = next(sentence_iterator, None)
     if first is None:
@@ -91,7 +91,6 @@ def load_vocabulary(directory: str) -> seqio.Vocabulary:
     return seqio.SentencePieceVocabulary(os.path.join(directory, 'spm.model'),
                                          extra_ids=meta['extra_ids'])
   if meta['type'] == 'cloned':
-    from tasks import cloned
     base = seqio.SentencePieceVocabulary(os.path.join(directory, 'spm.model'),
                                          extra_ids=meta['extra_ids'])
     vocab = cloned.ClonedVocabulary(base, num_languages=meta['num_languages'],

@@ -8,7 +8,7 @@ import pytest
 
 from t5x_like.evaluation import alignment, batches, hidden_states
 from t5x_like.models import Decoder, DecoderConfig
-from t5x_like.trainer import unbox
+from t5x_like.partitioning import unbox
 
 BASE = 64
 

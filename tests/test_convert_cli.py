@@ -5,11 +5,10 @@ import sys
 
 import gin
 import numpy as np
-import pytest
 import torch
 
-from t5x_like import decoding, run_dir, vocabulary
-from t5x_like.convert import from_hf, to_hf
+from t5x_like import decoding, run_dir, train, vocabulary
+from t5x_like.convert import from_hf
 from t5x_like.convert.__main__ import main as convert_main
 from t5x_like.models import DecoderConfig
 
@@ -72,7 +71,6 @@ tasks.lm.text_lm_task.vocabulary = @sentencepiece_vocabulary()
 sentencepiece_vocabulary.model_path = '{small_vocab.sentencepiece_model_file}'
 TrainerConfig.log_every = 5
 """)
-  from t5x_like import train
   run = str(tmp_path / 'cpt')
   try:
     rc = train.main([f'--gin_file={d}/continue_pretraining.gin', f'--gin_file={data_gin}',
@@ -130,8 +128,7 @@ def test_from_hf_gin_survives_quotes_and_backslashes_in_paths(tmp_path, small_vo
   """Issue 12: the paths written into continue_pretraining.gin are string literals gin reads back."""
   import shutil
   from test_convert import _hf_llama
-  from t5x_like import train
-  train._import_configurables()  # what train.main does before it parses the gin files
+  import tasks  # noqa: F401  (the gin file names sentencepiece_vocabulary)
   hf = tmp_path / 'hf'
   _hf_llama(hf)
   shutil.copyfile(small_vocab.sentencepiece_model_file, hf / 'tokenizer.model')

@@ -237,7 +237,6 @@ def test_an_experiment_file_pointed_at_an_export_is_parsed_without_the_tasks_pac
 import sys
 import gin
 from t5x_like import data, train
-train._import_configurables(with_tasks=False)
 skipped = train.parse_gin_importing_tasks_if_named(
     ['gin_configs/experiments/clone_ablation_cpu.gin'],
     ["MODEL_DIR = '/tmp/unused'", 'TRAIN_STEPS = 5', 'P_CLONE = 0.1',

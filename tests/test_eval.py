@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from t5x_like import eval as eval_lib
+from t5x_like.evaluation import results as results_lib
 from t5x_like.evaluation import batches, perplexity, token_efficiency as te, translation
 from t5x_like.models import Decoder, DecoderConfig
-from t5x_like.trainer import unbox
+from t5x_like.partitioning import unbox
 
 
 def test_stream_windows_match_concat_and_chunk():
@@ -81,15 +82,15 @@ def test_bleu_and_chrf():
 
 def test_results_merge_and_tensorboard(tmp_path):
   d = str(tmp_path)
-  eval_lib.write_results(d, 10, {'step': 10, 'perplexity': {'lang0': {'perplexity': 5.0}}})
-  eval_lib.write_results(d, 10, {'mexa': {'targets': {'x@1': {'weighted': {'mean': 0.1, 'max': 0.2}}}},
+  results_lib.write_results(d, 10, {'step': 10, 'perplexity': {'lang0': {'perplexity': 5.0}}})
+  results_lib.write_results(d, 10, {'mexa': {'targets': {'x@1': {'weighted': {'mean': 0.1, 'max': 0.2}}}},
                                  'token_efficiency': {'languages': {'lang1': {'teff': math.inf}}}})
   with open(tmp_path / 'eval' / '10' / 'results.json') as f:
     r = json.load(f)
   assert r['perplexity']['lang0']['perplexity'] == 5.0 and 'mexa' in r
   assert r['token_efficiency']['languages']['lang1']['teff'] is None  # inf -> null, valid JSON
-  assert eval_lib.read_results(d)[10] == r
-  tags = eval_lib.scalars(r)
+  assert results_lib.read_results(d)[10] == r
+  tags = results_lib.scalars(r)
   assert tags == {'ppl/lang0': 5.0, 'mexa/x@1/weighted_mean': 0.1, 'mexa/x@1/weighted_max': 0.2}
   eval_lib.write_tensorboard(d, 10, r)
   assert list((tmp_path / 'eval' / 'suite').glob('events.out.tfevents.*'))

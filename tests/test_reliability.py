@@ -122,7 +122,7 @@ def test_skip_policy_leaves_params_unchanged_on_a_nonfinite_step_and_counts_it(l
   ds = data.get_dataset(data.DataConfig(lm_task, {'targets': 32}, batch_size=8), 'decoder')
   batch = {k: jnp.asarray(v) for k, v in next(iter(ds)).items()}
   abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
-  state = trainer.unbox(trainer.init_fn(model, tx, abstract, jax.random.key(0)))
+  state = partitioning.unbox(trainer.init_fn(model, tx, abstract, jax.random.key(0)))
   step = jax.jit(lambda s, b, g: trainer.guarded_train_step(
       s, b, jax.random.key(1), g, skip_nonfinite=True, model=model, tx=tx, schedule=sched,
       loss_cfg=losses.LossConfig()))

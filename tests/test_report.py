@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from t5x_like import eval as eval_lib
 from t5x_like import report
+from t5x_like.evaluation import results as results_lib
 
 LAYERS = ['embedding', 'block_0', 'block_1']
 
@@ -42,9 +42,9 @@ def _run(sweep_dir, name, p_clone, seed, finals, early_ppl=(50.0, 60.0)):
   with open(os.path.join(d, 'run.json'), 'w') as f:
     json.dump({'name': name, 'settings': {'P_CLONE': p_clone, 'SEED': seed}, 'p_clone': p_clone,
                'schedule': None, 'monolingual': p_clone == 0.0}, f)
-  eval_lib.write_results(d, 10, {'step': 10, 'perplexity': {
+  results_lib.write_results(d, 10, {'step': 10, 'perplexity': {
       'lang0': {'perplexity': early_ppl[0]}, 'lang1': {'perplexity': early_ppl[1]}}})
-  eval_lib.write_results(d, 20, finals)
+  results_lib.write_results(d, 20, finals)
 
 
 @pytest.fixture(scope='module')
@@ -79,7 +79,7 @@ def test_per_run_table_equals_the_eval_json(sweep_dir):
   rows = {r['run']: r for r in _table(text, '| run |')}
   assert set(rows) == {'p0.1-seed0', 'p0.1-seed1', 'p0.5-seed0'}
   for name, row in rows.items():
-    res = eval_lib.read_results(os.path.join(sweep_dir, name))[20]
+    res = results_lib.read_results(os.path.join(sweep_dir, name))[20]
     assert float(row['ppl_lang0']) == round(res['perplexity']['lang0']['perplexity'], 3)
     assert float(row['ppl_lang1']) == round(res['perplexity']['lang1']['perplexity'], 3)
     gap = res['alignment']['lang1']['centred_gap']
@@ -118,3 +118,9 @@ def test_plots_are_written(sweep_dir):
 
 def test_empty_sweep_is_an_error(tmp_path):
   assert report.main([str(tmp_path)]) == 2
+
+
+def test_a_mistyped_sweep_dir_is_named_in_one_line(tmp_path, capsys):
+  assert report.main([str(tmp_path / 'sweeep')]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count('\n') == 0 and err.startswith(f'error: {tmp_path / "sweeep"}: no such directory')

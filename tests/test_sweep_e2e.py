@@ -8,7 +8,7 @@ import re
 import pytest
 
 from launch import sweep
-from t5x_like import eval as eval_lib
+from t5x_like.evaluation import results as results_lib
 
 STEPS = 20
 
@@ -49,7 +49,7 @@ def test_runs_train_to_the_end_and_are_evaluated_at_every_checkpoint(tiny_sweep)
     d = os.path.join(tiny_sweep['dir'], name)
     steps = sweep.checkpoint_steps(d)
     assert steps[-1] == STEPS and len(steps) >= 4
-    results = eval_lib.read_results(d)
+    results = results_lib.read_results(d)
     assert sorted(results) == steps  # perplexity over steps: every checkpoint
     final = results[STEPS]
     for key in ('perplexity', 'alignment', 'gradient_alignment', 'mexa', 'init_control',
@@ -57,8 +57,8 @@ def test_runs_train_to_the_end_and_are_evaluated_at_every_checkpoint(tiny_sweep)
       assert key in final, (name, key)
     assert len(final['alignment']['lang1']['layers']) == 3  # embedding + 2 blocks
     assert list((__import__('pathlib').Path(d) / 'eval' / 'suite').glob('events.out.tfevents.*'))
-  p5 = eval_lib.read_results(os.path.join(tiny_sweep['dir'], 'p0.5'))[STEPS]
-  mono = eval_lib.read_results(os.path.join(tiny_sweep['dir'], 'p0.0'))[STEPS]
+  p5 = results_lib.read_results(os.path.join(tiny_sweep['dir'], 'p0.5'))[STEPS]
+  mono = results_lib.read_results(os.path.join(tiny_sweep['dir'], 'p0.0'))[STEPS]
   assert p5['tokens_seen']['lang1'] == pytest.approx(0.5 * STEPS * 8 * 32)
   # The monolingual run never trained on the clone: the clone stays near uniform (vocab 600) or worse,
   # while the 50/50 run learns both languages alike.
@@ -77,7 +77,7 @@ def test_report_numbers_equal_the_eval_json(tiny_sweep):
     row = dict(zip(head, [c.strip() for c in l.strip('|').split('|')]))
     rows[row['run']] = row
   for name, row in rows.items():
-    final = eval_lib.read_results(os.path.join(tiny_sweep['dir'], name))[STEPS]
+    final = results_lib.read_results(os.path.join(tiny_sweep['dir'], name))[STEPS]
     assert int(row['step']) == STEPS
     for lang in ('lang0', 'lang1'):
       assert float(row[f'ppl_{lang}']) == round(final['perplexity'][lang]['perplexity'], 3)
@@ -89,7 +89,7 @@ def test_report_numbers_equal_the_eval_json(tiny_sweep):
     teff = final['token_efficiency']['languages']['lang0']['teff']
     assert float(row['teff_lang0']) == round(teff, 3)
   exact = json.load(open(os.path.join(tiny_sweep['dir'], 'report.json')))['runs']
-  assert exact['p0.5']['ppl_lang0'] == eval_lib.read_results(
+  assert exact['p0.5']['ppl_lang0'] == results_lib.read_results(
       os.path.join(tiny_sweep['dir'], 'p0.5'))[STEPS]['perplexity']['lang0']['perplexity']
   for png in ('ppl_over_steps.png', 'alignment_by_layer.png', 'mexa_by_layer.png'):
     assert os.path.getsize(os.path.join(tiny_sweep['dir'], png)) > 10_000

@@ -84,7 +84,7 @@ def test_bad_input_is_one_line_naming_the_problem(args, expected, clean_gin, cap
 def test_parse_gin_starts_from_an_empty_config(clean_gin):
   """In-process callers (tests, `tasks show`, launchers) must not inherit an earlier parse: a leftover
   binding such as an eval dataset once made an import -> train run evaluate a split it never had."""
-  train._import_configurables()  # pylint: disable=protected-access
+  import tasks  # noqa: F401  (DEC names seqio tasks)
   gin.parse_config("TrainerConfig.num_microbatches = 4\nTrainerConfig.log_every = 7")
   train.parse_gin([DEC], ['TrainerConfig.log_every = 3'], [str(REPO)])
   assert gin.query_parameter('TrainerConfig.log_every') == 3

@@ -88,7 +88,7 @@ def test_gradient_accumulation_equals_full_batch(lm_task):
   batch = {k: jnp.asarray(v) for k, v in next(iter(ds)).items()}
   abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
   state = trainer.init_fn(model, tx, abstract, jax.random.key(0))
-  state = trainer.unbox(state)
+  state = partitioning.unbox(state)
   outs = []
   for n in (1, 4):
     step = jax.jit(functools.partial(trainer.train_step, model=model, tx=tx, schedule=sched,

@@ -6,6 +6,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from t5x_like.convert import from_hf, to_hf
+from t5x_like.convert.mapping import ConversionError
+
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # never download: everything is read from local dirs
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -47,14 +50,11 @@ def parse_size(s: str) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = make_parser().parse_args(argv)
-  from t5x_like.convert.mapping import ConversionError
   try:
     if args.command == 'to-hf':
-      from t5x_like.convert import to_hf
       to_hf.export(args.model_dir, args.out, step=args.step, dtype=args.dtype, hf_arch=args.hf_arch,
                    max_shard_bytes=parse_size(args.max_shard_size))
     else:
-      from t5x_like.convert import from_hf
       overrides = {'scan_layers': not args.no_scan_layers}
       if args.dtype:
         overrides['dtype'] = args.dtype

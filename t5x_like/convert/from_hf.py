@@ -14,15 +14,19 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 from typing import Optional
 
 import numpy as np
+import sentencepiece
 from flax import traverse_util
+from orbax.checkpoint.experimental import v1 as ocp_v1
 
-from t5x_like import run_dir
+from t5x_like import checkpointing, run_dir
 from t5x_like.convert import llama, t5
 from t5x_like.convert import safetensors_stream as st
 from t5x_like.convert.mapping import ConversionError, from_hf, hf_shape
+from t5x_like.convert.tokenizer import find_spm
 
 
 def read_config(hf_dir: str, has_lm_head: bool, **overrides):
@@ -115,8 +119,6 @@ def save_checkpoint(out: str, params) -> None:
   of the whole tree held ~2x the weights: measured 4.99 GiB for 1.97 GiB of bf16 weights.)
   `finalize` merges the pieces into one checkpoint that `CheckpointManager` restores as usual.
   """
-  from orbax.checkpoint.experimental import v1 as ocp_v1
-  from t5x_like import checkpointing
   step_dir = str(checkpointing.checkpoint_dir(out) / '0')
   ocp_v1.partial.save(step_dir, {'step': np.asarray(0, np.int32)})
   leaves = traverse_util.flatten_dict(params).items() if isinstance(params, dict) else params
@@ -129,8 +131,6 @@ def save_checkpoint(out: str, params) -> None:
 def write_vocabulary(hf_dir: str, out: str) -> tuple[Optional[str], int]:
   """OUT/vocabulary/{spm.model, vocabulary.json} from the HF tokenizer's SentencePiece model, if any.
   Returns (the copied model's path or None, the number of T5 extra ids)."""
-  import shutil
-  from t5x_like.convert.tokenizer import find_spm
   spm = find_spm(hf_dir)
   if spm is None:
     return None, 0
@@ -140,7 +140,6 @@ def write_vocabulary(hf_dir: str, out: str) -> tuple[Optional[str], int]:
     with open(tok_json) as f:
       added = json.load(f).get('added_tokens', [])
     extra = sum(1 for t in added if t['content'].startswith('<extra_id_'))
-  import sentencepiece
   size = sentencepiece.SentencePieceProcessor(model_file=spm).get_piece_size()
   vdir = os.path.join(out, 'vocabulary')
   os.makedirs(vdir, exist_ok=True)

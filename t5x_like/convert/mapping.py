@@ -12,6 +12,7 @@ A rule names the HF tensor, the path of our parameter, the layer index when our 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Optional
 
 import numpy as np
@@ -71,7 +72,6 @@ def check_fields(hf_config: dict, defaults: dict, handled: frozenset, ignored: f
                  what: str) -> None:
   """Refuses any HF config field that is neither handled nor known to be irrelevant, unless it has its
   default value: a field we don't understand could change the computation (penzai's rule)."""
-  import json
   defaults = json.loads(json.dumps(defaults))  # as config.json stores them (e.g. int dict keys -> str)
   for key, value in sorted(hf_config.items()):
     if key in handled or key in ignored:

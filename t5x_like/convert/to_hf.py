@@ -14,12 +14,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from t5x_like import checkpointing
+from t5x_like import checkpointing, run_dir
 from t5x_like.convert import llama, t5
 from t5x_like.convert import safetensors_stream as st
 from t5x_like.convert import tokenizer
 from t5x_like.convert.mapping import ConversionError, Rule, hf_shape, to_hf
-from t5x_like.run_dir import abstract_params
 
 _TORCH_DTYPES = {'float32': 'float32', 'bfloat16': 'bfloat16', 'float16': 'float16'}
 
@@ -36,7 +35,7 @@ class CheckpointLeaves:
       raise ConversionError(f'no checkpoint {"" if step is None else f"at step {step} "}in '
                             f'{checkpointing.checkpoint_dir(model_dir)} '
                             f'(steps: {list(self._mngr.all_steps())})')
-    self._abstract = traverse_util.flatten_dict(abstract_params(cfg))
+    self._abstract = traverse_util.flatten_dict(run_dir.abstract_params(cfg))
     self._path, self._value = None, None
 
   def __call__(self, path: tuple) -> np.ndarray:
@@ -77,7 +76,7 @@ def write_weights(params, cfg, out: str, *, dtype: str = 'float32',
   """
   np_dtype = st.np_dtype(dtype)
   get = params if callable(params) else (lambda path: _leaf(params, path))
-  abstract = abstract_params(cfg)
+  abstract = run_dir.abstract_params(cfg)
   rules = family_rules(cfg)
   first_use = {}
   for r in rules:
@@ -134,7 +133,6 @@ def export(model_dir: str, out: str, *, step: Optional[int] = None, dtype: Optio
            hf_arch: str = 't5', max_shard_bytes: int = st.DEFAULT_MAX_SHARD_BYTES,
            log=print) -> dict:
   """`python -m t5x_like.convert to-hf`: the whole export of a model dir."""
-  from t5x_like import run_dir
   if not os.path.isdir(model_dir):
     raise ConversionError(f'--model_dir {model_dir} does not exist')
   try:

@@ -9,6 +9,7 @@ the same way.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Optional
 
@@ -96,7 +97,6 @@ def jitted(fn, model, **static):
   The evaluator calls the same metric for every language, checkpoint and control; without the cache
   each call would trace and compile again (seconds each on a CPU, more than the metric itself).
   """
-  import functools
   key = (fn, type(model), model.config, tuple(sorted(static.items())))
   if key not in _JIT_CACHE:
     _JIT_CACHE[key] = jax.jit(functools.partial(fn, model=model, **static))

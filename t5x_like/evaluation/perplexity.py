@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_like import losses
+from t5x_like.evaluation import batches
+from t5x_like.evaluation.hidden_states import jitted
 
 
 def chunks(batch: dict, batch_size: int) -> Iterator[dict]:
@@ -46,8 +48,6 @@ def _sums(params, batch, *, model, last_n: int):
 def perplexity(model, params, windows: dict, *, batch_size: int = 16,
                last_n: Optional[int] = None) -> dict:
   """{'perplexity', 'loss', 'num_tokens'} over all windows (+ 'last_n' ones when asked for)."""
-  from t5x_like.evaluation import batches
-  from t5x_like.evaluation.hidden_states import jitted
   if model.config.family == 'encdec':
     windows = batches.prefix_lm_split(windows)
     if last_n and last_n > windows['decoder_target_tokens'].shape[1]:

@@ -3,27 +3,19 @@ module from their own directory)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from typing import Optional
 
 import jax
 
-from t5x_like import metrics
+from t5x_like import metrics, provenance
 
 PEAK_NOTE = 'dense bf16 peak of the device (t5x_like/metrics.py; 989 TFLOP/s for H100 and H200)'
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def record_header() -> dict:
   """What every record of this directory carries: commit, device, jax version, MFU formula, peak."""
-  try:
-    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                            check=True, cwd=REPO).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    commit = None
-  return {'commit': commit, 'device': jax.devices()[0].device_kind,
+  return {'commit': provenance.source_commit(), 'device': jax.devices()[0].device_kind,
           'platform': jax.devices()[0].platform, 'n_devices': jax.device_count(),
           'jax_version': jax.__version__,
           'flop_formula': '6 x (non-embedding params + LM head) + attention 12*L*H*hd*seq (/2 causal) '

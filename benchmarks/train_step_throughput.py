@@ -12,13 +12,11 @@ Prints one JSON line per variant: step time (median of timed steps after warm-up
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from t5x_like import losses, metrics, optimizers, partitioning, trainer
@@ -223,8 +221,10 @@ def _flops_per_token(cfg, preset: dict) -> float:
 
 def markdown(record: dict) -> str:
   """One table per record: the rows BENCHMARKS.md quotes."""
+  commit = str(record['commit'])
+  commit = commit[:10] + commit[40:]  # the short sha, keeping '-dirty' or '(from the bundle)'
   lines = [f"### `{record['preset']}` on {record['n_devices']} x {record['device']} "
-           f"(jax {record['jax_version']}, commit {str(record['commit'])[:10]}, {record['time']})", '',
+           f"(jax {record['jax_version']}, commit {commit}, {record['time']})", '',
            f"MFU = flops_per_token x tokens/s / (peak x devices); FLOPs per token: "
            f"{record['flop_formula']}; peak {record['peak_flops_per_device']} FLOP/s per device "
            f"({record['peak_note']}).", '',

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from typing import Optional, Sequence
@@ -33,6 +32,7 @@ import jax
 from launch import demo
 from launch import mini_ablation
 from launch import sweep
+from t5x_like import provenance
 
 PREPARED = 'prepare.json'
 
@@ -85,9 +85,7 @@ def _summary(sweep_dir: str, prepared: dict, wall_s: float) -> dict:
   # Asked only now, after the sweep: its training processes had the accelerator to themselves.
   rec['device'] = f'{jax.device_count()} x {jax.devices()[0].device_kind}'
   rec['jax_version'] = jax.__version__
-  git = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  rec['commit'] = git.stdout.strip() or None
+  rec['commit'] = provenance.source_commit()
   rec['time'] = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
   return rec
 

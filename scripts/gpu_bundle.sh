@@ -46,6 +46,8 @@ OUT=$(cd "$OUT" && pwd)
   "${TEXT[@]}" --train_steps 450 --gin TrainerConfig.checkpoint_every=90)
 {
   echo "# wheels for CPython 3.12 x86_64 and step (c)'s data, built $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  # The GPU machine may receive the working tree without .git: the suite's records name this commit.
+  echo "# source_commit $(PYTHONPATH="$REPO" "$PY" -c 'from t5x_like import provenance; print(provenance.source_commit())')"
   (cd "$OUT" && find wheels clone_data -type f | sort | xargs sha256sum)
 } > "$OUT/MANIFEST"
 size=$(du -sb "$OUT" | cut -f1)

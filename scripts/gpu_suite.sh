@@ -54,6 +54,10 @@ if ! "$PY" -c "import gin" 2>/dev/null; then
   for whl in "$BUNDLE"/wheels/*.whl; do "$PY" -m zipfile -e "$whl" "$SITE"; done
   export PYTHONPATH="$REPO:$SITE${PYTHONPATH#$REPO}"
 fi
+# Records name the commit (t5x_like/provenance.py); a tree that came without .git takes the bundle's.
+if ! git -C "$REPO" rev-parse HEAD >/dev/null 2>&1 && [ -f "$BUNDLE/MANIFEST" ]; then
+  export SOURCE_COMMIT="$(sed -n 's/^# source_commit \(.*\)$/\1 (from the bundle)/p' "$BUNDLE/MANIFEST")"
+fi
 "$PY" -c "import gin, jax, flax, optax, orbax.checkpoint" || {
   echo "error: the suite needs gin, jax, flax, optax and orbax-checkpoint importable with $PY" >&2; exit 2; }
 
@@ -174,7 +178,7 @@ fi
   if command -v nvidia-smi >/dev/null 2>&1; then
     echo "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1)"
   fi
-  echo "- commit: $(git rev-parse HEAD 2>/dev/null || echo unknown); $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "- commit: $("$PY" -c 'from t5x_like import provenance; print(provenance.source_commit())'); $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "- total: $(( $(date +%s) - SUITE_START )) s"
   echo
   echo "| step | exit | time |"

@@ -1,0 +1,31 @@
+"""t5x_like/provenance.py: a record names the commit it ran, and says when the tree differed from it."""
+import subprocess
+
+from t5x_like import provenance
+
+
+def _git(repo, *args):
+  return subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *args], cwd=repo,
+                        check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_the_commit_is_marked_dirty_only_when_a_tracked_file_changed(tmp_path, monkeypatch):
+  monkeypatch.setenv('SOURCE_COMMIT', 'not-this-one')
+  _git(tmp_path, 'init', '-q')
+  (tmp_path / 'a.py').write_text('x = 1\n')
+  _git(tmp_path, 'add', 'a.py')
+  _git(tmp_path, 'commit', '-q', '-m', 'one')
+  sha = _git(tmp_path, 'rev-parse', 'HEAD')
+  assert provenance.source_commit(str(tmp_path)) == sha
+  (tmp_path / 'new_output.json').write_text('{}')  # untracked: results, logs
+  assert provenance.source_commit(str(tmp_path)) == sha
+  (tmp_path / 'a.py').write_text('x = 2\n')
+  assert provenance.source_commit(str(tmp_path)) == sha + '-dirty'
+
+
+def test_a_tree_without_git_names_the_commit_it_was_given(tmp_path, monkeypatch):
+  monkeypatch.setenv('GIT_CEILING_DIRECTORIES', str(tmp_path.parent))  # no repository above either
+  monkeypatch.setenv('SOURCE_COMMIT', 'abc123 (from the bundle)')
+  assert provenance.source_commit(str(tmp_path)) == 'abc123 (from the bundle)'
+  monkeypatch.delenv('SOURCE_COMMIT')
+  assert provenance.source_commit(str(tmp_path)) is None

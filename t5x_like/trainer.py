@@ -29,6 +29,7 @@ from t5x_like import metrics as metrics_lib
 from t5x_like import optimizers
 from t5x_like import partitioning
 from t5x_like import preemption as preemption_lib
+from t5x_like import provenance
 from t5x_like import run_dir
 from t5x_like import state_checksums
 from t5x_like import watchdog as watchdog_lib
@@ -284,8 +285,9 @@ def mesh_context(mesh) -> contextlib.ExitStack:
 
 
 def _write_run_files(model_dir: str, resumed_from: Optional[int], model_config, train_data):
-  """Next to the checkpoints: the operative gin config (a resumed run never overwrites the first),
-  model.json (family + config, for exporters and evaluators) and the vocabulary."""
+  """Next to the checkpoints: the operative gin config, headed by the source commit (a resumed run
+  never overwrites the first), model.json (family + config, for exporters and evaluators) and the
+  vocabulary."""
   if jax.process_index() != 0:
     return
   os.makedirs(model_dir, exist_ok=True)
@@ -297,6 +299,10 @@ def _write_run_files(model_dir: str, resumed_from: Optional[int], model_config, 
   if resumed_from is None and os.path.exists(path):
     path = os.path.join(model_dir, f'config.{int(time.time())}.gin')
   with open(path, 'w') as f:
+    # The code as well as the config: a resumed segment writes its own file, so code that changed
+    # between segments of one run shows here.
+    f.write(f'# source commit: {provenance.source_commit() or "unknown"}; jax {jax.__version__}; '
+            f'written {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}\n\n')
     f.write(gin.operative_config_str())
 
 

@@ -21,6 +21,9 @@ def test_the_commit_is_marked_dirty_only_when_a_tracked_file_changed(tmp_path, m
   assert provenance.source_commit(str(tmp_path)) == sha
   (tmp_path / 'a.py').write_text('x = 2\n')
   assert provenance.source_commit(str(tmp_path)) == sha + '-dirty'
+  # Code installed somewhere inside another checkout (e.g. its venv) is not that checkout's commit.
+  (tmp_path / 'venv' / 'site-packages').mkdir(parents=True)
+  assert provenance.source_commit(str(tmp_path / 'venv' / 'site-packages')) == 'not-this-one'
 
 
 def test_a_tree_without_git_names_the_commit_it_was_given(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import sys
 import gin
 import pytest
 
-from t5x_like import train
+from t5x_like import provenance, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,9 @@ def test_tiny_config_trains_writes_run_files_and_resumes(config, tmp_path):
   assert list((model_dir / 'train').glob('events.out.tfevents.*'))
   assert (model_dir / 'checkpoints' / '20' / 'state').is_dir()
   assert (model_dir / 'checkpoints' / '20' / 'data').is_dir()
-  assert 'TRAIN_STEPS = 20' in (model_dir / 'config.gin').read_text()
+  config_gin = (model_dir / 'config.gin').read_text()
+  assert 'TRAIN_STEPS = 20' in config_gin
+  assert config_gin.startswith(f'# source commit: {provenance.source_commit()}; jax ')
   assert (model_dir / 'vocabulary' / 'spm.model').exists()
 
   second = _run(gin_file, f"--gin.MODEL_DIR='{model_dir}'", '--gin.TRAIN_STEPS=30',

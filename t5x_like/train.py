@@ -21,6 +21,7 @@ import re
 import signal
 import sys
 import threading
+import traceback
 from typing import Optional, Sequence
 
 import gin
@@ -244,16 +245,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not any(isinstance(f, _DropPackingNotice) for f in absl_logger.filters):  # main() may run again
     absl_logger.addFilter(_DropPackingNotice())
   state = {'in_setup': True}
+  distributed = bool(args.coordinator_address or args.distributed)
   old_handler = preemption.install_sigterm_handler(args.preemption_grace_secs)
   try:
     code = _run(args, cli_bindings, state)
+  except Exception:  # pylint: disable=broad-except
+    if not distributed:
+      raise
+    traceback.print_exc()
+    code = exit_codes.CRASHED
   finally:
     if old_handler is not None:
       signal.signal(signal.SIGTERM, old_handler)
-  if code == exit_codes.CONFIG_ERROR and (args.coordinator_address or args.distributed):
-    # A set-up error is found before any save. A normal exit would wait in jax.distributed's
-    # shutdown barrier for peers that themselves wait for this process's devices (5 min, then a
-    # timeout that hides this message): exit now, and the launcher reports this process first.
+  if distributed and code in (exit_codes.CONFIG_ERROR, exit_codes.CRASHED):
+    # An error on this process only leaves the others waiting in a collective for its devices, and
+    # a normal exit would wait in jax.distributed's shutdown barrier for them (5 min, then an abort
+    # that hides this message), while a peer's step watchdog exits first and is blamed. Exit now:
+    # the launcher reports this process first, with its message. (Nothing is lost: a save in
+    # flight is written into a temporary folder that only a completed save renames.)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # pylint: disable=protected-access

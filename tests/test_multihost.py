@@ -3,17 +3,20 @@ collectives, one global 2x4 mesh; both hosts write one Orbax checkpoint (each it
 state) and resume from it."""
 import pathlib
 
+import pytest
+
 from launch import local
+from t5x_like import exit_codes
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _train(model_dir, steps, text, tmp_path):
+def _train(model_dir, steps, text, tmp_path, *extra):
   args = ['--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin',
           f"--gin.MODEL_DIR='{model_dir}'", f'--gin.TRAIN_STEPS={steps}',
           f"--gin.TRAIN_FILES=['{text['train']}']", f"--gin.VALIDATION_FILES=['{text['validation']}']",
           '--gin.MeshConfig.data=2', '--gin.MeshConfig.fsdp=4',
-          '--gin.TrainerConfig.checkpoint_every=5', '--gin.TrainerConfig.log_every=5']
+          '--gin.TrainerConfig.checkpoint_every=5', '--gin.TrainerConfig.log_every=5', *extra]
   return local.launch(args, num_processes=2, devices_per_process=4, stream=None, timeout=600,
                       log_dir=str(tmp_path))
 
@@ -28,3 +31,30 @@ def test_two_processes_train_save_and_resume(tmp_path, small_text, monkeypatch):
   assert sorted(p.name for p in data_dir.iterdir() if p.is_dir()) == ['host_0_of_2', 'host_1_of_2']
   outs = _train(model_dir, 15, small_text, tmp_path)
   assert 'Resuming from checkpoint at step 10' in outs[0] and 'step 15/15' in outs[0]
+
+
+# Process 1 raises an unexpected error at its 4th batch; process 0 then waits in the step's collective.
+_FAILING_WORKER = local.WORKER.replace('from t5x_like import train; ', """from t5x_like import host_batches, train
+calls = [0]
+next_batch = host_batches.HostBatchIterator.__next__
+def failing_next(self):
+  calls[0] += 1
+  if jax.process_index() == 1 and calls[0] == 4:
+    raise RuntimeError('injected failure on process 1')
+  return next_batch(self)
+host_batches.HostBatchIterator.__next__ = failing_next
+""")
+
+
+def test_an_error_on_one_process_ends_the_job_at_once_naming_that_process(tmp_path, small_text,
+                                                                          monkeypatch):
+  """Before, the failed process waited in jax.distributed's shutdown barrier, the other one's step
+  watchdog ended the job a minute later, and the launcher blamed process 0 (exit 4)."""
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(local, 'WORKER', _FAILING_WORKER)
+  with pytest.raises(local.ProcessesFailed) as info:
+    _train(tmp_path / 'run', 50, small_text, tmp_path, '--gin.TrainerConfig.log_every=1',
+           '--gin.TrainerConfig.step_timeout_secs=300')
+  assert (info.value.process, info.value.returncode) == (1, exit_codes.CRASHED), str(info.value)
+  assert 'RuntimeError: injected failure on process 1' in str(info.value)
+  assert 'no train step finished' not in (tmp_path / 'process_0.log').read_text()

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from t5x_like import decoding, partitioning, run_dir
+from t5x_like import decoding, partitioning, provenance, run_dir
 from t5x_like.evaluation import alignment, batches, mexa, perplexity, text_sources, translation
 from t5x_like.evaluation import token_efficiency as te
 from t5x_like.evaluation.results import (checkpoint_steps, read_results, read_run_info, scalars,
@@ -187,6 +187,7 @@ def evaluate(model, params, vocab, step: int, opts: EvalOptions, run_info: dict,
   length = _eval_length(opts, run_info)
   res: dict = {'step': int(step), 'num_languages': num_langs,
                'evaluated_at': time.strftime('%Y-%m-%d %H:%M:%S'),
+               'source_commit': provenance.source_commit(),
                'settings': run_info.get('settings', {})}
   seen = tokens_seen(run_info, step, num_langs)
   if seen is not None:

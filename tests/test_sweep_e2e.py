@@ -8,6 +8,7 @@ import re
 import pytest
 
 from launch import sweep
+from t5x_like import provenance
 from t5x_like.evaluation import results as results_lib
 
 STEPS = 20
@@ -56,6 +57,7 @@ def test_runs_train_to_the_end_and_are_evaluated_at_every_checkpoint(tiny_sweep)
                 'token_efficiency', 'tokens_seen'):
       assert key in final, (name, key)
     assert len(final['alignment']['lang1']['layers']) == 3  # embedding + 2 blocks
+    assert final['source_commit'] == provenance.source_commit()  # which code evaluated it
     assert list((__import__('pathlib').Path(d) / 'eval' / 'suite').glob('events.out.tfevents.*'))
   p5 = results_lib.read_results(os.path.join(tiny_sweep['dir'], 'p0.5'))[STEPS]
   mono = results_lib.read_results(os.path.join(tiny_sweep['dir'], 'p0.0'))[STEPS]

@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from t5x_like import losses, metrics, optimizers, partitioning, trainer
+from t5x_like import losses, metrics, optimizers, partitioning, provenance, trainer
 from t5x_like.models import DecoderConfig, EncDecConfig, build_model
 
 from records import record_header, write_record
@@ -221,10 +221,9 @@ def _flops_per_token(cfg, preset: dict) -> float:
 
 def markdown(record: dict) -> str:
   """One table per record: the rows BENCHMARKS.md quotes."""
-  commit = str(record['commit'])
-  commit = commit[:10] + commit[40:]  # the short sha, keeping '-dirty' or '(from the bundle)'
   lines = [f"### `{record['preset']}` on {record['n_devices']} x {record['device']} "
-           f"(jax {record['jax_version']}, commit {commit}, {record['time']})", '',
+           f"(jax {record['jax_version']}, commit {provenance.short(record['commit'])}, "
+           f"{record['time']})", '',
            f"MFU = flops_per_token x tokens/s / (peak x devices); FLOPs per token: "
            f"{record['flop_formula']}; peak {record['peak_flops_per_device']} FLOP/s per device "
            f"({record['peak_note']}).", '',

@@ -7,10 +7,13 @@ scripts/gpu_bundle.sh built beside the git checkout.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import time
 from typing import Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_RUN_FILE_HEADER = re.compile(r'^# source commit: (.*?); jax ')
 
 
 def source_commit(repo: str = REPO) -> Optional[str]:
@@ -28,3 +31,22 @@ def source_commit(repo: str = REPO) -> Optional[str]:
   except (OSError, subprocess.SubprocessError):
     return os.environ.get('SOURCE_COMMIT') or None
   return sha + ('-dirty' if dirty else '')
+
+
+def short(commit: Optional[str]) -> str:
+  """The first 10 hex digits, keeping what follows the sha ('-dirty', ' (from the bundle)')."""
+  if not commit:
+    return 'unknown'
+  return commit[:10] + commit[40:]
+
+
+def run_file_header(jax_version: str) -> str:
+  """The first line of a run's config.gin: which code and jax wrote it, and when."""
+  return (f'# source commit: {source_commit() or "unknown"}; jax {jax_version}; '
+          f'written {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}\n')
+
+
+def commit_in_run_file(first_line: str) -> Optional[str]:
+  """The commit a run_file_header names (None for a config.gin written before it existed)."""
+  m = _RUN_FILE_HEADER.match(first_line)
+  return m.group(1) if m else None

@@ -15,12 +15,14 @@ else is reported as chance.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import math
 import os
 import sys
 from typing import Optional, Sequence
 
+from t5x_like import provenance
 from t5x_like.evaluation.results import read_results, read_run_info
 
 Z = 3.0  # standard errors a difference must exceed to be called evidence
@@ -40,6 +42,36 @@ def load_sweep(sweep_dir: str) -> list[dict]:
       continue
     runs.append({'name': name, 'dir': d, 'info': read_run_info(d), 'results': read_results(d)})
   return runs
+
+
+def code_versions(runs: list[dict]) -> dict:
+  """{'trained': {commit: [runs]}, 'evaluated': {commit: [runs]}}: the commits in each run's
+  config*.gin headers (a resumed segment writes its own) and in its final results.json; 'unknown'
+  where a run predates them."""
+  out = {'trained': {}, 'evaluated': {}}
+  for r in runs:
+    for path in sorted(glob.glob(os.path.join(r['dir'], 'config*.gin'))):
+      with open(path) as f:
+        commit = provenance.commit_in_run_file(f.readline()) or 'unknown'
+      names = out['trained'].setdefault(commit, [])
+      if r['name'] not in names:
+        names.append(r['name'])
+    final = r['results'][max(r['results'])] if r['results'] else {}
+    out['evaluated'].setdefault(final.get('source_commit') or 'unknown', []).append(r['name'])
+  return out
+
+
+def _code_line(code: dict) -> str:
+  def which(commits: dict) -> str:
+    if len(commits) == 1:
+      return provenance.short(next(iter(commits)))
+    return '; '.join(f'{provenance.short(c)} ({", ".join(names)})' for c, names in sorted(commits.items()))
+  line = f'Code: trained with {which(code["trained"])}; evaluated with {which(code["evaluated"])}.'
+  if len(code['trained']) > 1 or len(code['evaluated']) > 1:
+    line += ' **The runs were not all made by one version of the code.**'
+  if any(c.endswith('-dirty') for d in code.values() for c in d):
+    line += ' (-dirty: tracked files had uncommitted changes.)'
+  return line
 
 
 def label(info: dict) -> str:
@@ -188,7 +220,9 @@ def write_report(sweep_dir: str, out_dir: Optional[str] = None) -> str:
   groups = group(runs)
   rows = {r['name']: run_row(r) for r in runs}
   plots = make_plots(groups, out_dir)
-  lines = [f'# Cloned-language ablation: {os.path.basename(os.path.abspath(sweep_dir))}', '']
+  code = code_versions(runs)
+  lines = [f'# Cloned-language ablation: {os.path.basename(os.path.abspath(sweep_dir))}', '',
+           _code_line(code), '']
   lines += _setting_table(groups, rows)
   lines += ['', '## What the numbers say', '']
   lines += _verdicts(groups, rows)
@@ -206,7 +240,7 @@ def write_report(sweep_dir: str, out_dir: Optional[str] = None) -> str:
   with open(path, 'w') as f:
     f.write(text)
   with open(os.path.join(out_dir, 'report.json'), 'w') as f:
-    json.dump({'runs': rows, 'plots': plots}, f, indent=1)
+    json.dump({'runs': rows, 'plots': plots, 'code': code}, f, indent=1)
   return path
 
 

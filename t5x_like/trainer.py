@@ -301,8 +301,7 @@ def _write_run_files(model_dir: str, resumed_from: Optional[int], model_config, 
   with open(path, 'w') as f:
     # The code as well as the config: a resumed segment writes its own file, so code that changed
     # between segments of one run shows here.
-    f.write(f'# source commit: {provenance.source_commit() or "unknown"}; jax {jax.__version__}; '
-            f'written {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}\n\n')
+    f.write(provenance.run_file_header(jax.__version__) + '\n')
     f.write(gin.operative_config_str())
 
 

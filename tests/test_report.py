@@ -124,3 +124,26 @@ def test_a_mistyped_sweep_dir_is_named_in_one_line(tmp_path, capsys):
   assert report.main([str(tmp_path / 'sweeep')]) == 2
   err = capsys.readouterr().err.strip()
   assert err.count('\n') == 0 and err.startswith(f'error: {tmp_path / "sweeep"}: no such directory')
+
+
+def test_the_report_names_the_code_and_says_when_runs_differ_in_it(tmp_path):
+  a, b = 'a' * 40, 'b' * 40 + '-dirty'
+  d = str(tmp_path)
+  for name, p, trained, evaluated in (('p0.5-seed0', 0.5, [a], a), ('p0.1-seed0', 0.1, [a, b], a)):
+    _run(d, name, p, 0, dict(_results(20, 20.0, 40.0, [0.0, 0.01, 0.2], 0.01, [0.0, 0.05, 0.6]),
+                             source_commit=evaluated))
+    for i, commit in enumerate(trained):  # the first segment's config.gin, then a resumed one's
+      name_gin = 'config.gin' if i == 0 else 'config_resumed_at_10.gin'
+      with open(os.path.join(d, name, name_gin), 'w') as f:
+        f.write(f'# source commit: {commit}; jax 0.10.2; written 2026-12-06T00:00:00Z\n\n# Macros:\n')
+  report.write_report(d)
+  text = open(os.path.join(d, 'report.md')).read()
+  assert (f'Code: trained with {a[:10]} (p0.1-seed0, p0.5-seed0); {b[:10]}-dirty (p0.1-seed0); '
+          f'evaluated with {a[:10]}. **The runs were not all made by one version of the code.** '
+          '(-dirty: tracked files had uncommitted changes.)') in text
+  assert json.load(open(os.path.join(d, 'report.json')))['code']['trained'][b] == ['p0.1-seed0']
+  # One version everywhere: one commit, no warning.
+  os.remove(os.path.join(d, 'p0.1-seed0', 'config_resumed_at_10.gin'))
+  report.write_report(d)
+  assert f'Code: trained with {a[:10]}; evaluated with {a[:10]}.\n' in open(
+      os.path.join(d, 'report.md')).read()

@@ -54,8 +54,8 @@ if ! "$PY" -c "import gin" 2>/dev/null; then
   for whl in "$BUNDLE"/wheels/*.whl; do "$PY" -m zipfile -e "$whl" "$SITE"; done
   export PYTHONPATH="$REPO:$SITE${PYTHONPATH#$REPO}"
 fi
-# Records name the commit (t5x_like/provenance.py); a tree that came without .git takes the bundle's.
-if ! git -C "$REPO" rev-parse HEAD >/dev/null 2>&1 && [ -f "$BUNDLE/MANIFEST" ]; then
+# Records name the commit (t5x_like/provenance.py): git's when the tree is a checkout, else this one.
+if [ -f "$BUNDLE/MANIFEST" ]; then
   export SOURCE_COMMIT="$(sed -n 's/^# source_commit \(.*\)$/\1 (from the bundle)/p' "$BUNDLE/MANIFEST")"
 fi
 "$PY" -c "import gin, jax, flax, optax, orbax.checkpoint" || {

@@ -245,7 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not any(isinstance(f, _DropPackingNotice) for f in absl_logger.filters):  # main() may run again
     absl_logger.addFilter(_DropPackingNotice())
   state = {'in_setup': True}
-  distributed = bool(args.coordinator_address or args.distributed)
+  distributed = _is_distributed(args)
   old_handler = preemption.install_sigterm_handler(args.preemption_grace_secs)
   try:
     code = _run(args, cli_bindings, state)
@@ -269,8 +269,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   return code
 
 
+def _is_distributed(args) -> bool:
+  return bool(args.coordinator_address or args.distributed)
+
+
 def _run(args, cli_bindings, state) -> int:
-  if args.coordinator_address or args.distributed:
+  if _is_distributed(args):
     initialize_distributed(args)
   try:
     if not args.gin_file:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -35,6 +36,7 @@ from launch import sweep
 from t5x_like import provenance
 
 PREPARED = 'prepare.json'
+_COMPILED = re.compile(r'compiled train step in ([0-9.]+)s( \(loaded from the compilation cache\))?')
 
 
 def prepare(args) -> int:
@@ -75,13 +77,28 @@ def prepare(args) -> int:
   return 0
 
 
+def _compiles(sweep_dir: str, runs) -> dict:
+  """{run: [{'compile_s', 'from_cache'}, ...]}: each training segment's compile of the train step,
+  from its train.log (runs after the first load it from the sweep's compilation cache)."""
+  out = {}
+  for name in runs:
+    try:
+      with open(os.path.join(sweep_dir, name, 'train.log'), errors='replace') as f:
+        found = _COMPILED.findall(f.read())
+    except OSError:
+      found = []
+    out[name] = [{'compile_s': float(secs), 'from_cache': bool(cached)} for secs, cached in found]
+  return out
+
+
 def _summary(sweep_dir: str, prepared: dict, wall_s: float) -> dict:
   with open(os.path.join(sweep_dir, 'report.json')) as f:
     report = json.load(f)
   rec = {'gin_file': prepared['gin_file'], 'train_steps': prepared['train_steps'],
          'vocab_size': prepared['vocab_size'], 'gin_overrides': prepared['gin'],
          'wall_s': round(wall_s, 1), 'runs': report['runs'],
-         'plots': report['plots'], 'report': os.path.join(sweep_dir, 'report.md')}
+         'plots': report['plots'], 'report': os.path.join(sweep_dir, 'report.md'),
+         'train_step_compiles': _compiles(sweep_dir, report['runs'])}
   # Asked only now, after the sweep: its training processes had the accelerator to themselves.
   rec['device'] = f'{jax.device_count()} x {jax.devices()[0].device_kind}'
   rec['jax_version'] = jax.__version__
@@ -124,9 +141,13 @@ def run(args) -> int:
       head = f.read().split('\n## Per run')[0]
     head = head.split('\n', 1)[1] if head.startswith('# ') else head  # SUMMARY.md has the title
     with open(args.markdown, 'w') as f:
+      compiles = ', '.join(
+          f'{name} ' + ' + '.join(f'{c["compile_s"]:g} s' + (' (cache)' if c['from_cache'] else '')
+                                  for c in segs)
+          for name, segs in rec['train_step_compiles'].items() if segs)
       f.write(f'## (c) cloned-language ablation ({prepared["gin_file"]}, {prepared["train_steps"]} '
-              f'steps, {rec["device"]}, {rec["wall_s"]:.0f} s)\n\n{head.strip()}\n\nFull report: '
-              f'{rec["report"]}\n')
+              f'steps, {rec["device"]}, {rec["wall_s"]:.0f} s)\n\n{head.strip()}\n\n'
+              f'Train step compile per run: {compiles or "n/a"}.\n\nFull report: {rec["report"]}\n')
   return rc
 
 

@@ -21,6 +21,9 @@
   checkpoint, and at the final step alignment, gradient alignment, MEXA (with the untrained-model
   control), and token efficiency against the sweep's monolingual runs (p_clone=0). Steps already
   evaluated are skipped. `--report` then writes SWEEP_DIR/report.md and its plots.
+- The runs share one model, so they share jax's persistent compilation cache
+  (`--compilation_cache_dir`, default SWEEP_DIR/compilation_cache, 'none' for no cache): a run that
+  starts after another has compiled loads the train step, and evaluation loads its programs likewise.
 """
 from __future__ import annotations
 
@@ -299,7 +302,19 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument('--eval_flags', default='', help='extra flags for t5x_like.eval, one string')
   p.add_argument('--report', action='store_true', help='write SWEEP_DIR/report.md and plots')
   p.add_argument('--dry_run', action='store_true', help='list the runs and their state, run nothing')
+  p.add_argument('--compilation_cache_dir',
+                 help="jax's persistent compilation cache that every run's training and evaluation "
+                 "use (the runs share one model, so all but the first load its compiled steps; "
+                 "default SWEEP_DIR/compilation_cache; 'none': no cache)")
   return p
+
+
+def compilation_cache_dir(args) -> Optional[str]:
+  if args.compilation_cache_dir is None:
+    return os.path.join(os.path.abspath(args.sweep_dir), 'compilation_cache')
+  if args.compilation_cache_dir.lower() in ('', 'none'):
+    return None
+  return args.compilation_cache_dir
 
 
 def plan(args, overrides: Sequence[str]) -> list[dict]:
@@ -325,10 +340,12 @@ def plan(args, overrides: Sequence[str]) -> list[dict]:
       export_dir = os.path.join(os.path.abspath(args.sweep_dir), 'exports', name)
       run_overrides += ['--gin.DataConfig.mixture_or_task=None',
                         f'--gin.DataConfig.export_dir={gin_literal(export_dir)}']
+    cmd = train_command(model_dir, args.gin_file, settings, args.train_steps, run_overrides)
+    if compilation_cache_dir(args):
+      cmd.append(f'--compilation_cache_dir={compilation_cache_dir(args)}')
     runs.append({'name': name, 'settings': settings, 'model_dir': model_dir,
                  'export_dir': export_dir, 'overrides': overrides, 'run_overrides': run_overrides,
-                 'cmd': train_command(model_dir, args.gin_file, settings, args.train_steps,
-                                      run_overrides)})
+                 'cmd': cmd})
   return runs
 
 
@@ -392,7 +409,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   failed = [n for n, rc in status.items() if rc != 0]
   finished = [r for r in runs if is_finished(r['model_dir'], args.train_steps)]
   if args.eval and finished:
-    failed += ['eval'] * evaluate_runs(finished, shlex.split(args.eval_flags))
+    cache = compilation_cache_dir(args)
+    eval_flags = shlex.split(args.eval_flags) + ([f'--compilation_cache_dir={cache}'] if cache else [])
+    failed += ['eval'] * evaluate_runs(finished, eval_flags)
   if args.report:
     report.main([args.sweep_dir])
   if failed:

@@ -18,8 +18,11 @@
 #       monolingual baseline trained from the data gpu_bundle.sh exported (BUNDLE/clone_data; in
 #       --cpu_smoke a tiny export made on the spot from ../shared/data's Multi30k English), then
 #       t5x_like.eval and t5x_like.report (launch/clone_suite.py), under a guard that makes
-#       `import tensorflow` and `import seqio` fail as on the GPU image. It gets what is left of 9.5
-#       minutes (at most 5): c_ablation.json, c_ablation.md, c_ablation/report.md and its plots.
+#       `import tensorflow` and `import seqio` fail as on the GPU image. The runs share the sweep's
+#       compilation cache (c_ablation/compilation_cache): trained one after another, the second and
+#       third load the train step the first compiled (c_ablation.json: train_step_compiles). It gets
+#       what is left of 9.5 minutes (at most 5): c_ablation.json, c_ablation.md,
+#       c_ablation/report.md and its plots.
 set -euo pipefail
 
 usage() { echo "usage: bash scripts/gpu_suite.sh OUT_DIR [--cpu_smoke] [--bundle DIR]" >&2; exit 2; }

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from t5x_like import decoding, partitioning, provenance, run_dir
+from t5x_like import compilation_cache, decoding, partitioning, provenance, run_dir
 from t5x_like.evaluation import alignment, batches, mexa, perplexity, text_sources, translation
 from t5x_like.evaluation import token_efficiency as te
 from t5x_like.evaluation.results import (checkpoint_steps, read_results, read_run_info, scalars,
@@ -320,6 +320,9 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument('--prompt', help="format string with {source} for bleu prompts")
   p.add_argument('--beam_size', type=int, default=1, help='1: greedy')
   p.add_argument('--max_decode_length', type=int, default=128)
+  p.add_argument('--compilation_cache_dir',
+                 help="jax's persistent compilation cache: runs of one model shape, and the steps "
+                 'of one run, load what another compiled (t5x_like/compilation_cache.py)')
   return p
 
 
@@ -347,6 +350,7 @@ _RESULT_KEY = {'ppl': 'perplexity', 'align': 'alignment', 'grad': 'gradient_alig
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = make_parser().parse_args(argv)
   try:
+    compilation_cache.use(args.compilation_cache_dir)
     run_info = read_run_info(args.model_dir)
     opts = options_from_args(args, run_info)
     cfg = run_dir.load_model_config(args.model_dir)
@@ -380,13 +384,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
       if windows is None and {'ppl', 'align', 'grad', 'teff'} & set(opts.metrics):
         windows = _windows(vocab, opts, _eval_length(opts, run_info))
-      res = evaluate(model, params, vocab, step, opts, run_info, windows)
+      with compilation_cache.lookups() as cache:
+        res = evaluate(model, params, vocab, step, opts, run_info, windows)
     except (ValueError, FileNotFoundError) as e:  # bad input (flags, files): one line, exit 2
       print(f'error: step {step}: {e}', file=sys.stderr)
       return 2
     path = write_results(args.model_dir, step, res)
     write_tensorboard(args.model_dir, step, res)
-    print(f'step {step}: {summary_line(res)} ({time.perf_counter() - t0:.1f}s) -> {path}', flush=True)
+    note = compilation_cache.describe(cache)
+    print(f'step {step}: {summary_line(res)} ({time.perf_counter() - t0:.1f}s'
+          f'{"; " + note if note else ""}) -> {path}', flush=True)
   return 0
 
 

@@ -31,6 +31,7 @@ import jax
 # EncDecConfig), losses, optimizers, partitioning (MeshConfig), trainer (TrainerConfig). Task builders
 # (the `tasks` package) bring TensorFlow and seqio, which a run reading an export does without: they
 # are imported only when the gin config names one (parse_gin_importing_tasks_if_named).
+from t5x_like import compilation_cache
 from t5x_like import data  # noqa: F401
 from t5x_like import exit_codes
 from t5x_like import losses
@@ -192,6 +193,10 @@ def make_parser() -> argparse.ArgumentParser:
                  '(= --gin.TrainerConfig.restore_fallback=True)')
   p.add_argument('--preemption_grace_secs', type=float,
                  help='after SIGTERM, save and exit within this (= TrainerConfig.preemption_grace_secs)')
+  p.add_argument('--compilation_cache_dir',
+                 help="jax's persistent compilation cache (a local path, or gs://... shared by every "
+                 'host): a restarted or resumed run loads its compiled steps instead of compiling '
+                 'again (t5x_like/compilation_cache.py)')
   p.add_argument('--traceback', action='store_true', help='show full tracebacks for set-up errors')
   return p
 
@@ -279,6 +284,7 @@ def _run(args, cli_bindings, state) -> int:
   try:
     if not args.gin_file:
       raise ValueError('no --gin_file given (see gin_configs/examples/)')
+    compilation_cache.use(args.compilation_cache_dir)
     parse_gin_importing_tasks_if_named(
         args.gin_file, args.gin_bindings + cli_bindings + _reliability_bindings(args),
         args.gin_search_paths)

@@ -23,6 +23,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from t5x_like import checkpointing
+from t5x_like import compilation_cache
 from t5x_like import data
 from t5x_like import losses
 from t5x_like import metrics as metrics_lib
@@ -407,8 +408,11 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   abstract_in = partitioning.with_sharding(abstract_state, shardings)
   abstract_b = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
                 for k, v in abstract_batch.items()}
-  secs = steps.compile_train(abstract_in, abstract_b, rng)
-  say(f'compiled train step in {secs:.1f}s; training steps {start + 1}..{train_steps}')
+  with compilation_cache.lookups() as cache:
+    secs = steps.compile_train(abstract_in, abstract_b, rng)
+  note = compilation_cache.describe(cache)
+  say(f'compiled train step in {secs:.1f}s{f" ({note})" if note else ""}; training steps '
+      f'{start + 1}..{train_steps}')
   target_len = abstract_batch['decoder_target_tokens'].shape[1]
   tokens_per_step = train_data.batch_size * target_len
   logger = metrics_lib.MetricsLogger(model_dir, train_steps,

@@ -9,7 +9,9 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import pathlib  # noqa: E402
 
 import gin  # noqa: E402
+import jax  # noqa: E402
 import pytest  # noqa: E402
+from jax.experimental.compilation_cache import compilation_cache as jax_cache  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
@@ -21,12 +23,42 @@ def steps_on_disk(model_dir) -> list:
   return sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit())
 
 
+def tb_losses(model_dir) -> dict:
+  """{step: loss} from a run's TensorBoard training events."""
+  return tb_losses_of((pathlib.Path(model_dir) / 'train').glob('events.out.tfevents.*'))
+
+
+def tb_losses_of(event_files) -> dict:
+  # Imported here: TensorBoard's reader loads TensorFlow when it is installed.
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  out = {}
+  for f in sorted(event_files):
+    ea = event_accumulator.EventAccumulator(str(f), size_guidance={'tensors': 0})
+    ea.Reload()
+    for e in ea.Tensors('loss'):
+      out[e.step] = float(tensor_util.make_ndarray(e.tensor_proto))
+  return out
+
+
 @pytest.fixture(autouse=True)
 def _fresh_gin():
   """gin's bindings are process-global: a test that parses a config (the preflight, the train entry)
   must not leave e.g. MeshConfig.fsdp=8 to the MeshConfig() of a later test in the same process."""
   yield
   gin.clear_config()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_compilation_cache():
+  """A sweep run in-process points jax's compilation cache at its own directory (for the evaluation
+  it runs in-process); later tests in the process must not keep writing there."""
+  before = (jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size)
+  yield
+  if (jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size) != before:
+    jax.config.update('jax_compilation_cache_dir', before[0])
+    jax.config.update('jax_compilation_cache_max_size', before[1])
+    jax_cache.reset_cache()
 
 
 @pytest.fixture(scope='session')

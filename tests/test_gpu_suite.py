@@ -50,6 +50,13 @@ def test_gpu_suite_cpu_smoke_writes_every_record(tmp_path):
   report = (out / 'c_ablation' / 'report.md').read_text()
   assert '| 50/50 |' in report and '| 90/10 |' in report and '| monolingual |' in report
   assert rec['plots'] and all(os.path.getsize(p) > 1000 for p in rec['plots'].values())
+  # Each run's compile of the train step, read from its train.log (the sweep's compilation cache
+  # serves the runs after the first when they run one after another, as on the GPU).
+  assert set(rec['train_step_compiles']) == set(runs)
+  assert all(len(c) == 1 and c[0]['compile_s'] > 0 for c in rec['train_step_compiles'].values()), rec
+  line, = [l for l in (out / 'c_ablation.md').read_text().splitlines()
+            if l.startswith('Train step compile per run: ')]
+  assert all(f'{run} ' in line for run in runs), line
   assert '## (c) cloned-language ablation' in summary
   for run in runs:  # each run read its export (the suite exits 2 if its guard lets seqio through)
     assert 'DataConfig.export_dir=' in (out / 'c_ablation' / run / 'train.log').read_text()

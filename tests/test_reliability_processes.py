@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import REPO, steps_on_disk
+from conftest import REPO, steps_on_disk, tb_losses, tb_losses_of
 from t5x_like import exit_codes
 
 
@@ -87,29 +87,20 @@ def _worker_pid(launcher, process_id):
   raise AssertionError(f'no worker {process_id} among {children}')
 
 
-def _tb_losses(model_dir):
-  return _tb_losses_of((pathlib.Path(model_dir) / 'train').glob('events.out.tfevents.*'))
-
-
-def _tb_losses_of(event_files):
-  from tensorboard.backend.event_processing import event_accumulator
-  from tensorboard.util import tensor_util
-  out = {}
-  for f in sorted(event_files):
-    ea = event_accumulator.EventAccumulator(str(f), size_guidance={'tensors': 0})
-    ea.Reload()
-    for e in ea.Tensors('loss'):
-      out[e.step] = float(tensor_util.make_ndarray(e.tensor_proto))
-  return out
-
-
-def test_two_processes_sigterm_save_one_step_exit_75_and_resume_bit_exactly(small_text, tmp_path):
+def test_two_processes_sigterm_save_one_step_exit_75_and_resume_bit_exactly(small_text, tmp_path,
+                                                                            monkeypatch):
   from launch import local
+  # The run that compiles the step fills a compilation cache; the preempted run and its resumption
+  # load it (t5x_like/compilation_cache.py), as a pod's restarts would, and must still match it.
+  monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  cache = f'--compilation_cache_dir={tmp_path / "cache"}'
   straight = tmp_path / 'straight'
-  local.launch(_train_args(straight, 8, small_text), 2, 4, stream=None, timeout=600,
-               log_dir=str(tmp_path / 'logs_straight'))
+  outs = local.launch(_train_args(straight, 8, small_text, cache), 2, 4, stream=None, timeout=600,
+                      log_dir=str(tmp_path / 'logs_straight'))
+  assert 'compiled; compilation cache at' in outs[0], outs[0][-3000:]
+  assert any(p.name.startswith('jit_guarded_train_step') for p in (tmp_path / 'cache').iterdir())
   run = tmp_path / 'run'
-  launcher, logs = _start_launcher(_train_args(run, 8, small_text))
+  launcher, logs = _start_launcher(_train_args(run, 8, small_text, cache))
   _wait_for(logs / 'process_0.log', 'step 3/8', launcher)
   launcher.send_signal(signal.SIGTERM)  # passed on to both workers, as a pod's notice reaches every host
   assert launcher.wait(timeout=120) == exit_codes.PREEMPTED, launcher.stderr.read()[-3000:]
@@ -119,10 +110,13 @@ def test_two_processes_sigterm_save_one_step_exit_75_and_resume_bit_exactly(smal
   assert steps_on_disk(run)[-1] == saved
   assert sorted(p.name for p in (run / 'checkpoints' / str(saved) / 'data').iterdir() if p.is_dir()) == [
       'host_0_of_2', 'host_1_of_2']
-  outs = local.launch(_train_args(run, 8, small_text), 2, 4, stream=None, timeout=600,
+  outs = local.launch(_train_args(run, 8, small_text, cache), 2, 4, stream=None, timeout=600,
                       log_dir=str(tmp_path / 'logs_resume'))
   assert f'Resuming from checkpoint at step {saved}' in outs[0] and 'step 8/8' in outs[0]
-  assert _tb_losses(run) == _tb_losses(straight)  # every step 1..8, bit for bit
+  # (Process 0's: here process 1 compiles again. jax strips the device assignment from the cache key
+  # on GPU only, "invariant between processes"; on CPU the processes' keys differ.)
+  assert 'compiled train step' in outs[0] and '(loaded from the compilation cache)' in outs[0], outs[0]
+  assert tb_losses(run) == tb_losses(straight)  # every step 1..8, bit for bit
 
 
 @pytest.mark.parametrize('how', ['SIGKILL', 'SIGSTOP'])
@@ -151,7 +145,7 @@ def test_two_processes_agree_on_the_fallback_when_only_one_host_cannot_read_its_
   every2 = '--gin.TrainerConfig.checkpoint_every=2'
   local.launch(_train_args(run, 4, small_text, every2), 2, 4, stream=None, timeout=600,
                log_dir=str(tmp_path / 'logs_first'))
-  first = _tb_losses(run)
+  first = tb_losses(run)
   assert steps_on_disk(run) == [1, 2, 4] and sorted(first) == [1, 2, 3, 4]
   # Only process 1 reads this file: process 0 alone would restore step 4 and train on.
   damaged, = (run / 'checkpoints' / '4' / 'data' / 'host_1_of_2').glob('iterator.data*')
@@ -172,6 +166,6 @@ def test_two_processes_agree_on_the_fallback_when_only_one_host_cannot_read_its_
   assert 'step 6/6' in outs[0] and steps_on_disk(run) == [2, 4, 6]
   assert len(list((run / 'set_aside_checkpoints').glob('*/4/state'))) == 1
   new_files = [f for f in (run / 'train').iterdir() if f not in before]
-  resumed = _tb_losses_of(new_files)
+  resumed = tb_losses_of(new_files)
   assert sorted(resumed) == [3, 4, 5, 6]
   assert resumed[3] == first[3] and resumed[4] == first[4]  # from step 2's state and data position

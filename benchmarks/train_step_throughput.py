@@ -8,6 +8,9 @@
 Measures the jitted `trainer.train_step` (the same function the trainer runs) with the batch already on
 device, so it isolates the model + optimizer from the input pipeline (see data_throughput.py for that).
 Prints one JSON line per variant: step time (median of timed steps after warm-up), tokens/s, MFU.
+`--profile DIR` then traces a few steps of the first variant with jax's profiler (DIR/plugins/profile,
+TensorBoard's Profile tab) and adds the events that took most time to the record and the table
+(t5x_like/profiling.py).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from t5x_like import losses, metrics, optimizers, partitioning, provenance, trainer
+from t5x_like import losses, metrics, optimizers, partitioning, profiling, provenance, trainer
 from t5x_like.models import DecoderConfig, EncDecConfig, build_model
 
 from records import record_header, write_record
@@ -160,6 +163,9 @@ def main():
   p.add_argument('--markdown', default=None, help='write a markdown table here')
   p.add_argument('--budget_s', type=float, default=None,
                  help='skip the variants not yet built once this many seconds have passed')
+  p.add_argument('--profile', default=None, metavar='DIR',
+                 help='trace --profile_steps steps of the first variant into DIR, and summarize them')
+  p.add_argument('--profile_steps', type=int, default=3)
   args = p.parse_args()
   started = time.perf_counter()
   preset = PRESETS[args.preset]
@@ -207,10 +213,29 @@ def main():
   record = {**record_header(), 'benchmark': 'train_step_throughput', 'preset': args.preset,
             'rounds': args.rounds, 'steps_per_round': n,
             'step_ms_is': 'best of the per-round medians', 'variants': results}
+  if args.profile and built:
+    record['profile'] = profile(next(iter(built.items())), args.profile, args.profile_steps)
+    print(json.dumps({'profile': record['profile']}), flush=True)
   write_record(args.out, record)
   if args.markdown:
     with open(args.markdown, 'w') as f:
       f.write(markdown(record))
+
+
+def profile(item, directory: str, num_steps: int) -> dict:
+  """Traces `num_steps` more steps of one built variant; the summary of the trace."""
+  name, v = item
+  profiler = profiling.StepProfiler(directory, 1, num_steps)
+  key = jax.random.key(1)
+  state, trace = v[1], None
+  for step in range(1, num_steps + 1):
+    profiler.before(step)
+    state, m = v[0].train(state, v[2], key)
+    trace = profiler.after(step, (state, m)) or trace
+  v[1] = state
+  if trace is None:
+    return {'variant': name, 'error': 'the profiler wrote no trace file'}
+  return {'variant': name, 'steps': num_steps, **profiling.summarize(trace)}
 
 
 def _flops_per_token(cfg, preset: dict) -> float:
@@ -236,6 +261,16 @@ def markdown(record: dict) -> str:
     mfu = 'n/a' if r['mfu'] is None else f"{100 * r['mfu']:.1f}%"
     lines.append(f"| {name} | {r['params_M']}M | {r['batch']} x {r['seq']} | {r['step_ms']} ms | "
                  f"{r['tokens_per_s']} | {mfu} | {r['setup_and_compile_s']} s |")
+  prof = record.get('profile')
+  if prof and 'ops' in prof:
+    lines += ['', f"Where the time of `{prof['variant']}` went ({prof['steps']} traced steps; "
+              f"{prof['source']}, {prof['total_ms']:.1f} ms summed; trace `{prof['trace']}`):", '',
+              '| share | time | count | event | XLA op |', '|---|---|---|---|---|']
+    for op in prof['ops']:
+      lines.append(f"| {100 * op['share']:.1f}% | {op['ms']:.2f} ms | {op['count']} | "
+                   f"`{op['name'][:80]}` | {op['hlo_op'] if op['hlo_op'] != op['name'] else ''} |")
+  elif prof:
+    lines += ['', f"Profile of `{prof['variant']}`: {prof['error']}"]
   return '\n'.join(lines) + '\n'
 
 

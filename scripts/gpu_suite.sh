@@ -11,8 +11,9 @@
 # image's own packages are never changed. Each step writes a JSON record and a markdown table to
 # OUT_DIR; SUMMARY.md puts them together with the machine and the time each step took.
 #   (a) ~1.1B Llama-style decoder, seq 2048, bf16: train-step MFU and tokens/s for the levers
-#       (fused/chunked loss, cuDNN attention, remat, scan vs unroll, batch), then the best-guess
-#       variant again under XLA's GPU scheduler flags;
+#       (fused/chunked loss, cuDNN attention, remat, scan vs unroll, batch), a profiler trace of
+#       the default's steps with a summary of where their time went, then the best-guess variant
+#       again under XLA's GPU scheduler flags;
 #   (b) mT5-base-like encoder-decoder, 1024/256;
 #   (c) the cloned-language ablation end to end (clone_ablation_gpu.gin): 50/50, 90/10 and the
 #       monolingual baseline trained from the data gpu_bundle.sh exported (BUNDLE/clone_data; in
@@ -104,12 +105,16 @@ step() {  # step NAME TIMEOUT_S CMD...: runs one step, records its time and exit
   STEP_LINES+=("| $name | $rc | $(( $(date +%s) - t0 )) s |")
 }
 
-bench() {  # bench NAME PRESET VARIANTS BUDGET_S
-  step "$1" $(( $4 + 120 )) "$PY" benchmarks/train_step_throughput.py --preset "$2" --variants "$3" \
-    --rounds "$ROUNDS" --budget_s "$4" --out "$OUT/$1.json" --markdown "$OUT/$1.md"
+bench() {  # bench NAME PRESET VARIANTS BUDGET_S [more flags]
+  local name=$1 preset=$2 variants=$3 budget=$4; shift 4
+  step "$name" $(( budget + 120 )) "$PY" benchmarks/train_step_throughput.py --preset "$preset" \
+    --variants "$variants" --rounds "$ROUNDS" --budget_s "$budget" --out "$OUT/$name.json" \
+    --markdown "$OUT/$name.md" "$@"
 }
 
-bench a_decoder "$A_PRESET" "$A_VARIANTS" "$BUDGET_A"
+# The default variant's steps traced (a_profile/plugins/profile: TensorBoard's Profile tab) and
+# summarized in a_decoder.md: where the time goes, for the next MFU levers.
+bench a_decoder "$A_PRESET" "$A_VARIANTS" "$BUDGET_A" --profile "$OUT/a_profile"
 FLAGS=$(echo ${XLA_FLAGS:-} $GPU_FLAGS)  # XLA reads a flag string that is not '--...' as a file name
 if [ -n "$FLAGS" ]; then
   XLA_FLAGS="$FLAGS" bench a_decoder_xla_flags "$A_PRESET" "$A_BEST" 30

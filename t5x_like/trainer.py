@@ -30,6 +30,7 @@ from t5x_like import metrics as metrics_lib
 from t5x_like import optimizers
 from t5x_like import partitioning
 from t5x_like import preemption as preemption_lib
+from t5x_like import profiling
 from t5x_like import provenance
 from t5x_like import run_dir
 from t5x_like import state_checksums
@@ -57,6 +58,10 @@ class TrainerConfig:
   step_timeout_secs: float = 60.0     # no step finished this long (after the first): exit 4; 0: off
   restore_step: Optional[int] = None  # resume from this step instead of the latest
   restore_fallback: bool = False      # latest checkpoint damaged: resume from the newest readable one
+  # Profile (t5x_like/profiling.py): trace steps profile_first_step.. (profile_num_steps of them) on
+  # process 0 into MODEL_DIR/train/plugins/profile (TensorBoard's Profile tab); 0: no trace.
+  profile_first_step: int = 0
+  profile_num_steps: int = 3
 
 
 NONFINITE_POLICIES = ('stop', 'skip')
@@ -351,6 +356,8 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   abstract_state, shardings = state_shardings(model, tx, abstract_batch, mesh)
   ckpt = checkpointing.Checkpointer(model_dir, save_every=cfg.checkpoint_every,
                                     keep=cfg.keep_checkpoints, async_save=cfg.async_checkpointing)
+  profiler = profiling.StepProfiler(os.path.join(model_dir, 'train'), cfg.profile_first_step,
+                                    cfg.profile_num_steps, enabled=jax.process_index() == 0)
   rng = jax.random.key(cfg.seed)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state['params']))
   say(f'model: {family}, {n_params / 1e6:.2f}M parameters | mesh {dict(mesh.shape)} on '
@@ -433,6 +440,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
       except StopIteration:
         raise ValueError(f'training data {train_data.name} ran out at step {step + 1}: no full batch '
                          f'of {train_data.batch_size} left (num_epochs set?)') from None
+      profiler.before(step + 1)
       state, m = steps.train(state, batch, rng)
       step += 1
       dog.dispatched(step, m['loss'])
@@ -451,6 +459,10 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
         last = logger.log_train(step, avg, tokens_per_step)
         history.append((step, avg['loss']))
         window = []
+      if profiler.active and step == profiler.last:
+        with dog.paused():
+          _report_profile(profiler.after(step, (state, m)), say)
+        logger.start(step)  # writing and reading the trace is not step time
       if evals and cfg.eval_every and step % cfg.eval_every == 0 and step < train_steps:
         with dog.paused():
           last['eval'] = run_evals(steps, state['params'], evals, family, batch_sh, cfg.eval_steps,
@@ -490,12 +502,25 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   finally:
     dog.close()
     preemption.close()
+    if profiler.active:  # stopped inside the traced steps: keep what was traced
+      profiler.close()
   ckpt.close()
   logger.close()
   last['history'] = history
   say(f'done at step {step}. TensorBoard: tensorboard --logdir {model_dir} | checkpoints: '
       f'{checkpointing.checkpoint_dir(model_dir)}')
   return last
+
+
+def _report_profile(trace: Optional[str], say) -> None:
+  if trace is None:
+    say('WARNING: the profiler wrote no trace file')
+    return
+  try:
+    for line in profiling.summary_lines(profiling.summarize(trace)):
+      say(line)
+  except Exception as e:  # pylint: disable=broad-except  # a summary is not worth stopping a run for
+    say(f'profile: {trace} (no summary: {type(e).__name__}: {str(e)[:200]})')
 
 
 def _restore(ckpt, cfg: TrainerConfig, abstract_state, data_checkpoint, say):

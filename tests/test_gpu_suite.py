@@ -27,6 +27,12 @@ def test_gpu_suite_cpu_smoke_writes_every_record(tmp_path):
       assert 0 < v['final_loss'] < 20, v
     table = (out / f'{name}.md').read_text()
     assert all(f'| {v} |' in table for v in variants)
+  # (a)'s default variant traced by jax's profiler, its events summed in the record and the table.
+  prof = json.loads((out / 'a_decoder.json').read_text())['profile']
+  assert prof['variant'] == 'default' and prof['steps'] == 3 and os.path.getsize(prof['trace']) > 0
+  assert prof['trace'].startswith(str(out / 'a_profile' / 'plugins' / 'profile'))
+  assert prof['ops'] and prof['ops'][0]['ms'] > 0 and 0 < sum(o['share'] for o in prof['ops']) <= 1
+  assert "Where the time of `default` went (3 traced steps" in (out / 'a_decoder.md').read_text()
   summary = (out / 'SUMMARY.md').read_text()
   assert 'CPU smoke' in summary and '| b_encdec | 0 |' in summary
   # Same tokens, same initial parameters: the fused and the plain loss start from the same value.

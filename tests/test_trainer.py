@@ -20,6 +20,7 @@ def _fit(model_dir, steps, task, *, model=MODEL, mesh=partitioning.MeshConfig(da
          lengths=None, **trainer_kw):
   kw = dict(log_every=1, checkpoint_every=5, eval_steps=2, async_checkpointing=True)
   eval_data = trainer_kw.pop('eval_data', None)
+  log = trainer_kw.pop('log', lambda *a, **k: None)
   kw.update(trainer_kw)
   return trainer.fit(
       model_dir=str(model_dir), train_steps=steps, model_config=model,
@@ -28,7 +29,7 @@ def _fit(model_dir, steps, task, *, model=MODEL, mesh=partitioning.MeshConfig(da
       eval_data=eval_data, optimizer_config=optimizers.OptimizerConfig(learning_rate=3e-3,
                                                                    warmup_steps=2, decay_steps=40),
       loss_config=losses.LossConfig(), mesh_config=mesh,
-      trainer_config=trainer.TrainerConfig(**kw), log=lambda *a, **k: None)
+      trainer_config=trainer.TrainerConfig(**kw), log=log)
 
 
 def test_loss_falls_and_every_eval_dataset_is_reported(lm_task, small_text, small_vocab, tmp_path):
@@ -125,3 +126,17 @@ def test_encdec_trains(prefix_lm_task, tmp_path):
   hist = dict(_fit(tmp_path / 'run', 25, prefix_lm_task, model=model,
                    lengths={'inputs': 32, 'targets': 32})['history'])
   assert hist[25] < hist[1] - 0.8
+
+
+def test_profile_traces_the_asked_steps_and_says_where_their_time_went(lm_task, tmp_path):
+  lines = []
+  out = _fit(tmp_path / 'run', 6, lm_task, profile_first_step=3, profile_num_steps=2,
+             log=lambda *a, **k: lines.append(' '.join(map(str, a))))
+  assert sorted(dict(out['history'])) == [1, 2, 3, 4, 5, 6]
+  trace, = (tmp_path / 'run' / 'train' / 'plugins' / 'profile').glob('*/*.xplane.pb')
+  head = next(i for i, l in enumerate(lines) if l.startswith('profile: '))
+  assert lines[head].startswith(f'profile: {trace} (host XLA threads, ') and 'ms summed' in lines[head]
+  ops = lines[head + 1:head + 9]
+  assert ops and all('%' in l and ' ms ' in l for l in ops), lines[head:head + 9]
+  with pytest.raises(ValueError, match='profile_first_step=-1'):
+    _fit(tmp_path / 'bad', 2, lm_task, profile_first_step=-1)

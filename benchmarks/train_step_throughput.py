@@ -229,13 +229,18 @@ def profile(item, directory: str, num_steps: int) -> dict:
   key = jax.random.key(1)
   state, trace = v[1], None
   for step in range(1, num_steps + 1):
-    profiler.before(step)
+    warning = profiler.before(step)
+    if warning:
+      return {'variant': name, 'error': warning}
     state, m = v[0].train(state, v[2], key)
     trace = profiler.after(step, (state, m)) or trace
   v[1] = state
   if trace is None:
     return {'variant': name, 'error': 'the profiler wrote no trace file'}
-  return {'variant': name, 'steps': num_steps, **profiling.summarize(trace)}
+  try:
+    return {'variant': name, 'steps': num_steps, **profiling.summarize(trace)}
+  except Exception as e:  # the timings above are the record; a summary that fails must not lose them
+    return {'variant': name, 'error': f'trace {trace}, no summary: {type(e).__name__}: {e}'[:400]}
 
 
 def _flops_per_token(cfg, preset: dict) -> float:

@@ -38,14 +38,21 @@ class StepProfiler:
     self.log_dir, self.first, self.last = log_dir, first, first + num - 1
     self.enabled = enabled and first > 0
     self.active = False
-    self._started_at: Optional[float] = None
+    self._existing: set = set()
 
-  def before(self, step: int) -> None:
-    """Call before running `step`."""
-    if self.enabled and step == self.first:
-      self._existing = set(_traces(self.log_dir))
+  def before(self, step: int) -> Optional[str]:
+    """Call before running `step`. Returns a warning if the profiler could not start: a run is not
+    stopped for its profile."""
+    if not (self.enabled and step == self.first):
+      return None
+    self._existing = set(_traces(self.log_dir))
+    try:
       jax.profiler.start_trace(self.log_dir)
-      self.active = True
+    except Exception as e:  # pylint: disable=broad-except  # e.g. no CUPTI, another trace running
+      self.enabled = False
+      return f'WARNING: no profile: the profiler did not start ({type(e).__name__}: {str(e)[:200]})'
+    self.active = True
+    return None
 
   def after(self, step: int, outputs) -> Optional[str]:
     """Call after dispatching `step` with its outputs; returns the trace file once it is written."""

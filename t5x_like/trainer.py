@@ -356,8 +356,13 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   abstract_state, shardings = state_shardings(model, tx, abstract_batch, mesh)
   ckpt = checkpointing.Checkpointer(model_dir, save_every=cfg.checkpoint_every,
                                     keep=cfg.keep_checkpoints, async_save=cfg.async_checkpointing)
-  profiler = profiling.StepProfiler(os.path.join(model_dir, 'train'), cfg.profile_first_step,
-                                    cfg.profile_num_steps, enabled=jax.process_index() == 0)
+  if cfg.profile_first_step > train_steps:
+    raise ValueError(f'TrainerConfig.profile_first_step={cfg.profile_first_step} is past '
+                     f'TRAIN_STEPS={train_steps}: nothing would be traced')
+  profiler = profiling.StepProfiler(  # (the traced steps end at the last step at the latest)
+      os.path.join(model_dir, 'train'), cfg.profile_first_step,
+      min(cfg.profile_num_steps, train_steps - cfg.profile_first_step + 1),
+      enabled=jax.process_index() == 0)
   rng = jax.random.key(cfg.seed)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state['params']))
   say(f'model: {family}, {n_params / 1e6:.2f}M parameters | mesh {dict(mesh.shape)} on '
@@ -440,7 +445,9 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
       except StopIteration:
         raise ValueError(f'training data {train_data.name} ran out at step {step + 1}: no full batch '
                          f'of {train_data.batch_size} left (num_epochs set?)') from None
-      profiler.before(step + 1)
+      warning = profiler.before(step + 1)
+      if warning:
+        say(warning)
       state, m = steps.train(state, batch, rng)
       step += 1
       dog.dispatched(step, m['loss'])

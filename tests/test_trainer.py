@@ -138,5 +138,18 @@ def test_profile_traces_the_asked_steps_and_says_where_their_time_went(lm_task, 
   assert lines[head].startswith(f'profile: {trace} (host XLA threads, ') and 'ms summed' in lines[head]
   ops = lines[head + 1:head + 9]
   assert ops and all('%' in l and ' ms ' in l for l in ops), lines[head:head + 9]
+  # A profiler that cannot start (here: another trace is running) is a warning, not a stopped run.
+  jax.profiler.start_trace(str(tmp_path / 'other'))
+  try:
+    lines.clear()
+    out = _fit(tmp_path / 'run2', 3, lm_task, profile_first_step=2,
+               log=lambda *a, **k: lines.append(' '.join(map(str, a))))
+  finally:
+    jax.profiler.stop_trace()
+  assert sorted(dict(out['history'])) == [1, 2, 3]
+  assert any(l.startswith('WARNING: no profile: the profiler did not start') for l in lines), lines
+  assert not (tmp_path / 'run2' / 'train' / 'plugins').exists()
   with pytest.raises(ValueError, match='profile_first_step=-1'):
     _fit(tmp_path / 'bad', 2, lm_task, profile_first_step=-1)
+  with pytest.raises(ValueError, match='profile_first_step=3 is past TRAIN_STEPS=2'):
+    _fit(tmp_path / 'bad', 2, lm_task, profile_first_step=3)

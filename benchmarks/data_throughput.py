@@ -116,7 +116,7 @@ def grain_main(batches: int) -> None:
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import train_step_throughput
   tiny = train_step_throughput.PRESETS['cpu_tiny']
-  step = train_step_throughput.run(tiny['model'], tiny['batch'], tiny['seq'], tiny['steps'])
+  step = train_step_throughput.measure(tiny, {}, tiny['steps'])
   os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # grain's threads inherit it
   r = measure_grain(paths[64], 64, 16, batches)
   print(json.dumps({**r, 'config': 'tiny', 'train_step_ms': step['step_ms'],

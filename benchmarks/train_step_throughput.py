@@ -123,7 +123,9 @@ def _batch_size(preset: dict, variant: dict) -> int:
 
 
 def setup(preset: dict, variant: dict):
-  """(step function, state, batch, model config) for one variant, compiled."""
+  """(step function, init, batch, model config) for one variant: init() makes a fresh state (one
+  compiled program, so each timed block can start from its own and only one variant's state need be
+  in device memory at a time: a 1B model's is 12.3 GiB)."""
   family = preset.get('family', 'decoder')
   cfg = (DecoderConfig if family == 'decoder' else EncDecConfig)(
       **{**preset['model'], **variant.get('model', {})})
@@ -135,10 +137,16 @@ def setup(preset: dict, variant: dict):
              variant.get('segments', False))
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in b.items()}
   _, shardings = trainer.state_shardings(model, tx, abstract_batch, mesh)
-  state = trainer.create_state(model, tx, abstract_batch, mesh, shardings, jax.random.key(0))
+  init_jit = jax.jit(lambda r: partitioning.unbox(trainer.init_fn(model, tx, abstract_batch, r)),
+                     out_shardings=shardings)
+
+  def init():
+    with trainer.mesh_context(mesh):
+      return init_jit(jax.random.key(0))
+
   steps_fn = trainer.CompiledSteps(model, tx, sched, losses.LossConfig(**variant.get('loss', {})),
                                    mesh, shardings, 1)
-  return steps_fn, state, b, cfg
+  return steps_fn, init, b, cfg
 
 
 def time_steps(steps_fn, state, b, n: int):
@@ -150,6 +158,14 @@ def time_steps(steps_fn, state, b, n: int):
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
   return state, m, times
+
+
+def measure(preset: dict, variant: dict, n: int) -> dict:
+  """One variant alone: {'step_ms'} (median of n steps after a compile and a warm step)."""
+  steps_fn, init, b, _ = setup(preset, variant)
+  state, _, _ = time_steps(steps_fn, init(), b, 2)
+  _, _, times = time_steps(steps_fn, state, b, n)
+  return {'step_ms': round(1e3 * statistics.median(times), 3)}
 
 
 def main():
@@ -179,15 +195,17 @@ def main():
       continue
     try:
       t0 = time.perf_counter()
-      steps_fn, state, b, cfg = setup(preset, VARIANTS[name])
-      state, _, _ = time_steps(steps_fn, state, b, 2)  # compile + one warm step
-      built[name] = [steps_fn, state, b, cfg, time.perf_counter() - t0, []]
+      steps_fn, init, b, cfg = setup(preset, VARIANTS[name])
+      state, _, _ = time_steps(steps_fn, init(), b, 2)  # compile + one warm step
+      del state  # each block starts from a fresh state: one variant's in device memory at a time
+      built[name] = [steps_fn, init, b, cfg, time.perf_counter() - t0, []]
     except Exception as e:  # one variant failing (e.g. cudnn absent) must not hide the others
       results[name] = {'error': f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'}
       print(json.dumps({'name': name, **results[name]}), flush=True)
   for _ in range(args.rounds):
     for name, v in built.items():
-      v[1], m, times = time_steps(v[0], v[1], v[2], n)
+      state, m, times = time_steps(v[0], v[1](), v[2], n)
+      del state
       v[5].append(statistics.median(times))
       v.append(m)
   peak = metrics.peak_flops_per_device()
@@ -227,14 +245,14 @@ def profile(item, directory: str, num_steps: int) -> dict:
   name, v = item
   profiler = profiling.StepProfiler(directory, 1, num_steps)
   key = jax.random.key(1)
-  state, trace = v[1], None
+  state, trace = v[1](), None
   for step in range(1, num_steps + 1):
     warning = profiler.before(step)
     if warning:
       return {'variant': name, 'error': warning}
     state, m = v[0].train(state, v[2], key)
     trace = profiler.after(step, (state, m)) or trace
-  v[1] = state
+  del state
   if trace is None:
     return {'variant': name, 'error': 'the profiler wrote no trace file'}
   try:

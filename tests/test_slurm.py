@@ -133,7 +133,8 @@ def test_slurm_job_is_killed_relaunched_and_resumes(slurm_cluster, small_text, t
           f"--gin.MODEL_DIR='{model_dir}'", '--gin.TRAIN_STEPS=300',
           f"--gin.TRAIN_FILES=['{small_text['train']}']",
           f"--gin.VALIDATION_FILES=['{small_text['validation']}']",
-          '--gin.TrainerConfig.checkpoint_every=10', '--gin.TrainerConfig.log_every=10']
+          '--gin.TrainerConfig.checkpoint_every=10', '--gin.TrainerConfig.log_every=10',
+          f'--compilation_cache_dir={tmp_path / "jax_cache"}']
   launcher = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
   try:
@@ -155,5 +156,6 @@ def test_slurm_job_is_killed_relaunched_and_resumes(slurm_cluster, small_text, t
   assert launcher.returncode == 0, out[-3000:]
   assert 'is restartable; relaunching (1/1)' in out
   assert 'Resuming from checkpoint at step' in out
+  assert '(loaded from the compilation cache)' in out  # the relaunch did not compile again
   assert 'step 300/300' in out
   assert f'launch: job {job_id} COMPLETED with exit code 0' in out

@@ -33,10 +33,11 @@ import jax
 from launch import demo
 from launch import mini_ablation
 from launch import sweep
+from t5x_like import compilation_cache
 from t5x_like import provenance
 
 PREPARED = 'prepare.json'
-_COMPILED = re.compile(r'compiled train step in ([0-9.]+)s( \(loaded from the compilation cache\))?')
+_COMPILED = re.compile(rf'compiled train step in ([0-9.]+)s( \({re.escape(compilation_cache.LOADED)}\))?')
 
 
 def prepare(args) -> int:

@@ -330,6 +330,7 @@ def plan(args, overrides: Sequence[str]) -> list[dict]:
   extra.extend(parse_assignments(a, multi=False) for a in args.add)
   if not grid and not extra:
     grid = {'SEED': [0]}
+  cache = compilation_cache_dir(args)
   runs = []
   for settings in expand(grid, extra):
     name = run_name(settings)
@@ -341,8 +342,8 @@ def plan(args, overrides: Sequence[str]) -> list[dict]:
       run_overrides += ['--gin.DataConfig.mixture_or_task=None',
                         f'--gin.DataConfig.export_dir={gin_literal(export_dir)}']
     cmd = train_command(model_dir, args.gin_file, settings, args.train_steps, run_overrides)
-    if compilation_cache_dir(args):
-      cmd.append(f'--compilation_cache_dir={compilation_cache_dir(args)}')
+    if cache:
+      cmd.append(f'--compilation_cache_dir={cache}')
     runs.append({'name': name, 'settings': settings, 'model_dir': model_dir,
                  'export_dir': export_dir, 'overrides': overrides, 'run_overrides': run_overrides,
                  'cmd': cmd})

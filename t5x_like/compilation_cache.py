@@ -26,6 +26,7 @@ from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 _REQUEST = '/jax/compilation_cache/compile_requests_use_cache'
 _HIT = '/jax/compilation_cache/cache_hits'
+LOADED = 'loaded from the compilation cache'  # what log lines say of a compile the cache served
 LOCAL_MAX_BYTES = 16 * 2**30  # a local cache's size limit, unless jax_compilation_cache_max_size says
 
 
@@ -88,7 +89,7 @@ def describe(counts: collections.Counter) -> str:
   if not requests or not current_dir():  # (jax looks up a key even when it has no directory)
     return ''
   if hits >= requests:
-    return 'loaded from the compilation cache'
+    return LOADED
   if hits:
-    return f'{hits} of {requests} compiles loaded from the compilation cache'
+    return f'{hits} of {requests} compiles {LOADED}'
   return f'compiled; compilation cache at {current_dir()}'

@@ -18,6 +18,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
+from t5x_like import run_dir
+from t5x_like.convert import from_hf, safetensors_stream as st
+from t5x_like.models import DecoderConfig
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ~1.06B parameters: Llama-style, 18 layers of d=2048, untied 32k vocabulary.
 CONFIG = dict(vocab_size=32000, embed_dim=2048, num_layers=18, num_heads=16, num_kv_heads=16,
@@ -28,10 +34,6 @@ IMPORTS = ('import jax, numpy, orbax.checkpoint, transformers, torch, tensorflow
 
 
 def setup(workdir: str, dtype: str) -> None:
-  import numpy as np
-  from t5x_like import run_dir
-  from t5x_like.convert import from_hf, safetensors_stream as st
-  from t5x_like.models import DecoderConfig
   cfg = DecoderConfig(**CONFIG, param_dtype=dtype)
   rng = np.random.default_rng(0)
   np_dtype = st.np_dtype(dtype)
@@ -68,7 +70,6 @@ def main():
   shutil.rmtree(args.workdir, ignore_errors=True)
   os.makedirs(args.workdir)
   py = sys.executable
-  from t5x_like.models import DecoderConfig
   n = DecoderConfig(**CONFIG).num_params()
   gib = n * (2 if args.dtype == 'bfloat16' else 4) / 2 ** 30
   results = {'params': n, 'dtype': args.dtype, 'weights_GiB': round(gib, 2),

@@ -19,24 +19,33 @@ thread. Compare the batches/s with the train step's s/step in the training log (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import tempfile
 import time
 
+# Before jax and TensorFlow load: both would otherwise look for accelerators.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import gin  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from t5x_like import data  # noqa: E402
+from t5x_like.models import DecoderConfig  # noqa: E402
+from tasks import export  # noqa: E402
+from tasks.__main__ import register_from_gin  # noqa: E402
+
+import train_step_throughput  # noqa: E402  (this directory, next to the script)
 
 EXPERIMENTS = ('interlinear_captions', 'interlinear_instructions_captions', 'csr_captions_encdec',
                'csr_captions_decoder', 'cloned_captions')
 
 
 def measure(name: str, batches: int) -> dict:
-  import gin
-  import tensorflow as tf
-  from t5x_like import data
-  from tasks.__main__ import register_from_gin
   gin.clear_config()
   configs = register_from_gin([f'gin_configs/experiments/{name}.gin'],
                               ["MODEL_DIR = '/tmp/unused'", 'TRAIN_STEPS = 1000'])
@@ -73,10 +82,6 @@ ONE_B = dict(vocab_size=32000, embed_dim=2048, num_layers=18, num_heads=16, num_
 
 
 def export_tiny(out: str, length: int) -> str:
-  import dataclasses
-  import gin
-  from tasks import export
-  from tasks.__main__ import register_from_gin
   gin.clear_config()
   configs, _ = register_from_gin(['gin_configs/examples/tiny_decoder_pretrain.gin'],
                                  ["MODEL_DIR = '/tmp/unused'", 'TRAIN_STEPS = 1',
@@ -89,7 +94,6 @@ def export_tiny(out: str, length: int) -> str:
 
 
 def measure_grain(export_dir: str, length: int, batch: int, batches: int) -> dict:
-  from t5x_like import data
   cfg = data.DataConfig(None, {'targets': length}, batch_size=batch, shuffle=True, seed=0,
                         export_dir=export_dir)
   it = data.open_iterator(cfg, 'decoder', None)
@@ -108,13 +112,9 @@ def measure_grain(export_dir: str, length: int, batch: int, batches: int) -> dic
 
 
 def grain_main(batches: int) -> None:
-  import tempfile
-  from t5x_like.models import DecoderConfig
   out = os.path.join(tempfile.gettempdir(), 'data_throughput_exports')
   paths = {n: export_tiny(out, n) for n in (64, 2048)}
   # The tiny train step, measured here (all cores) so that the ratio comes from one run.
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import train_step_throughput
   tiny = train_step_throughput.PRESETS['cpu_tiny']
   step = train_step_throughput.measure(tiny, {}, tiny['steps'])
   os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # grain's threads inherit it

@@ -16,6 +16,7 @@ import json
 import statistics
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -37,7 +38,6 @@ def random_params(cfg, batch: int, prompt_len: int):
   tokens = jnp.ones((batch, prompt_len), jnp.int32)
   example = ({'decoder_input_tokens': tokens} if cfg.family == 'decoder' else
              {'encoder_input_tokens': tokens, 'decoder_input_tokens': tokens})
-  import flax.linen as nn
   return nn.unbox(model.init(jax.random.key(0), example))['params']
 
 

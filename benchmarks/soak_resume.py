@@ -28,6 +28,9 @@ import sys
 import tempfile
 import time
 
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEP_LINE = re.compile(r'^step +(\d+)/\d+ ')
 
@@ -57,8 +60,6 @@ def _steps_logged(log_path) -> list[int]:
 
 def tb_losses(model_dir) -> dict[int, list[float]]:
   """{step: [loss of every time it was logged]} over every event file of the run."""
-  from tensorboard.backend.event_processing import event_accumulator
-  from tensorboard.util import tensor_util
   out: dict[int, list[float]] = {}
   for f in sorted((pathlib.Path(model_dir) / 'train').glob('events.out.tfevents.*')):
     ea = event_accumulator.EventAccumulator(str(f), size_guidance={'tensors': 0})

@@ -42,6 +42,9 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # t5x_like, for records' provenance, when run without the venv's install
+
+from records import record_header, write_record  # noqa: E402  (this directory, next to the script)
 
 MAXTEXT_LAUNCHER = '''
 import sys
@@ -178,8 +181,6 @@ def main():
                       "--our_args='--gin.X=Y' (with '=') so argparse does not read it as an option")
   p.add_argument('--out', default=None)
   args = p.parse_args()
-  sys.path.insert(0, REPO)
-  from records import record_header, write_record  # this directory, next to the script
   workdir = tempfile.mkdtemp(prefix='vs_maxtext_')
   export_flags = export_ours(args.our_steps, workdir) if args.export else None
   rounds = []

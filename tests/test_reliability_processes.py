@@ -98,6 +98,8 @@ def test_two_processes_sigterm_save_one_step_exit_75_and_resume_bit_exactly(smal
   outs = local.launch(_train_args(straight, 8, small_text, cache), 2, 4, stream=None, timeout=600,
                       log_dir=str(tmp_path / 'logs_straight'))
   assert 'compiled; compilation cache at' in outs[0], outs[0][-3000:]
+  assert "mesh {'data': 2, 'fsdp': 4, 'tensor': 1} on 8 cpu devices, 2 host(s)" in outs[0]
+  assert 'step 8/8' in outs[0] and 'step 8/8' not in outs[1]  # host 0 alone reports
   assert any(p.name.startswith('jit_guarded_train_step') for p in (tmp_path / 'cache').iterdir())
   run = tmp_path / 'run'
   launcher, logs = _start_launcher(_train_args(run, 8, small_text, cache))

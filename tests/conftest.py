@@ -13,6 +13,8 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 from jax.experimental.compilation_cache import compilation_cache as jax_cache  # noqa: E402
 
+from t5x_like import compilation_cache  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
 
@@ -49,15 +51,32 @@ def _fresh_gin():
   gin.clear_config()
 
 
-@pytest.fixture(autouse=True)
-def _no_leftover_compilation_cache():
-  """A sweep run in-process points jax's compilation cache at its own directory (for the evaluation
-  it runs in-process); later tests in the process must not keep writing there."""
-  before = (jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size)
+_CACHE_SETTINGS = ('jax_compilation_cache_dir', 'jax_compilation_cache_max_size',
+                   'jax_persistent_cache_min_compile_time_secs')
+_suite_cache: dict = {}
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _suite_compilation_cache(tmp_path_factory):
+  """One persistent compilation cache per test process (t5x_like/compilation_cache.py, as a sweep
+  uses it): the tests compile the same tiny steps again and again (every fit jits anew), and load
+  them from it instead (test_reliability.py alone: 130 s without, 85 s with). Every program is kept:
+  here a compile takes less than jax's 1 s default threshold. Test subprocesses do not inherit it."""
+  compilation_cache.use(str(tmp_path_factory.mktemp('jax_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  _suite_cache.update({k: getattr(jax.config, k) for k in _CACHE_SETTINGS})
   yield
-  if (jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size) != before:
-    jax.config.update('jax_compilation_cache_dir', before[0])
-    jax.config.update('jax_compilation_cache_max_size', before[1])
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_compilation_cache(_suite_compilation_cache):
+  """A sweep run in-process points jax's compilation cache at its own directory (for the evaluation
+  it runs in-process, also from a module-scoped fixture); after each test the process goes back to
+  the suite's cache, so later tests do not keep writing there."""
+  yield
+  if any(getattr(jax.config, k) != v for k, v in _suite_cache.items()):
+    for k, v in _suite_cache.items():
+      jax.config.update(k, v)
     jax_cache.reset_cache()
 
 

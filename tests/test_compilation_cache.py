@@ -6,6 +6,7 @@ resumed (test_reliability_processes.py)."""
 import collections
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from launch import sweep
 from t5x_like import compilation_cache, train
@@ -40,7 +41,8 @@ def test_a_sweep_shares_one_cache_unless_told_not_to(tmp_path):
 
 
 def test_without_a_directory_the_log_says_nothing_of_a_cache():
-  assert jax.config.jax_compilation_cache_dir is None
+  jax.config.update('jax_compilation_cache_dir', None)  # (conftest puts the suite's back after)
+  jax_cache.reset_cache()
   # jax looks a compile up even without a directory; that is no cache to report.
   with compilation_cache.lookups() as counts:
     jax.jit(lambda x: x * 3 + 1).lower(jax.numpy.ones(3)).compile()

@@ -35,6 +35,7 @@ import numpy as np
 
 from launch import targets as targets_lib
 from t5x_like import batch_shapes
+from t5x_like import compilation_cache
 from t5x_like.data import DataConfig
 from t5x_like import exit_codes
 from t5x_like import losses
@@ -170,9 +171,10 @@ def compile_step(run: RunSpec, devices, count_flops: bool = True) -> dict:
   key = jax.eval_shape(lambda: jax.random.key(0))
   t0 = time.perf_counter()
   try:
-    steps.compile_train(partitioning.with_sharding(abstract_state, shardings),
-                        _with_sharding(batch, partitioning.batch_sharding(mesh)),
-                        jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep))
+    with compilation_cache.disabled():
+      steps.compile_train(partitioning.with_sharding(abstract_state, shardings),
+                          _with_sharding(batch, partitioning.batch_sharding(mesh)),
+                          jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep))
   except Exception as e:  # XLA's TPU compiler refuses a program over HBM: say it in one line
     over = _hbm_overflow(str(e))
     if over is None:

@@ -57,6 +57,21 @@ def use(directory: Optional[str], flag: str = '--compilation_cache_dir') -> None
   jax_cache.reset_cache()
 
 
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+  """Compiles inside neither read nor write the persistent cache. For ahead-of-time compiles for a
+  topology this process has no devices of (launch.preflight): jax stores them but cannot load them
+  back ('PjRtCompiler must be constructed with a Client')."""
+  before = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)
+  jax_cache.reset_cache()  # jax decides once per process whether it uses its cache: ask it again
+  try:
+    yield
+  finally:
+    jax.config.update('jax_enable_compilation_cache', before)
+    jax_cache.reset_cache()
+
+
 def current_dir() -> Optional[str]:
   """The cache directory in effect (from use(), or jax's JAX_COMPILATION_CACHE_DIR), or None."""
   return jax.config.jax_compilation_cache_dir or None

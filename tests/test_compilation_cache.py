@@ -48,3 +48,17 @@ def test_without_a_directory_the_log_says_nothing_of_a_cache():
     jax.jit(lambda x: x * 3 + 1).lower(jax.numpy.ones(3)).compile()
   assert counts['requests'] >= 1 and compilation_cache.describe(counts) == ''
   assert compilation_cache.describe(collections.Counter()) == ''
+
+
+def test_a_preflight_for_a_tpu_topology_neither_reads_nor_writes_the_cache(tmp_path):
+  # jax would store the TPU program and then fail to load it back on the next preflight (no TPU
+  # client in this process): a warning per compile, and entries no run can use.
+  from launch import preflight
+  cache = tmp_path / 'cache'
+  compilation_cache.use(str(cache))  # (conftest puts the suite's back after)
+  r = preflight.preflight([f'--gin_file={TINY}', '--gin.MeshConfig.data=2', '--gin.MeshConfig.fsdp=2'],
+                          'v5p-8', print_fn=lambda *a: None)
+  assert r['xla_flops'] > 0
+  entries = [p.name for p in cache.iterdir()]
+  assert not any('train_step' in e for e in entries), entries
+  assert jax.config.jax_enable_compilation_cache  # back on after the preflight

@@ -48,6 +48,9 @@ OUT=$(cd "$OUT" && pwd)
   echo "# wheels for CPython 3.12 x86_64 and step (c)'s data, built $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   # The GPU machine may receive the working tree without .git: the suite's records name this commit.
   echo "# source_commit $(PYTHONPATH="$REPO" "$PY" -c 'from t5x_like import provenance; print(provenance.source_commit())')"
+  # ... and the tracked files' digest: a tree edited after the bundle was built is not given it.
+  git -C "$REPO" ls-files > "$OUT/source_files.txt"
+  echo "# source_tree $(PYTHONPATH="$REPO" "$PY" -c 'import sys; from t5x_like import provenance; print(provenance.tree_digest(sys.argv[1], open(sys.argv[2]).read().splitlines()))' "$REPO" "$OUT/source_files.txt")"
   (cd "$OUT" && find wheels clone_data -type f | sort | xargs sha256sum)
 } > "$OUT/MANIFEST"
 size=$(du -sb "$OUT" | cut -f1)

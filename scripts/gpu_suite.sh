@@ -60,7 +60,12 @@ if ! "$PY" -c "import gin" 2>/dev/null; then
 fi
 # Records name the commit (t5x_like/provenance.py): git's when the tree is a checkout, else this one.
 if [ -f "$BUNDLE/MANIFEST" ]; then
-  export SOURCE_COMMIT="$(sed -n 's/^# source_commit \(.*\)$/\1 (from the bundle)/p' "$BUNDLE/MANIFEST")"
+  SOURCE_COMMIT="$(PYTHONPATH="$REPO" "$PY" -c 'import sys; from t5x_like import provenance; print(provenance.bundle_commit(sys.argv[1]) or "")' "$BUNDLE")"
+  export SOURCE_COMMIT
+  case "$SOURCE_COMMIT" in *"+ changes"*)
+    echo "warning: this tree differs from the one $BUNDLE was built from (without .git, the records" \
+         "say so instead of naming a commit): rebuild it with 'bash scripts/gpu_bundle.sh'" >&2 ;;
+  esac
 fi
 "$PY" -c "import gin, jax, flax, optax, orbax.checkpoint" || {
   echo "error: the suite needs gin, jax, flax, optax and orbax-checkpoint importable with $PY" >&2; exit 2; }

@@ -2,15 +2,17 @@
 
 A copy of the tree without its .git (a GPU machine that receives only the working tree) names the
 commit through SOURCE_COMMIT, which scripts/gpu_suite.sh takes from the bundle that
-scripts/gpu_bundle.sh built beside the git checkout.
+scripts/gpu_bundle.sh built beside the git checkout (`bundle_commit`): the bundle also holds the
+digest of the tracked files it was built from, so a tree changed since is not given its commit.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RUN_FILE_HEADER = re.compile(r'^# source commit: (.*?); jax ')
@@ -50,3 +52,39 @@ def commit_in_run_file(first_line: str) -> Optional[str]:
   """The commit a run_file_header names (None for a config.gin written before it existed)."""
   m = _RUN_FILE_HEADER.match(first_line)
   return m.group(1) if m else None
+
+
+def tree_digest(repo: str, files: Sequence[str]) -> str:
+  """sha256 over the named files' paths and contents under `repo` (a missing file counts too): what
+  identifies a tree where there is no git."""
+  h = hashlib.sha256()
+  for name in sorted(files):
+    try:
+      with open(os.path.join(repo, name), 'rb') as f:
+        content = hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+      content = 'missing'
+    h.update(f'{name}\0{content}\n'.encode())
+  return h.hexdigest()
+
+
+def bundle_commit(bundle: str, repo: str = REPO) -> Optional[str]:
+  """The commit a GPU bundle's MANIFEST names, marked '(from the bundle)' when `repo`'s files are
+  those the bundle was built from (its source_files.txt), else saying that the tree changed since.
+  None when the MANIFEST names no commit."""
+  manifest = {}
+  with open(os.path.join(bundle, 'MANIFEST'), encoding='utf-8') as f:
+    for line in f:
+      key, _, value = line[2:].strip().partition(' ') if line.startswith('# ') else ('', '', '')
+      manifest[key] = value
+  commit = manifest.get('source_commit')
+  if not commit:
+    return None
+  try:
+    with open(os.path.join(bundle, 'source_files.txt'), encoding='utf-8') as f:
+      files = [l.rstrip('\n') for l in f if l.strip()]
+  except OSError:
+    files = []
+  if files and manifest.get('source_tree') == tree_digest(repo, files):
+    return f'{commit} (from the bundle)'
+  return f'{commit} + changes (this tree differs from the one the bundle was built from)'

@@ -32,3 +32,30 @@ def test_a_tree_without_git_names_the_commit_it_was_given(tmp_path, monkeypatch)
   assert provenance.source_commit(str(tmp_path)) == 'abc123 (from the bundle)'
   monkeypatch.delenv('SOURCE_COMMIT')
   assert provenance.source_commit(str(tmp_path)) is None
+
+
+def test_a_bundle_names_its_commit_only_for_the_tree_it_was_built_from(tmp_path):
+  """scripts/gpu_bundle.sh writes the commit and the tracked files' digest; the GPU suite, given a
+  tree without .git, names that commit only while the tree is the same."""
+  tree, bundle = tmp_path / 'tree', tmp_path / 'bundle'
+  (tree / 'pkg').mkdir(parents=True)
+  bundle.mkdir()
+  (tree / 'pkg' / 'a.py').write_text('x = 1\n')
+  (tree / 'b.gin').write_text('X = 1\n')
+  files = ['b.gin', 'pkg/a.py']
+  (bundle / 'source_files.txt').write_text('\n'.join(files) + '\n')
+  (bundle / 'MANIFEST').write_text(
+      '# wheels ..., built 2026-12-06T00:00:00Z\n# source_commit abc123\n'
+      f'# source_tree {provenance.tree_digest(str(tree), files)}\n0f0f  wheels/x.whl\n')
+  assert provenance.bundle_commit(str(bundle), str(tree)) == 'abc123 (from the bundle)'
+  (tree / 'results.json').write_text('{}')  # a file the bundle does not list: outputs, logs
+  assert provenance.bundle_commit(str(bundle), str(tree)) == 'abc123 (from the bundle)'
+  (tree / 'pkg' / 'a.py').write_text('x = 2\n')
+  changed = provenance.bundle_commit(str(bundle), str(tree))
+  assert changed.startswith('abc123 + changes') and 'from the bundle)' not in changed
+  (tree / 'pkg' / 'a.py').write_text('x = 1\n')
+  (tree / 'b.gin').unlink()
+  assert '+ changes' in provenance.bundle_commit(str(bundle), str(tree))
+  # A bundle from before the digest: its commit cannot be vouched for.
+  (bundle / 'MANIFEST').write_text('# source_commit abc123\n')
+  assert '+ changes' in provenance.bundle_commit(str(bundle), str(tree))

@@ -255,6 +255,7 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
 
 
 def _restore_arg(a):
-  if isinstance(a, jax.ShapeDtypeStruct) and getattr(a, 'sharding', None) is not None:
+  # A concrete array is a template too (its shape, dtype and sharding), as in Orbax's own restores.
+  if isinstance(a, (jax.ShapeDtypeStruct, jax.Array)) and getattr(a, 'sharding', None) is not None:
     return ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype)
   return ocp.RestoreArgs(restore_type=None)

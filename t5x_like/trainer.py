@@ -168,7 +168,7 @@ def train_step(state: State, batch: dict, rng: jax.Array, *, model: nn.Module,
       'z_loss': stats['z_loss_sum'] / denom,
       'cross_ent_loss': (stats['loss_sum'] - stats['z_loss_sum']) / weight,
       'accuracy': stats['correct_sum'] / weight,
-      'grad_norm': optax.global_norm(grads),
+      'grad_norm': optax.tree.norm(grads),
       'learning_rate': schedule(state['step']),
       'num_target_tokens': stats['weight_sum'],
   }
@@ -511,8 +511,8 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     preemption.close()
     if profiler.active:  # stopped inside the traced steps: keep what was traced
       profiler.close()
+    logger.close()  # preempted, diverged or failed too: no event file is left open in this process
   ckpt.close()
-  logger.close()
   last['history'] = history
   say(f'done at step {step}. TensorBoard: tensorboard --logdir {model_dir} | checkpoints: '
       f'{checkpointing.checkpoint_dir(model_dir)}')

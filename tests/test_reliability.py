@@ -52,6 +52,13 @@ def _restore_all(model_dir, model=MODEL):
   return out
 
 
+def _open_files_under(directory):
+  """The files under `directory` that this process holds open (Linux: /proc/self/fd)."""
+  fds = os.listdir('/proc/self/fd')
+  paths = [os.path.realpath(os.path.join('/proc/self/fd', fd)) for fd in fds]
+  return [p for p in paths if p.startswith(str(os.path.realpath(directory)) + os.sep)]
+
+
 # --- preemption --------------------------------------------------------------------------------------
 
 def test_sigterm_saves_that_step_once_and_the_run_resumes_bit_exactly(lm_task, tmp_path, monkeypatch):
@@ -71,6 +78,7 @@ def test_sigterm_saves_that_step_once_and_the_run_resumes_bit_exactly(lm_task, t
     _fit(tmp_path / 'b', 6, lm_task, checkpoint_every=4)
   # Orbax saves the first step of a fresh run; then the preempted step once (no second save of 3).
   assert info.value.step == 3 and steps_on_disk(tmp_path / 'b') == [1, 3]
+  assert not _open_files_under(tmp_path / 'b')  # the TensorBoard event files were closed too
   monkeypatch.setattr(trainer.CompiledSteps, 'train', real_train)
   resumed = dict(_fit(tmp_path / 'b', 6, lm_task, checkpoint_every=4)['history'])
   assert sorted(resumed) == [4, 5, 6]

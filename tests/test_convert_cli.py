@@ -1,6 +1,7 @@
 """End to end through `python -m t5x_like.convert` (in-process): the demo export, the import -> train 10
 steps -> export loop, and the cloned-vocabulary tokenizer."""
 import os
+import pathlib
 import sys
 
 import gin
@@ -35,7 +36,7 @@ def test_demo_export_generates_the_same_text(tmp_path, small_vocab, small_text):
   assert convert_main(['to-hf', '--model_dir', str(tmp_path / 'run'), '--out', out]) == 0
   model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
   tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
-  lines = open(small_text['validation'], encoding='utf-8').read().splitlines()[:100]
+  lines = pathlib.Path(small_text['validation']).read_text(encoding='utf-8').splitlines()[:100]
   # The run's ids, after the id 0 that starts every training input.
   assert all(tok(l)['input_ids'] == [0] + small_vocab.encode(l) for l in lines)
   prompt = 'A man in a blue shirt'

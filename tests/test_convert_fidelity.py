@@ -15,6 +15,7 @@ Measured values are printed (`pytest -s`) for docs/CONVERT.md's verification tab
 import copy
 import importlib.util
 import os
+import pathlib
 
 import gin
 import jax
@@ -296,7 +297,7 @@ def test_mexa_equals_a_transformers_mexa_on_the_export(trained, val_lines, small
 
 def test_mexa_cuts_at_the_model_limit_and_counts(small_vocab, small_text):
   from test_convert import init_params
-  lines = open(small_text['validation'], encoding='utf-8').read().splitlines()[:20]
+  lines = pathlib.Path(small_text['validation']).read_text(encoding='utf-8').splitlines()[:20]
   lengths = [len(small_vocab.encode(l)) for l in lines]
   limit = int(np.median(lengths))
   cfg = DecoderConfig(vocab_size=small_vocab.vocab_size, embed_dim=32, num_layers=1, num_heads=4,

@@ -2,6 +2,7 @@
 averaged per setting, chance is called chance, and the plots are written."""
 import json
 import os
+import pathlib
 import re
 
 import numpy as np
@@ -75,7 +76,7 @@ def _table(text, header_start):
 
 
 def test_per_run_table_equals_the_eval_json(sweep_dir):
-  text = open(os.path.join(sweep_dir, 'report.md')).read()
+  text = pathlib.Path(sweep_dir, 'report.md').read_text()
   rows = {r['run']: r for r in _table(text, '| run |')}
   assert set(rows) == {'p0.1-seed0', 'p0.1-seed1', 'p0.5-seed0'}
   for name, row in rows.items():
@@ -89,12 +90,12 @@ def test_per_run_table_equals_the_eval_json(sweep_dir):
     assert float(row['grad_cos']) == round(res['gradient_alignment']['lang1']['non_vocab'], 4)
   assert rows['p0.5-seed0']['teff_lang1'] == 'n/a'
   assert float(rows['p0.1-seed0']['teff_lang1']) == 2.5
-  exact = json.load(open(os.path.join(sweep_dir, 'report.json')))['runs']
+  exact = json.loads(pathlib.Path(sweep_dir, 'report.json').read_text())['runs']
   assert exact['p0.1-seed1']['ppl_lang1'] == 41.0
 
 
 def test_settings_average_seeds_and_say_what_is_chance(sweep_dir):
-  text = open(os.path.join(sweep_dir, 'report.md')).read()
+  text = pathlib.Path(sweep_dir, 'report.md').read_text()
   rows = {r['setting']: r for r in _table(text, '| setting |')}
   assert list(rows) == ['50/50', '90/10']  # balanced first, then growing imbalance
   assert rows['90/10']['seeds'] == '2'
@@ -113,7 +114,7 @@ def test_plots_are_written(sweep_dir):
   for name in ('ppl_over_steps.png', 'alignment_by_layer.png', 'mexa_by_layer.png'):
     path = os.path.join(sweep_dir, name)
     assert os.path.getsize(path) > 10_000
-    assert f']({name})' in open(os.path.join(sweep_dir, 'report.md')).read()
+    assert f']({name})' in pathlib.Path(sweep_dir, 'report.md').read_text()
 
 
 def test_empty_sweep_is_an_error(tmp_path):
@@ -137,13 +138,13 @@ def test_the_report_names_the_code_and_says_when_runs_differ_in_it(tmp_path):
       with open(os.path.join(d, name, name_gin), 'w') as f:
         f.write(f'# source commit: {commit}; jax 0.10.2; written 2026-12-06T00:00:00Z\n\n# Macros:\n')
   report.write_report(d)
-  text = open(os.path.join(d, 'report.md')).read()
+  text = pathlib.Path(d, 'report.md').read_text()
   assert (f'Code: trained with {a[:10]} (p0.1-seed0, p0.5-seed0); {b[:10]}-dirty (p0.1-seed0); '
           f'evaluated with {a[:10]}. **The runs were not all made by one version of the code.** '
           '(-dirty: tracked files had uncommitted changes.)') in text
-  assert json.load(open(os.path.join(d, 'report.json')))['code']['trained'][b] == ['p0.1-seed0']
+  assert json.loads(pathlib.Path(d, 'report.json').read_text())['code']['trained'][b] == ['p0.1-seed0']
   # One version everywhere: one commit, no warning.
   os.remove(os.path.join(d, 'p0.1-seed0', 'config_resumed_at_10.gin'))
   report.write_report(d)
-  assert f'Code: trained with {a[:10]}; evaluated with {a[:10]}.\n' in open(
-      os.path.join(d, 'report.md')).read()
+  assert f'Code: trained with {a[:10]}; evaluated with {a[:10]}.\n' in pathlib.Path(
+      os.path.join(d, 'report.md')).read_text()

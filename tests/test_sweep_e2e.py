@@ -3,6 +3,7 @@ baseline) through `python -m t5x_like.train`, evaluates every checkpoint, writes
 report's numbers are the eval JSON's, and a second invocation skips the finished runs."""
 import json
 import os
+import pathlib
 import re
 
 import pytest
@@ -70,7 +71,7 @@ def test_runs_train_to_the_end_and_are_evaluated_at_every_checkpoint(tiny_sweep)
 
 
 def test_report_numbers_equal_the_eval_json(tiny_sweep):
-  text = open(os.path.join(tiny_sweep['dir'], 'report.md')).read()
+  text = pathlib.Path(tiny_sweep['dir'], 'report.md').read_text()
   lines = text.splitlines()
   i = next(i for i, l in enumerate(lines) if l.startswith('| run |'))
   head = [c.strip() for c in lines[i].strip('|').split('|')]
@@ -90,7 +91,7 @@ def test_report_numbers_equal_the_eval_json(tiny_sweep):
     assert float(row['mexa_mean']) == round(mexa['mean'], 3)
     teff = final['token_efficiency']['languages']['lang0']['teff']
     assert float(row['teff_lang0']) == round(teff, 3)
-  exact = json.load(open(os.path.join(tiny_sweep['dir'], 'report.json')))['runs']
+  exact = json.loads(pathlib.Path(tiny_sweep['dir'], 'report.json').read_text())['runs']
   assert exact['p0.5']['ppl_lang0'] == results_lib.read_results(
       os.path.join(tiny_sweep['dir'], 'p0.5'))[STEPS]['perplexity']['lang0']['perplexity']
   for png in ('ppl_over_steps.png', 'alignment_by_layer.png', 'mexa_by_layer.png'):
@@ -100,11 +101,11 @@ def test_report_numbers_equal_the_eval_json(tiny_sweep):
 
 
 def test_rerun_skips_finished_runs(tiny_sweep, capsys):
-  logs = {n: open(os.path.join(tiny_sweep['dir'], n, 'train.log')).read() for n in ('p0.5', 'p0.0')}
+  logs = {n: pathlib.Path(tiny_sweep['dir'], n, 'train.log').read_text() for n in ('p0.5', 'p0.0')}
   args = [a for a in tiny_sweep['args'] if a not in ('--eval', '--report')]
   assert sweep.main(args) == 0
   out = capsys.readouterr().out
   assert '[sweep] p0.5: finished' in out and '[sweep] p0.0: finished' in out
   assert 'training' not in out
   for n, before in logs.items():
-    assert open(os.path.join(tiny_sweep['dir'], n, 'train.log')).read() == before
+    assert pathlib.Path(tiny_sweep['dir'], n, 'train.log').read_text() == before

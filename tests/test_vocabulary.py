@@ -1,5 +1,7 @@
 """t5x_like.vocabulary (no TensorFlow) gives the ids and text of seqio's vocabularies, for a saved
 run vocabulary with extra ids and for a cloned one."""
+import pathlib
+
 import numpy as np
 
 from t5x_like import vocabulary
@@ -9,7 +11,7 @@ def test_tf_free_vocabularies_match_seqio_and_the_cloned_vocabulary(small_text, 
   from tasks import cloned, vocab
   seqio_vocab = vocab.sentencepiece_vocabulary(train_files=[small_text['train']], vocab_size=500,
                                                extra_ids=3, cache_dir=str(tmp_path / 'spm'))
-  lines = open(small_text['validation'], encoding='utf-8').read().splitlines()[:50]
+  lines = pathlib.Path(small_text['validation']).read_text(encoding='utf-8').splitlines()[:50]
   for name, theirs in (('plain', seqio_vocab),
                        ('cloned', cloned.ClonedVocabulary(seqio_vocab, num_languages=3,
                                                           frac_clone=0.4, seed=7))):

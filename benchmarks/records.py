@@ -3,6 +3,7 @@ module from their own directory)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Optional
 
@@ -26,5 +27,13 @@ def record_header() -> dict:
 
 def write_record(path: Optional[str], record: dict):
   if path:
-    with open(path, 'w') as f:
-      json.dump(record, f, indent=1)
+    write_atomically(path, json.dumps(record, indent=1))
+
+
+def write_atomically(path: str, text: str) -> None:
+  """A benchmark stopped by a time limit while writing leaves the previous file whole, not half of
+  the new one."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)

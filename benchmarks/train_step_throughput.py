@@ -25,7 +25,7 @@ import numpy as np
 from t5x_like import losses, metrics, optimizers, partitioning, profiling, provenance, trainer
 from t5x_like.models import DecoderConfig, EncDecConfig, build_model
 
-from records import record_header, write_record
+from records import record_header, write_atomically, write_record
 
 
 PRESETS = {
@@ -188,8 +188,12 @@ def main():
   n = args.steps or preset['steps']
   names = args.variants.split(',')
   built, results = {}, {}
+  longest_build = 0.
   for name in names:
-    if args.budget_s and time.perf_counter() - started > args.budget_s:
+    # A variant starts only if it should be built within the budget (its build taken to be as long as
+    # the longest so far: a 1B model compiles for about a minute), so that the step's time limit
+    # (scripts/gpu_suite.sh: budget + 120 s) is not spent on one that cannot be timed.
+    if args.budget_s and time.perf_counter() - started + longest_build > args.budget_s:
       results[name] = {'skipped': f'time budget of {args.budget_s:.0f} s spent'}
       print(json.dumps({'name': name, **results[name]}), flush=True)
       continue
@@ -199,16 +203,40 @@ def main():
       state, _, _ = time_steps(steps_fn, init(), b, 2)  # compile + one warm step
       del state  # each block starts from a fresh state: one variant's in device memory at a time
       built[name] = [steps_fn, init, b, cfg, time.perf_counter() - t0, []]
+      longest_build = max(longest_build, built[name][4])
     except Exception as e:  # one variant failing (e.g. cudnn absent) must not hide the others
       results[name] = {'error': f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'}
       print(json.dumps({'name': name, **results[name]}), flush=True)
-  for _ in range(args.rounds):
+  for name, v in built.items():
+    results[name] = {'pending': f'built in {v[4]:.0f} s, not timed yet'}
+  record = {**record_header(), 'benchmark': 'train_step_throughput', 'preset': args.preset,
+            'rounds': args.rounds, 'steps_per_round': n,
+            'step_ms_is': 'best of the per-round medians', 'variants': results}
+  _write(args, dict(record, rounds_done=0))
+  for done in range(1, args.rounds + 1):
     for name, v in built.items():
       state, m, times = time_steps(v[0], v[1](), v[2], n)
       del state
       v[5].append(statistics.median(times))
       v.append(m)
+    # Written after every round (and again after the profile): a run stopped by its time limit
+    # keeps what it measured.
+    results.update(_timed_results(preset, built))
+    _write(args, dict(record, rounds_done=done))
+  for name in built:
+    print(json.dumps({'name': name, **results[name]}), flush=True)
+  if args.profile and built:
+    record['profile'] = {'variant': next(iter(built)), 'error': 'the trace did not finish'}
+    _write(args, dict(record, rounds_done=args.rounds))
+    record['profile'] = profile(next(iter(built.items())), args.profile, args.profile_steps)
+    print(json.dumps({'profile': record['profile']}), flush=True)
+    _write(args, dict(record, rounds_done=args.rounds))
+
+
+def _timed_results(preset: dict, built: dict) -> dict:
+  """name -> the step time (best of the rounds' medians so far), tokens/s and MFU of each variant."""
   peak = metrics.peak_flops_per_device()
+  out = {}
   for name, v in built.items():
     _, _, _, cfg, setup_s, medians = v[:6]
     variant = VARIANTS[name]
@@ -217,27 +245,25 @@ def main():
     tok_s = batch * preset['seq'] / step_s
     flops = _flops_per_token(cfg, preset)
     mfu = flops * tok_s / (peak * jax.device_count()) if peak else None
-    results[name] = {'model': dict(preset['model'], **variant.get('model', {})),
-                     'loss': variant.get('loss', {}),
-                     'params_M': round(cfg.num_params() / 1e6, 2), 'batch': batch,
-                     'seq': preset['seq'], 'inputs': preset.get('inputs'),
-                     'setup_and_compile_s': round(setup_s, 1),
-                     'round_median_step_ms': [round(1e3 * t, 2) for t in medians],
-                     'step_ms': round(1e3 * step_s, 2), 'tokens_per_s': round(tok_s),
-                     'mfu': None if mfu is None else round(mfu, 4),
-                     'flops_per_token': flops,
-                     'final_loss': float(v[-1]['loss'])}
-    print(json.dumps({'name': name, **results[name]}), flush=True)
-  record = {**record_header(), 'benchmark': 'train_step_throughput', 'preset': args.preset,
-            'rounds': args.rounds, 'steps_per_round': n,
-            'step_ms_is': 'best of the per-round medians', 'variants': results}
-  if args.profile and built:
-    record['profile'] = profile(next(iter(built.items())), args.profile, args.profile_steps)
-    print(json.dumps({'profile': record['profile']}), flush=True)
+    out[name] = {'model': dict(preset['model'], **variant.get('model', {})),
+                 'loss': variant.get('loss', {}),
+                 'params_M': round(cfg.num_params() / 1e6, 2), 'batch': batch,
+                 'seq': preset['seq'], 'inputs': preset.get('inputs'),
+                 'setup_and_compile_s': round(setup_s, 1),
+                 'round_median_step_ms': [round(1e3 * t, 2) for t in medians],
+                 'step_ms': round(1e3 * step_s, 2), 'tokens_per_s': round(tok_s),
+                 'mfu': None if mfu is None else round(mfu, 4),
+                 'flops_per_token': flops,
+                 'final_loss': float(v[-1]['loss'])}
+  return out
+
+
+def _write(args, record: dict) -> None:
+  variants = record['variants']
+  record = dict(record, variants={n: variants[n] for n in args.variants.split(',') if n in variants})
   write_record(args.out, record)
   if args.markdown:
-    with open(args.markdown, 'w') as f:
-      f.write(markdown(record))
+    write_atomically(args.markdown, markdown(record))
 
 
 def profile(item, directory: str, num_steps: int) -> dict:
@@ -275,11 +301,13 @@ def markdown(record: dict) -> str:
            f"MFU = flops_per_token x tokens/s / (peak x devices); FLOPs per token: "
            f"{record['flop_formula']}; peak {record['peak_flops_per_device']} FLOP/s per device "
            f"({record['peak_note']}).", '',
+           *([f"Stopped after {record['rounds_done']} of {record['rounds']} timed rounds.", '']
+             if record.get('rounds_done', record['rounds']) < record['rounds'] else []),
            '| variant | params | batch x seq | step | tokens/s | MFU | compile |',
            '|---|---|---|---|---|---|---|']
   for name, r in record['variants'].items():
     if 'step_ms' not in r:
-      lines.append(f"| {name} | {r.get('error') or r.get('skipped')} | | | | | |")
+      lines.append(f"| {name} | {r.get('error') or r.get('skipped') or r.get('pending')} | | | | | |")
       continue
     mfu = 'n/a' if r['mfu'] is None else f"{100 * r['mfu']:.1f}%"
     lines.append(f"| {name} | {r['params_M']}M | {r['batch']} x {r['seq']} | {r['step_ms']} ms | "

@@ -3,7 +3,10 @@ command prepared for a GPU allowance cannot rot between allowances. Step (c), th
 ablation, runs under the suite's guard that hides tensorflow and seqio, as on the GPU image."""
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
 
 from conftest import REPO
 
@@ -66,6 +69,32 @@ def test_gpu_suite_cpu_smoke_writes_every_record(tmp_path):
   assert '## (c) cloned-language ablation' in summary
   for run in runs:  # each run read its export (the suite exits 2 if its guard lets seqio through)
     assert 'DataConfig.export_dir=' in (out / 'c_ablation' / run / 'train.log').read_text()
+
+
+def test_a_benchmark_stopped_by_its_time_limit_keeps_the_rounds_it_timed(tmp_path):
+  # The suite's steps run under `timeout`; a 1B variant that compiles late must not cost the record.
+  out, md = tmp_path / 'a.json', tmp_path / 'a.md'
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  p = subprocess.Popen([sys.executable, 'benchmarks/train_step_throughput.py', '--preset',
+                        'smoke_decoder', '--variants', 'default,plain_loss', '--rounds', '100000',
+                        '--steps', '1', '--out', str(out), '--markdown', str(md)],
+                       cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.monotonic() + 300
+    while not (out.exists() and json.loads(out.read_text())['rounds_done'] >= 2):
+      assert p.poll() is None and time.monotonic() < deadline, p.returncode
+      time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)  # what `timeout` sends
+    assert p.wait(timeout=60) != 0
+  finally:
+    p.kill()
+  rec = json.loads(out.read_text())  # never half-written: the last complete record
+  assert 2 <= rec['rounds_done'] < rec['rounds'] and list(rec['variants']) == ['default', 'plain_loss']
+  for v in rec['variants'].values():
+    assert len(v['round_median_step_ms']) >= 2 and v['step_ms'] > 0, v
+  table = md.read_text()  # (written after the record: it may be a round behind)
+  assert 'of 100000 timed rounds.' in table and '| plain_loss | 0.05M |' in table, table
 
 
 def test_clone_suite_run_refuses_unprepared_data(tmp_path, capsys):

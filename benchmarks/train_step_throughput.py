@@ -214,8 +214,13 @@ def main():
             'step_ms_is': 'best of the per-round medians', 'variants': results}
   _write(args, dict(record, rounds_done=0))
   for done in range(1, args.rounds + 1):
-    for name, v in built.items():
-      state, m, times = time_steps(v[0], v[1](), v[2], n)
+    for name, v in list(built.items()):
+      try:
+        state, m, times = time_steps(v[0], v[1](), v[2], n)
+      except Exception as e:  # e.g. out of memory for a fresh state: the other variants go on
+        results[name] = {'error': f'round {done}: {type(e).__name__}: {str(e).splitlines()[0][:200]}'}
+        del built[name]
+        continue
       del state
       v[5].append(statistics.median(times))
       v.append(m)

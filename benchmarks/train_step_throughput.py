@@ -188,11 +188,11 @@ def main():
   n = args.steps or preset['steps']
   names = args.variants.split(',')
   built, results = {}, {}
-  longest_build = 0.
   for name in names:
     # A variant starts only if it should be built within the budget (its build taken to be as long as
     # the longest so far: a 1B model compiles for about a minute), so that the step's time limit
     # (scripts/gpu_suite.sh: budget + 120 s) is not spent on one that cannot be timed.
+    longest_build = max((v[4] for v in built.values()), default=0.)
     if args.budget_s and time.perf_counter() - started + longest_build > args.budget_s:
       results[name] = {'skipped': f'time budget of {args.budget_s:.0f} s spent'}
       print(json.dumps({'name': name, **results[name]}), flush=True)
@@ -203,12 +203,10 @@ def main():
       state, _, _ = time_steps(steps_fn, init(), b, 2)  # compile + one warm step
       del state  # each block starts from a fresh state: one variant's in device memory at a time
       built[name] = [steps_fn, init, b, cfg, time.perf_counter() - t0, []]
-      longest_build = max(longest_build, built[name][4])
+      results[name] = {'pending': f'built in {built[name][4]:.0f} s, not timed yet'}
     except Exception as e:  # one variant failing (e.g. cudnn absent) must not hide the others
       results[name] = {'error': f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'}
       print(json.dumps({'name': name, **results[name]}), flush=True)
-  for name, v in built.items():
-    results[name] = {'pending': f'built in {v[4]:.0f} s, not timed yet'}
   record = {**record_header(), 'benchmark': 'train_step_throughput', 'preset': args.preset,
             'rounds': args.rounds, 'steps_per_round': n,
             'step_ms_is': 'best of the per-round medians', 'variants': results}
@@ -264,8 +262,6 @@ def _timed_results(preset: dict, built: dict) -> dict:
 
 
 def _write(args, record: dict) -> None:
-  variants = record['variants']
-  record = dict(record, variants={n: variants[n] for n in args.variants.split(',') if n in variants})
   write_record(args.out, record)
   if args.markdown:
     write_atomically(args.markdown, markdown(record))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -159,7 +160,11 @@ class Checkpointer:
       self._reader = ocp.Checkpointer(ocp.CompositeCheckpointHandler(),
                                       multiprocessing_options=ocp.options.MultiprocessingOptions(
                                           primary_host=this_host, active_processes={this_host}))
-    return self._reader.restore(self.directory / str(step), args=args)
+    try:
+      return self._reader.restore(self.directory / str(step), args=args)
+    except Exception:
+      _ignore_reads_finishing_after_a_failed_restore()
+      raise
 
   def reached_preemption(self, step: int) -> bool:
     return self.manager.reached_preemption(step)
@@ -239,11 +244,15 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(model_dir)}')
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(
-            item={'params': abstract_params},
-            restore_args=jax.tree.map(_restore_arg, {'params': abstract_params}),
-            partial_restore=True)))
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+              item={'params': abstract_params},
+              restore_args=jax.tree.map(_restore_arg, {'params': abstract_params}),
+              partial_restore=True)))
+    except Exception:
+      _ignore_reads_finishing_after_a_failed_restore()
+      raise
     params = restored['state']['params']
     damaged = _verify_checksums(checkpoint_dir(model_dir), step,
                                 lambda args: mngr.restore(step, args=args), {'params': params})
@@ -252,6 +261,27 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
   if damaged:
     raise damaged
   return params, step
+
+
+def _ignore_reads_finishing_after_a_failed_restore():
+  """When one array of a restore cannot be read, Orbax's event loop ends with the others' tensorstore
+  reads still in flight; each that finishes later calls back into the closed loop, and Python prints
+  its RuntimeError('Event loop is closed') as an unraisable exception: dozens of tracebacks around
+  the one-line error that names the damaged file. From the first failed restore on, the process
+  drops exactly those (an unraisable RuntimeError with that message); everything else still goes to
+  the hook that was there before."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop_callbacks', False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+      return
+    previous(unraisable)
+
+  hook.drops_closed_loop_callbacks = True
+  sys.unraisablehook = hook
 
 
 def _restore_arg(a):

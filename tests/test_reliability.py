@@ -5,10 +5,14 @@ Each test reproduces one failure mode of a weekend run on a tiny model (8 fake C
 that it ends in one line that says what happened, that nothing already saved is lost, and that no
 checkpoint holds NaN or another vocabulary.
 """
+import gc
 import os
 import re
 import shutil
 import signal
+import sys
+import time
+import types
 
 import gin
 import jax
@@ -259,6 +263,25 @@ def test_damaged_checkpoint_is_reported_as_damaged_with_step_file_and_way_out(da
   assert f'{run / "checkpoints" / "4" / where}' in msg, msg
   assert 'does not match' not in msg and '--restore_step=2' in msg, msg
   assert steps_on_disk(run) == [1, 2, 4]  # nothing deleted
+
+
+def test_reads_finishing_after_a_failed_restore_print_nothing_else_still_does(four_steps, lm_task,
+                                                                             tmp_path, monkeypatch):
+  src, _ = four_steps
+  run = tmp_path / 'run'
+  shutil.copytree(src, run)
+  _truncate_arrays(run / 'checkpoints' / '4')
+  seen = []
+  monkeypatch.setattr(sys, 'unraisablehook', seen.append)
+  with pytest.raises(checkpointing.CheckpointDamaged):
+    _fit(run, 6, lm_task)
+  time.sleep(1)  # the reads still in flight when Orbax's event loop closed finish meanwhile
+  gc.collect()
+  assert not [u for u in seen if 'Event loop is closed' in str(u.exc_value)], seen
+  other = types.SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError('something else'),
+                                exc_traceback=None, err_msg=None, object=None)
+  sys.unraisablehook(other)
+  assert seen == [other]
 
 
 def test_fallback_and_restore_step_resume_exactly_and_set_newer_steps_aside(four_steps, lm_task,

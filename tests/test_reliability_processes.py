@@ -3,6 +3,7 @@ processes (2 x 4 CPU devices through launch/local.py, gloo collectives) that are
 for bit, and agree on a fallback when only one of them cannot read its part of a checkpoint. Kept apart
 from test_reliability.py so that the two halves can run on different test workers.
 """
+import contextlib
 import os
 import pathlib
 import signal
@@ -59,14 +60,25 @@ def _train_args(model_dir, steps, text, *extra):
           '--gin.TrainerConfig.checkpoint_every=100', '--gin.TrainerConfig.eval_every=0', *extra]
 
 
-def _start_launcher(train_args):
-  """launch.local in its own process (no --log_dir); returns it and its log folder (from stderr)."""
-  proc = subprocess.Popen([sys.executable, '-m', 'launch.local', '--num_processes=2',
-                           '--devices_per_process=4', '--', *train_args], cwd=REPO,
-                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-  first = proc.stderr.readline()
-  assert 'logs in ' in first, first
-  return proc, pathlib.Path(first.split('logs in ')[1].split('/process_*')[0])
+@contextlib.contextmanager
+def _launcher(train_args):
+  """launch.local in its own process (no --log_dir): yields it and its log folder (from stderr). On the
+  way out, however the test went, it is stopped if still running (SIGTERM, which it passes on to its
+  workers, then SIGKILL) and its stderr pipe is closed."""
+  with subprocess.Popen([sys.executable, '-m', 'launch.local', '--num_processes=2',
+                         '--devices_per_process=4', '--', *train_args], cwd=REPO,
+                        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True) as proc:
+    try:
+      first = proc.stderr.readline()
+      assert 'logs in ' in first, first
+      yield proc, pathlib.Path(first.split('logs in ')[1].split('/process_*')[0])
+    finally:
+      if proc.poll() is None:
+        proc.terminate()
+        try:
+          proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+          proc.kill()
 
 
 def _wait_for(path, text, proc, timeout=300):
@@ -106,10 +118,10 @@ def test_two_processes_sigterm_save_one_step_exit_75_and_resume_bit_exactly(smal
   assert f'step {n}/{n}' in outs[0] and f'step {n}/{n}' not in outs[1]  # host 0 alone reports
   assert any(p.name.startswith('jit_guarded_train_step') for p in (tmp_path / 'cache').iterdir())
   run = tmp_path / 'run'
-  launcher, logs = _start_launcher(_train_args(run, n, small_text, cache))
-  _wait_for(logs / 'process_0.log', f'step  3/{n}', launcher)
-  launcher.send_signal(signal.SIGTERM)  # passed on to both workers, as a pod's notice reaches every host
-  assert launcher.wait(timeout=120) == exit_codes.PREEMPTED, launcher.stderr.read()[-3000:]
+  with _launcher(_train_args(run, n, small_text, cache)) as (launcher, logs):
+    _wait_for(logs / 'process_0.log', f'step  3/{n}', launcher)
+    launcher.send_signal(signal.SIGTERM)  # passed on to both workers, as a pod's notice reaches every host
+    assert launcher.wait(timeout=120) == exit_codes.PREEMPTED, launcher.stderr.read()[-3000:]
   log0 = (logs / 'process_0.log').read_text()
   saved = int(log0.split('preempted at step ')[1].split(':')[0])
   assert 'StepAlreadyExistsError' not in log0 + (logs / 'process_1.log').read_text()
@@ -127,14 +139,14 @@ def test_two_processes_sigterm_save_one_step_exit_75_and_resume_bit_exactly(smal
 
 @pytest.mark.parametrize('how', ['SIGKILL', 'SIGSTOP'])
 def test_a_dead_or_hung_peer_stops_the_job_with_a_clear_exit(how, small_text, tmp_path):
-  launcher, logs = _start_launcher(_train_args(tmp_path / 'run', 1000, small_text,
-                                               '--gin.TrainerConfig.step_timeout_secs=5'))
-  _wait_for(logs / 'process_0.log', 'step    3/1000', launcher)
-  victim = _worker_pid(launcher, 1)
-  t0 = time.monotonic()
-  os.kill(victim, getattr(signal, how))
-  code = launcher.wait(timeout=120)
-  err = launcher.stderr.read()
+  with _launcher(_train_args(tmp_path / 'run', 1000, small_text,
+                             '--gin.TrainerConfig.step_timeout_secs=5')) as (launcher, logs):
+    _wait_for(logs / 'process_0.log', 'step    3/1000', launcher)
+    victim = _worker_pid(launcher, 1)
+    t0 = time.monotonic()
+    os.kill(victim, getattr(signal, how))
+    code = launcher.wait(timeout=120)
+    err = launcher.stderr.read()
   assert time.monotonic() - t0 < 40, err
   if how == 'SIGKILL':  # the launcher sees it die and stops process 0
     assert code == 128 + signal.SIGKILL and 'process 1 failed first (exit -9' in err, err

@@ -135,24 +135,25 @@ def test_slurm_job_is_killed_relaunched_and_resumes(slurm_cluster, small_text, t
           f"--gin.VALIDATION_FILES=['{small_text['validation']}']",
           '--gin.TrainerConfig.checkpoint_every=10', '--gin.TrainerConfig.log_every=10',
           f'--compilation_cache_dir={tmp_path / "jax_cache"}']
-  launcher = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-  try:
-    # Kill one task with SIGKILL once the first checkpoint is there.
-    deadline = time.monotonic() + 300
-    while not (model_dir / 'checkpoints' / '10').is_dir():
-      assert launcher.poll() is None, launcher.stdout.read()
-      assert time.monotonic() < deadline, 'no checkpoint at step 10 within 300 s'
-      time.sleep(0.5)
-    job_id = subprocess.run(['squeue', '-h', '-o', '%i', '-n', 'tiny'], env=env,
-                            capture_output=True, text=True).stdout.split()[0]
-    pids = _train_pids(job_id, env)
-    assert len(pids) == 2, pids
-    os.kill(pids[1], signal.SIGKILL)
-    out, _ = launcher.communicate(timeout=600)
-  finally:
-    if launcher.poll() is None:
-      launcher.kill()
+  # (Popen as a context: the pipe is closed and the launcher reaped whichever way the test ends.)
+  with subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        text=True) as launcher:
+    try:
+      # Kill one task with SIGKILL once the first checkpoint is there.
+      deadline = time.monotonic() + 300
+      while not (model_dir / 'checkpoints' / '10').is_dir():
+        assert launcher.poll() is None, launcher.stdout.read()
+        assert time.monotonic() < deadline, 'no checkpoint at step 10 within 300 s'
+        time.sleep(0.5)
+      job_id = subprocess.run(['squeue', '-h', '-o', '%i', '-n', 'tiny'], env=env,
+                              capture_output=True, text=True).stdout.split()[0]
+      pids = _train_pids(job_id, env)
+      assert len(pids) == 2, pids
+      os.kill(pids[1], signal.SIGKILL)
+      out, _ = launcher.communicate(timeout=600)
+    finally:
+      if launcher.poll() is None:
+        launcher.kill()
   assert launcher.returncode == 0, out[-3000:]
   assert 'is restartable; relaunching (1/1)' in out
   assert 'Resuming from checkpoint at step' in out

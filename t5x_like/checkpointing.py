@@ -71,24 +71,7 @@ class Checkpointer:
     return self.manager.should_save(step)
 
   def diagnose(self, step: int, abstract_state: Any, error: BaseException) -> ValueError:
-    """Why restoring `step` failed: CheckpointMismatch when its saved shapes differ from
-    `abstract_state`, else CheckpointDamaged naming the file that could not be read."""
-    if isinstance(error, (CheckpointDamaged, CheckpointMismatch)):
-      return error
-    step_dir = self.directory / str(step)
-    where = f'checkpoint at step {step} in {self.directory}'
-    handler = ocp.StandardCheckpointHandler()
-    try:
-      saved = handler.metadata(step_dir / 'state').tree
-    except Exception as e:  # pylint: disable=broad-except
-      return CheckpointDamaged(f'{where} is damaged: {_failed_file(e, step_dir / "state")}: '
-                               f'{_reason(e)}')
-    finally:
-      handler.close()
-    diff = _first_difference(saved, abstract_state)
-    if diff:
-      return CheckpointMismatch(f'{where} does not match this config: {diff}')
-    return CheckpointDamaged(f'{where} is damaged: {_failed_file(error, step_dir)}: {_reason(error)}')
+    return diagnose(self.directory, step, abstract_state, error)
 
   def set_aside(self, steps: Sequence[int]) -> Optional[epath.Path]:
     """Moves the folders of `steps` (newer than the one resumed from) out of the checkpoint dir into
@@ -179,6 +162,30 @@ class Checkpointer:
       self._reader = None
 
 
+def diagnose(directory: epath.Path, step: int, abstract: Any, error: BaseException) -> ValueError:
+  """Why restoring `abstract` (the whole state, or a part of it such as {'params': ...}) from `step`
+  of the checkpoint dir `directory` failed: CheckpointMismatch when the saved shapes differ from it,
+  else CheckpointDamaged naming the file that could not be read."""
+  if isinstance(error, (CheckpointDamaged, CheckpointMismatch)):
+    return error
+  step_dir = directory / str(step)
+  where = f'checkpoint at step {step} in {directory}'
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    saved = handler.metadata(step_dir / 'state').tree
+  except Exception as e:  # pylint: disable=broad-except
+    return CheckpointDamaged(f'{where} is damaged: {_failed_file(e, step_dir / "state")}: '
+                             f'{_reason(e)}')
+  finally:
+    handler.close()
+  if isinstance(saved, dict) and isinstance(abstract, dict):  # a partial restore compares its part
+    saved = {k: v for k, v in saved.items() if k in abstract}
+  diff = _first_difference(saved, abstract)
+  if diff:
+    return CheckpointMismatch(f'{where} does not match this config: {diff}')
+  return CheckpointDamaged(f'{where} is damaged: {_failed_file(error, step_dir)}: {_reason(error)}')
+
+
 def _json_item(step_dir: epath.Path, name: str, read: Callable[[ocp.args.Composite], Any]) -> dict:
   """A small JSON item of a checkpoint step, read through `read` ({} when the step has none)."""
   if not (step_dir / name).exists():
@@ -238,7 +245,8 @@ def _first_difference(saved: Any, abstract: Any) -> Optional[str]:
 
 def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = None):
   """Restores only the parameters of a run (for evaluation and export): no optimizer state is read.
-  They are checked against the checksums saved with them (CheckpointDamaged if their bits changed)."""
+  They are checked against the checksums saved with them (CheckpointDamaged if their bits changed);
+  a step that cannot be read raises CheckpointDamaged or CheckpointMismatch (see `diagnose`)."""
   mngr = ocp.CheckpointManager(checkpoint_dir(model_dir))
   try:
     step = mngr.latest_step() if step is None else step
@@ -250,9 +258,9 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
               item={'params': abstract_params},
               restore_args=jax.tree.map(_restore_arg, {'params': abstract_params}),
               partial_restore=True)))
-    except Exception:
+    except Exception as e:  # pylint: disable=broad-except  # classified
       _ignore_reads_finishing_after_a_failed_restore()
-      raise
+      raise diagnose(checkpoint_dir(model_dir), step, {'params': abstract_params}, e) from e
     params = restored['state']['params']
     damaged = _verify_checksums(checkpoint_dir(model_dir), step,
                                 lambda args: mngr.restore(step, args=args), {'params': params})

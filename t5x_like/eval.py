@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from t5x_like import compilation_cache, decoding, partitioning, provenance, run_dir
+from t5x_like import checkpointing, compilation_cache, decoding, partitioning, provenance, run_dir
 from t5x_like.evaluation import alignment, batches, mexa, perplexity, text_sources, translation
 from t5x_like.evaluation import token_efficiency as te
 from t5x_like.evaluation.results import (checkpoint_steps, read_results, read_run_info, scalars,
@@ -380,7 +380,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f'step {step}: already evaluated ({",".join(opts.metrics)})')
       continue
     t0 = time.perf_counter()
-    params, step = run_dir.load_params(args.model_dir, step)
+    try:
+      params, step = run_dir.load_params(args.model_dir, step)
+    except (checkpointing.CheckpointDamaged, checkpointing.CheckpointMismatch) as e:
+      others = [x for x in available if x != step]
+      print(f'error: {e}' + (f'; evaluate another step with --step (there: {others})' if others
+                             else ''), file=sys.stderr)
+      return 2
     try:
       if windows is None and {'ppl', 'align', 'grad', 'teff'} & set(opts.metrics):
         windows = _windows(vocab, opts, _eval_length(opts, run_info))

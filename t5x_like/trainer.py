@@ -392,9 +392,9 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
         params, from_step = checkpointing.restore_params(
             init_params_from, partitioning.with_sharding(abstract_state['params'],
                                                          shardings['params']))
-      except Exception as e:
-        raise ValueError(f'train.init_params_from={init_params_from!r}: cannot restore parameters '
-                         f'for this model config: {str(e).splitlines()[0][:300]}') from e
+      except Exception as e:  # damaged, or saved with other shapes: the message says which
+        raise ValueError(f'train.init_params_from={init_params_from!r}: cannot restore its '
+                         f'parameters: {str(e).splitlines()[0][:500]}') from e
       state['params'] = params
       say(f'Initialised parameters from {init_params_from} (step {from_step}); optimizer state fresh')
   start = int(jax.device_get(state['step']))

@@ -265,6 +265,31 @@ def test_damaged_checkpoint_is_reported_as_damaged_with_step_file_and_way_out(da
   assert steps_on_disk(run) == [1, 2, 4]  # nothing deleted
 
 
+def test_export_and_eval_of_a_damaged_step_name_it_in_one_line_and_leave_the_output_alone(
+    four_steps, tmp_path, capsys):
+  from t5x_like import eval as eval_cli
+  from t5x_like.convert.__main__ import main as convert_main
+  src, _ = four_steps
+  run, out = tmp_path / 'run', tmp_path / 'hf'
+  shutil.copytree(src, run)
+  assert convert_main(['to-hf', '--model_dir', str(run), '--out', str(out), '--step', '2']) == 0
+  exported = {p.name: p.read_bytes() for p in out.iterdir()}
+  assert 'model.safetensors' in exported and 'config.json' in exported
+  _truncate_arrays(run / 'checkpoints' / '4')
+  capsys.readouterr()
+  assert convert_main(['to-hf', '--model_dir', str(run), '--out', str(out)]) == 2
+  assert eval_cli.main(['--model_dir', str(run), '--metrics', 'ppl']) == 2
+  export_err, eval_err = capsys.readouterr().err.strip().splitlines()
+  damaged = f'error: checkpoint at step 4 in {run / "checkpoints"} is damaged: {run / "checkpoints/4/state"}'
+  assert export_err.startswith(damaged), export_err
+  assert eval_err.startswith(damaged) and eval_err.endswith('evaluate another step with --step '
+                                                            '(there: [1, 2])'), eval_err
+  # The export of step 2 is still there, whole; nothing half-written beside it.
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == exported
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['hf', 'run']
+  assert steps_on_disk(run) == [1, 2, 4]
+
+
 def test_reads_finishing_after_a_failed_restore_print_nothing_else_still_does(four_steps, lm_task,
                                                                              tmp_path, monkeypatch):
   src, _ = four_steps

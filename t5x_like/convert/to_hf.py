@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from typing import Optional
 
 import numpy as np
@@ -45,8 +47,11 @@ class CheckpointLeaves:
       item = {'params': traverse_util.unflatten_dict({path: abstract})}
       args = {'params': traverse_util.unflatten_dict(
           {path: ocp.RestoreArgs(restore_type=np.ndarray, dtype=abstract.dtype)})}
-      restored = self._mngr.restore(self.step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-          item=item, restore_args=args, partial_restore=True)))
+      try:
+        restored = self._mngr.restore(self.step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)))
+      except Exception as e:  # pylint: disable=broad-except  # damaged or mismatched: named
+        raise checkpointing.diagnose(self._mngr.directory, self.step, item, e) from e
       self._path = path
       self._value = traverse_util.flatten_dict(restored['state']['params'])[path]
     return self._value
@@ -144,17 +149,38 @@ def export(model_dir: str, out: str, *, step: Optional[int] = None, dtype: Optio
     raise ConversionError(f'--dtype {dtype!r}; choose one of {sorted(_TORCH_DTYPES)}')
   leaves = CheckpointLeaves(model_dir, cfg, step)  # refuses a missing step before anything is written
   step = leaves.step
-  arch = write_configs(cfg, out, dtype, hf_arch)['architectures'][0]  # refuses before it writes
-  files = write_weights(leaves, cfg, out, dtype=dtype, max_shard_bytes=max_shard_bytes)
-  leaves.close()
-  notes = {}
-  vocab_dir = os.path.join(model_dir, 'vocabulary')
-  if os.path.exists(os.path.join(vocab_dir, 'vocabulary.json')):
-    notes = tokenizer.write_hf_tokenizer(vocab_dir, out, family=cfg.family,
-                                         model_vocab_size=cfg.vocab_size)
-    write_generation_config(cfg, out, notes['eos_token_ids'])
-  else:
-    log(f'note: {vocab_dir} not found: no tokenizer written')
+  # Written beside `out` and moved into it once complete: an export that fails half-way (a damaged
+  # checkpoint, a full disk) leaves `out` as it was, never a half-written model another tool loads.
+  parent = os.path.dirname(os.path.abspath(out))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.abspath(out))}.partial-', dir=parent)
+  try:
+    arch = write_configs(cfg, staging, dtype, hf_arch)['architectures'][0]  # refuses before it writes
+    files = write_weights(leaves, cfg, staging, dtype=dtype, max_shard_bytes=max_shard_bytes)
+    notes = {}
+    vocab_dir = os.path.join(model_dir, 'vocabulary')
+    if os.path.exists(os.path.join(vocab_dir, 'vocabulary.json')):
+      notes = tokenizer.write_hf_tokenizer(vocab_dir, staging, family=cfg.family,
+                                           model_vocab_size=cfg.vocab_size)
+      write_generation_config(cfg, staging, notes['eos_token_ids'])
+    else:
+      log(f'note: {vocab_dir} not found: no tokenizer written')
+    _move_into(staging, out)
+  finally:
+    leaves.close()
+    shutil.rmtree(staging, ignore_errors=True)
   log(f'exported {model_dir} step {step} -> {out}: {arch}, {dtype}, {len(files)} safetensors file(s)'
       + (f', tokenizer with {notes["vocab_entries"]} entries' if notes else ''))
   return {'step': step, 'files': files, 'architecture': arch, **notes}
+
+
+def _move_into(staging: str, out: str) -> None:
+  """The files of a complete export, moved into `out` (made if missing; other files in it are kept).
+  A single-file export removes the shard index an earlier sharded export left: it would point the
+  loader at the old shards."""
+  os.makedirs(out, exist_ok=True)
+  written = os.listdir(staging)
+  if st.INDEX_FILE not in written and os.path.exists(os.path.join(out, st.INDEX_FILE)):
+    os.remove(os.path.join(out, st.INDEX_FILE))
+  for name in written:
+    os.replace(os.path.join(staging, name), os.path.join(out, name))

@@ -209,6 +209,16 @@ def _verify_checksums(directory: epath.Path, step: int, read: Callable[[ocp.args
   return CheckpointDamaged(f'{where} is damaged: {mismatch}') if mismatch else None
 
 
+def saved_checksums(mngr: ocp.CheckpointManager, step: int) -> dict:
+  """The checksums saved with `step` of `mngr`'s checkpoints ({} when it has none: saved before they
+  existed, or by the HF import), for readers that compare arrays one at a time."""
+  try:
+    return _json_item(mngr.directory / str(step), 'checksums', lambda a: mngr.restore(step, args=a))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointDamaged(f'checkpoint at step {step} in {mngr.directory} is damaged: '
+                            f'{mngr.directory / str(step) / "checksums"}: {_reason(e)}') from e
+
+
 def _sync_processes(name: str):
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)

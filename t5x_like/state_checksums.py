@@ -60,6 +60,23 @@ def checksums(tree: Any) -> dict:
   return {p: {'dtype': str(x.dtype), 'checksum': int(s)} for p, x, s in zip(paths, leaves, sums)}
 
 
+def host_checksum(a: np.ndarray, chunk: int = 1 << 20) -> int:
+  """`checksums`' number for one host array, computed with numpy `chunk` elements at a time: for
+  code that holds one parameter at a time in host memory (the HF export), where a device copy of
+  the array would double what it holds."""
+  a = np.asarray(a)
+  if a.dtype == np.bool_:
+    words = a.reshape(-1)
+  else:  # 8-byte elements as two 4-byte words each, in memory order, as jax's bitcast gives them
+    words = a.reshape(-1).view(f'<u{min(a.dtype.itemsize, 4)}')
+  total = 0
+  for start in range(0, words.size, chunk):
+    part = words[start:start + chunk].astype(np.uint32)
+    position = np.arange(start, start + part.size, dtype=np.uint64).astype(np.uint32)
+    total = (total + int(np.sum(part * (position * np.uint32(2) + np.uint32(1)), dtype=np.uint32))) % 2**32
+  return total
+
+
 def first_mismatch(saved: dict, restored: dict) -> Optional[str]:
   """The first array whose restored bits differ from those saved, in words; None when all agree.
   Arrays only one side has (a partial restore) or restored in another dtype are not compared."""

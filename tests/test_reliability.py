@@ -348,7 +348,7 @@ def _rewrite_with_one_bit_flipped(run, step):
 
 
 def test_changed_bits_that_read_back_cleanly_are_caught_by_the_checksums(four_steps, lm_task,
-                                                                         tmp_path):
+                                                                         tmp_path, capsys):
   src, hist = four_steps
   run = tmp_path / 'run'
   shutil.copytree(src, run)
@@ -361,12 +361,22 @@ def test_changed_bits_that_read_back_cleanly_are_caught_by_the_checksums(four_st
   assert 'its bits changed after it was saved; resume from an earlier step with --restore_step=2' \
       in msg, msg
   assert steps_on_disk(run) == [1, 2, 4]
-  # Evaluation and export read the parameters through restore_params: checked there too.
+  # Evaluation reads the parameters through restore_params, the HF export one at a time (host
+  # checksums): checked there too.
   abstract = _restore_all(src)[4]['params']
   with pytest.raises(checkpointing.CheckpointDamaged, match=re.escape(name)):
     checkpointing.restore_params(str(run), abstract)
   params, step = checkpointing.restore_params(str(run), abstract, step=2)
   assert step == 2 and jax.tree.structure(params) == jax.tree.structure(abstract)
+  from t5x_like.convert.__main__ import main as convert_main
+  capsys.readouterr()
+  assert convert_main(['to-hf', '--model_dir', str(run), '--out', str(tmp_path / 'hf')]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(f'error: checkpoint at step 4 in {run / "checkpoints"} is damaged: {name} '
+                        '(float32) reads back with checksum ') and '\n' not in err, err
+  assert not (tmp_path / 'hf').exists()
+  assert convert_main(['to-hf', '--model_dir', str(run), '--out', str(tmp_path / 'hf'), '--step',
+                       '2']) == 0
   # With restore_fallback the run goes on from step 2, exactly as the first time.
   resumed = dict(_fit(run, 6, lm_task, restore_fallback=True)['history'])
   assert resumed[3] == hist[3] and resumed[4] == hist[4]

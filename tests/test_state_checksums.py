@@ -57,3 +57,18 @@ def test_only_arrays_present_on_both_sides_in_the_same_dtype_are_compared():
   changed = dict(tree, step=np.int32(8))
   msg = state_checksums.first_mismatch(saved, state_checksums.checksums(changed))
   assert msg.startswith('step (int32) reads back with checksum ') and 'but was saved with' in msg
+
+
+def test_host_checksum_in_chunks_equals_the_device_checksum():
+  rng = np.random.default_rng(3)
+  arrays = [rng.standard_normal((17, 33)).astype(np.float32),
+            rng.standard_normal((5, 7, 3)).astype(jnp.bfloat16),
+            rng.integers(-9, 9, (13,)).astype(np.int32), rng.integers(0, 255, (40,)).astype(np.uint8),
+            np.array([True, False, True]), np.float32(3.5)]
+  for a in arrays:
+    on_device = state_checksums.checksums({'a': a})['a']['checksum']
+    for chunk in (7, 64, 1 << 20):  # chunks that end inside the array and one that holds it all
+      assert state_checksums.host_checksum(a, chunk) == on_device, (a.dtype, a.shape, chunk)
+  flipped = arrays[0].copy()
+  flipped.view(np.uint32)[3, 4] ^= np.uint32(1)
+  assert state_checksums.host_checksum(flipped, 7) != state_checksums.host_checksum(arrays[0], 7)

@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from t5x_like import checkpointing, run_dir
+from t5x_like import checkpointing, run_dir, state_checksums
 from t5x_like.convert import llama, t5
 from t5x_like.convert import safetensors_stream as st
 from t5x_like.convert import tokenizer
@@ -28,17 +28,23 @@ _TORCH_DTYPES = {'float32': 'float32', 'bfloat16': 'bfloat16', 'float16': 'float
 class CheckpointLeaves:
   """path -> numpy array of one parameter of a run's checkpoint, restored on demand; only the last
   one is kept, so reading the parameters in order holds one at a time. Orbax reads straight into
-  host arrays (no device copy)."""
+  host arrays (no device copy). Each is compared with the checksum saved with it, as every restore
+  in training and evaluation is (CheckpointDamaged when its bits changed)."""
 
   def __init__(self, model_dir: str, cfg, step: Optional[int] = None):
     self._mngr = ocp.CheckpointManager(checkpointing.checkpoint_dir(model_dir))
-    self.step = self._mngr.latest_step() if step is None else step
-    if self.step is None or self.step not in self._mngr.all_steps():
-      raise ConversionError(f'no checkpoint {"" if step is None else f"at step {step} "}in '
-                            f'{checkpointing.checkpoint_dir(model_dir)} '
-                            f'(steps: {list(self._mngr.all_steps())})')
-    self._abstract = traverse_util.flatten_dict(run_dir.abstract_params(cfg))
     self._path, self._value = None, None
+    try:
+      self.step = self._mngr.latest_step() if step is None else step
+      if self.step is None or self.step not in self._mngr.all_steps():
+        raise ConversionError(f'no checkpoint {"" if step is None else f"at step {step} "}in '
+                              f'{checkpointing.checkpoint_dir(model_dir)} '
+                              f'(steps: {list(self._mngr.all_steps())})')
+      self._abstract = traverse_util.flatten_dict(run_dir.abstract_params(cfg))
+      self._saved = checkpointing.saved_checksums(self._mngr, self.step)
+    except BaseException:
+      self._mngr.close()
+      raise
 
   def __call__(self, path: tuple) -> np.ndarray:
     if path != self._path:
@@ -52,8 +58,14 @@ class CheckpointLeaves:
             state=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)))
       except Exception as e:  # pylint: disable=broad-except  # damaged or mismatched: named
         raise checkpointing.diagnose(self._mngr.directory, self.step, item, e) from e
-      self._path = path
-      self._value = traverse_util.flatten_dict(restored['state']['params'])[path]
+      value = traverse_util.flatten_dict(restored['state']['params'])[path]
+      name = '/'.join(('params',) + path)  # as state_checksums names it
+      mismatch = name in self._saved and state_checksums.first_mismatch(self._saved, {name: {
+          'dtype': str(value.dtype), 'checksum': state_checksums.host_checksum(value)}})
+      if mismatch:
+        raise checkpointing.CheckpointDamaged(f'checkpoint at step {self.step} in '
+                                              f'{self._mngr.directory} is damaged: {mismatch}')
+      self._path, self._value = path, value
     return self._value
 
   def close(self):

@@ -233,6 +233,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
   assert len(err) == 2 and all(l.startswith('error: ') and 'nope' in l for l in err)
 
 
+def test_truncated_or_garbled_safetensors_are_refused_naming_the_file_before_writing(tmp_path,
+                                                                                      capsys):
+  hf = tmp_path / 'hf'
+  _hf_llama(hf)
+  weights = (hf / 'model.safetensors').read_bytes()
+  out = tmp_path / 'out'
+  capsys.readouterr()  # (transformers' progress bars)
+  for cut, expected in ((len(weights) - 1, 'truncated: its header places tensor data up to byte '
+                         f'{len(weights)}, the file has {len(weights) - 1} bytes'),
+                        (5, 'not a readable safetensors file (5 bytes; declares a '),
+                        (40, 'not a readable safetensors file (40 bytes; declares a ')):
+    (hf / 'model.safetensors').write_bytes(weights[:cut])
+    assert convert_main(['from-hf', '--hf', str(hf), '--out', str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f'error: {hf / "model.safetensors"}: {expected}') and '\n' not in err, err
+    assert not out.exists()  # refused before anything was written
+
+
 def test_import_checks_every_shape_before_writing_and_reads_back(tmp_path):
   hf = tmp_path / 'hf'
   m = _hf_llama(hf)

@@ -127,10 +127,21 @@ class Reader:
     self._where: dict[str, tuple[str, dict, int]] = {}
     for fname in files:
       path = os.path.join(hf_dir, fname)
+      size = os.path.getsize(path)
       with open(path, 'rb') as f:
         n = int.from_bytes(f.read(8), 'little')
-        header = json.loads(f.read(n))
+        try:
+          if n > size - 8:
+            raise ValueError(f'declares a {n}-byte header')
+          header = json.loads(f.read(n))
+        except ValueError as e:  # (json's errors are ValueErrors)
+          raise ValueError(f'{path}: not a readable safetensors file ({size} bytes; {e})') from e
       header.pop('__metadata__', None)
+      # A truncated file (a copy or download cut short) is refused here, before anything is converted.
+      end = 8 + n + max((info['data_offsets'][1] for info in header.values()), default=0)
+      if end > size:
+        raise ValueError(f'{path}: truncated: its header places tensor data up to byte {end}, the '
+                         f'file has {size} bytes')
       for name, info in header.items():
         self._where[name] = (path, info, 8 + n)
 

@@ -45,6 +45,13 @@ class DataConfig:
     if (self.mixture_or_task is None) == (self.export_dir is None):
       raise ValueError('DataConfig: set exactly one of mixture_or_task (a seqio task) and export_dir '
                        '(a directory written by `python -m tasks export`)')
+    if not isinstance(self.batch_size, int) or self.batch_size < 1:
+      raise ValueError(f'DataConfig.batch_size={self.batch_size!r} must be an integer >= 1')
+    if isinstance(self.task_feature_lengths, Mapping):
+      for feature, length in self.task_feature_lengths.items():
+        if not isinstance(length, int) or length < 1:
+          raise ValueError(f'DataConfig.task_feature_lengths[{feature!r}]={length!r} must be an '
+                           'integer >= 1')
 
   @property
   def name(self) -> str:

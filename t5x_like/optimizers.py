@@ -34,6 +34,17 @@ class OptimizerConfig:
                        "'linear' or 'constant'")
     if self.schedule == 'rsqrt' and self.warmup_steps < 1:
       raise ValueError('OptimizerConfig.schedule=rsqrt needs warmup_steps >= 1')
+    # A sign or a range slip (a negative rate is gradient ascent) would train without complaint.
+    for name, ok, rule in (
+        ('learning_rate', self.learning_rate >= 0, '>= 0'),
+        ('warmup_steps', self.warmup_steps >= 0, '>= 0'),
+        ('decay_steps', self.decay_steps is None or self.decay_steps >= 1, 'None or >= 1'),
+        ('end_lr_ratio', self.end_lr_ratio >= 0, '>= 0'),
+        ('b1', 0 <= self.b1 < 1, 'in [0, 1)'), ('b2', 0 <= self.b2 < 1, 'in [0, 1)'),
+        ('eps', self.eps > 0, '> 0'), ('weight_decay', self.weight_decay >= 0, '>= 0'),
+        ('clip_grad_norm', self.clip_grad_norm is None or self.clip_grad_norm > 0, 'None or > 0')):
+      if not ok:
+        raise ValueError(f'OptimizerConfig.{name}={getattr(self, name)!r} must be {rule}')
 
 
 def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:

@@ -354,8 +354,11 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   schedule = optimizers.make_schedule(optimizer_config, train_steps)
   tx = optimizers.make_optimizer(optimizer_config, train_steps)
   abstract_state, shardings = state_shardings(model, tx, abstract_batch, mesh)
-  ckpt = checkpointing.Checkpointer(model_dir, save_every=cfg.checkpoint_every,
-                                    keep=cfg.keep_checkpoints, async_save=cfg.async_checkpointing)
+  try:
+    ckpt = checkpointing.Checkpointer(model_dir, save_every=cfg.checkpoint_every,
+                                      keep=cfg.keep_checkpoints, async_save=cfg.async_checkpointing)
+  except OSError as e:  # (read-only, or a parent that cannot hold folders)
+    raise ValueError(f'MODEL_DIR={model_dir!r}: cannot make its checkpoint folder: {e}') from e
   if cfg.profile_first_step > train_steps:
     raise ValueError(f'TrainerConfig.profile_first_step={cfg.profile_first_step} is past '
                      f'TRAIN_STEPS={train_steps}: nothing would be traced')

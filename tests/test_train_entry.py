@@ -73,6 +73,14 @@ DEC = 'gin_configs/examples/tiny_decoder_pretrain.gin'
       '--gin.BATCH_SIZE=12'], 'batch_size=12 does not divide over the 8 data-parallel devices'),
     ([f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', "--gin.MODEL_DIR='/tmp/never'",
       "--gin.OptimizerConfig.schedule='cosin'"], "OptimizerConfig.schedule='cosin'"),
+    ([f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', "--gin.MODEL_DIR='/tmp/never'",
+      '--gin.OptimizerConfig.learning_rate=-3e-4'], 'OptimizerConfig.learning_rate=-0.0003 must be >= 0'),
+    ([f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', "--gin.MODEL_DIR='/tmp/never'",
+      '--gin.OptimizerConfig.b2=1.5'], 'OptimizerConfig.b2=1.5 must be in [0, 1)'),
+    ([f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', "--gin.MODEL_DIR='/tmp/never'",
+      '--gin.SEQUENCE_LENGTH=0'], "DataConfig.task_feature_lengths['targets']=0 must be an integer >= 1"),
+    ([f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', "--gin.MODEL_DIR='/proc/never'"],
+     "MODEL_DIR='/proc/never': cannot make its checkpoint folder: [Errno 2]"),
 ])
 def test_bad_input_is_one_line_naming_the_problem(args, expected, clean_gin, capsys):
   code = train.main(args)

@@ -8,6 +8,7 @@
 | 3    | DIVERGED    | non-finite loss under the `stop` policy: a restart would diverge again | no |
 | 4    | PEER_LOST   | another process died or hung, or no step finished in time      | yes      |
 | 75   | PREEMPTED   | SIGTERM / preemption notice: the current step was saved; resume me | yes    |
+| 130  | INTERRUPTED | Ctrl-C (SIGINT), after the checkpoint being written was finished | as a signal death: yes |
 
 A process killed by a signal (SIGKILL: 137 from a shell, -9 from Python's subprocess) counts as
 CRASHED. 75 is sysexits' EX_TEMPFAIL ("try again later").
@@ -20,6 +21,7 @@ CONFIG_ERROR = 2
 DIVERGED = 3
 PEER_LOST = 4
 PREEMPTED = 75
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process that Ctrl-C stopped
 
 RESTARTABLE = frozenset({CRASHED, PEER_LOST, PREEMPTED})
 

@@ -262,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   finally:
     if old_handler is not None:
       signal.signal(signal.SIGTERM, old_handler)
-  if distributed and code in (exit_codes.CONFIG_ERROR, exit_codes.CRASHED):
+  if distributed and code in (exit_codes.CONFIG_ERROR, exit_codes.CRASHED, exit_codes.INTERRUPTED):
     # An error on this process only leaves the others waiting in a collective for its devices, and
     # a normal exit would wait in jax.distributed's shutdown barrier for them (5 min, then an abort
     # that hides this message), while a peer's step watchdog exits first and is blamed. Exit now:
@@ -299,6 +299,10 @@ def _run(args, cli_bindings, state) -> int:
     return exit_codes.DIVERGED
   except trainer_lib.Preempted:
     return exit_codes.PREEMPTED
+  except KeyboardInterrupt:  # Ctrl-C: no traceback; once training began, the trainer said where it stands
+    if state['in_setup']:
+      print('interrupted during set-up, before training began', file=sys.stderr)
+    return exit_codes.INTERRUPTED
   return exit_codes.FINISHED
 
 

@@ -509,6 +509,22 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
                                  logger, step)
     with dog.paused():
       ckpt.wait()
+  except KeyboardInterrupt:
+    # Ctrl-C. A save still being written in the background would be cut off when the interpreter
+    # exits (and Orbax reports that at length): it is finished first, unless Ctrl-C comes again.
+    if ckpt.manager.is_saving_in_progress():
+      say(f'interrupted after step {step}: finishing the checkpoint being written (Ctrl-C again to '
+          'abandon it)')
+      with dog.paused():
+        try:
+          ckpt.wait()
+        except KeyboardInterrupt:
+          pass
+    latest = ckpt.latest_step()
+    say(f'interrupted after step {step}; the last checkpoint is ' +
+        (f'step {latest} in {checkpointing.checkpoint_dir(model_dir)}' if latest is not None
+         else 'none'))
+    raise
   finally:
     dog.close()
     preemption.close()

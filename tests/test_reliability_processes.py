@@ -6,6 +6,7 @@ from test_reliability.py so that the two halves can run on different test worker
 import contextlib
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -48,6 +49,39 @@ def test_distributed_init_timeout_names_coordinator_and_process(tmp_path):
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith(f'error: process 1 of 2 could not join the coordinator at 127.0.0.1:{port} '
                          'within 3 s'), last
+
+
+def test_ctrl_c_finishes_the_save_in_flight_and_exits_130_without_a_traceback(small_text, tmp_path):
+  run = tmp_path / 'run'
+  argv = [sys.executable, '-m', 't5x_like.train', '--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin',
+          f"--gin.MODEL_DIR='{run}'", '--gin.TRAIN_STEPS=2000',
+          f"--gin.TRAIN_FILES=['{small_text['train']}']",
+          f"--gin.VALIDATION_FILES=['{small_text['validation']}']",
+          '--gin.TrainerConfig.checkpoint_every=1', '--gin.TrainerConfig.log_every=1',
+          '--gin.TrainerConfig.eval_every=0']
+  # (A save starts at every step, so Ctrl-C nearly always finds one being written.)
+  with subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        text=True) as proc:
+    try:
+      lines = []
+      deadline = time.monotonic() + 300
+      while not any(l.startswith('step    5/2000') for l in lines[-1:]):
+        assert time.monotonic() < deadline and proc.poll() is None, ''.join(lines[-30:])
+        lines.append(proc.stdout.readline())
+      proc.send_signal(signal.SIGINT)
+      out = ''.join(lines) + proc.communicate(timeout=120)[0]
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+  assert proc.returncode == exit_codes.INTERRUPTED, out[-3000:]
+  assert 'Traceback' not in out, out[-3000:]
+  last = out.strip().splitlines()[-1]
+  match = re.fullmatch(rf'interrupted after step (\d+); the last checkpoint is step (\d+) in '
+                       rf'{re.escape(str(run))}/checkpoints', last)
+  assert match, last
+  stopped, saved = int(match.group(1)), int(match.group(2))
+  assert stopped - 1 <= saved <= stopped and steps_on_disk(run)[-1] == saved
+  assert not [p.name for p in (run / 'checkpoints').iterdir() if not p.name.isdigit()]  # all committed
 
 
 # --- real processes: 2 x 4 devices through launch/local.py -------------------------------------------

@@ -295,7 +295,7 @@ def _run(args, cli_bindings, state) -> int:
     print(f'error: {_one_line(e)}', file=sys.stderr)
     return exit_codes.CONFIG_ERROR
   except trainer_lib.Diverged as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {_one_line(e)}', file=sys.stderr)  # (without the line gin adds to the message)
     return exit_codes.DIVERGED
   except trainer_lib.Preempted:
     return exit_codes.PREEMPTED

@@ -9,7 +9,7 @@ import sys
 import gin
 import pytest
 
-from t5x_like import provenance, train
+from t5x_like import exit_codes, provenance, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -89,6 +89,17 @@ def test_bad_input_is_one_line_naming_the_problem(args, expected, clean_gin, cap
   last = err[-1]
   assert last.startswith('error: ') and expected in last, err
   assert not os.path.exists('/tmp/never/checkpoints')
+
+
+def test_divergence_is_one_line_with_its_exit_status(clean_gin, tmp_path, capsys):
+  code = train.main([f'--gin_file={DEC}', f"--gin.MODEL_DIR='{tmp_path / 'run'}'", '--gin.TRAIN_STEPS=30',
+                     '--gin.OptimizerConfig.learning_rate=1e6', '--gin.OptimizerConfig.warmup_steps=0',
+                     '--gin.OptimizerConfig.clip_grad_norm=None', '--gin.TrainerConfig.eval_every=0'])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == exit_codes.DIVERGED, err[-5:]
+  # gin adds "In call to configurable 'train'" on a line of its own to exceptions that pass it
+  assert err[-1].startswith('error: non-finite loss or gradient at step ') and 'Lower the learning '\
+      'rate' in err[-1] and 'In call to configurable' not in err[-1], err[-5:]
 
 
 def test_parse_gin_starts_from_an_empty_config(clean_gin):

@@ -289,6 +289,9 @@ def _run(args, cli_bindings, state) -> int:
         args.gin_file, args.gin_bindings + cli_bindings + _reliability_bindings(args),
         args.gin_search_paths)
     train(on_setup_done=lambda: state.update(in_setup=False))
+  except trainer_lib.DataExhausted as e:  # (a ValueError after set-up: a restart would not help)
+    print(f'error: {_one_line(e)}', file=sys.stderr)
+    return exit_codes.CONFIG_ERROR
   except SETUP_ERRORS as e:
     if not state['in_setup'] or args.traceback:
       raise

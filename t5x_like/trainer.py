@@ -71,6 +71,11 @@ class Diverged(FloatingPointError):
   """A non-finite loss, gradient or state under the `stop` policy; nothing non-finite was saved."""
 
 
+class DataExhausted(ValueError):
+  """The training data ran out before TRAIN_STEPS (a finite num_epochs, or too small an export): the
+  step reached was saved. A restart would stop at the same place, so it is not restartable."""
+
+
 class Preempted(Exception):
   """SIGTERM or a preemption notice: the step in `.step` was saved and committed."""
 
@@ -441,13 +446,42 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   ckpt_blocked = None  # seconds the loop waited in periodic saves since the last log line
   preemption = preemption_lib.PreemptionWatcher(cfg.preemption_grace_secs, say)
   dog = watchdog_lib.StepWatchdog(cfg.step_timeout_secs)
+  saved_step = start
+
+  def save() -> float:
+    """Saves `step` (asynchronously); returns the seconds the loop waited."""
+    nonlocal saved_step
+    t_save = time.perf_counter()
+    with dog.paused():
+      # Nothing non-finite is ever written, so rotation can only drop finite checkpoints for newer
+      # finite ones: the last good checkpoint always survives.
+      g = jax.device_get(steps.guard)
+      _check_finite(cfg, g, ckpt, model_dir)
+      if not steps.state_is_finite(state):
+        raise Diverged(_diverged_message(f'the state after step {step} holds NaN or Inf '
+                                         '(loss and gradients were finite)', ckpt, model_dir))
+      ckpt.save(step, state, iterator.checkpoint, force=True,
+                counters={'nonfinite_steps': int(g['nonfinite_steps'])},
+                checksums=state_checksums.checksums(state))
+    saved_step = step
+    # What an asynchronous save costs the loop: the finiteness checks (a device sync) and Orbax's
+    # copy of the state to host memory; the writing happens in the background.
+    return time.perf_counter() - t_save
+
   try:
     while step < train_steps:
       try:
         batch = next(iterator)
       except StopIteration:
-        raise ValueError(f'training data {train_data.name} ran out at step {step + 1}: no full batch '
-                         f'of {train_data.batch_size} left (num_epochs set?)') from None
+        if saved_step != step:  # the steps trained since the last checkpoint are kept
+          save()
+        with dog.paused():
+          ckpt.wait()
+        raise DataExhausted(
+            f'training data {train_data.name} ran out at step {step + 1}: no full batch of '
+            f'{train_data.batch_size} left (num_epochs set, or too few examples for TRAIN_STEPS='
+            f'{train_steps}?); ' + (f'step {step} is saved in {checkpointing.checkpoint_dir(model_dir)}'
+                                    if step > 0 else 'nothing was trained')) from None
       warning = profiler.before(step + 1)
       if warning:
         say(warning)
@@ -480,21 +514,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
         logger.start(step)  # eval time is not step time
       preempted = step < train_steps and preemption.reached(step, log_now)
       if step == train_steps or preempted or ckpt.due(step):
-        t_save = time.perf_counter()
-        with dog.paused():
-          # Nothing non-finite is ever written, so rotation can only drop finite checkpoints for
-          # newer finite ones: the last good checkpoint always survives.
-          g = jax.device_get(steps.guard)
-          _check_finite(cfg, g, ckpt, model_dir)
-          if not steps.state_is_finite(state):
-            raise Diverged(_diverged_message(f'the state after step {step} holds NaN or Inf '
-                                             '(loss and gradients were finite)', ckpt, model_dir))
-          ckpt.save(step, state, iterator.checkpoint, force=True,
-                    counters={'nonfinite_steps': int(g['nonfinite_steps'])},
-                    checksums=state_checksums.checksums(state))
-        # What an asynchronous save costs the loop: the finiteness checks (a device sync) and Orbax's
-        # copy of the state to host memory; the writing happens in the background.
-        ckpt_blocked = (ckpt_blocked or 0.) + time.perf_counter() - t_save
+        ckpt_blocked = (ckpt_blocked or 0.) + save()
       if preempted:
         with dog.paused():
           ckpt.wait()

@@ -32,13 +32,15 @@ MODEL = DecoderConfig(vocab_size=500, embed_dim=32, num_layers=2, num_heads=4, n
 MESH = partitioning.MeshConfig(data=2, fsdp=2, tensor=2)
 
 
-def _fit(model_dir, steps, task, *, lr=3e-3, model=MODEL, init_params_from=None, **trainer_kw):
+def _fit(model_dir, steps, task, *, lr=3e-3, model=MODEL, init_params_from=None, num_epochs=None,
+         **trainer_kw):
   kw = dict(log_every=1, checkpoint_every=2, async_checkpointing=True)
   kw.update(trainer_kw)
   return trainer.fit(
       model_dir=str(model_dir), train_steps=steps, model_config=model,
       init_params_from=None if init_params_from is None else str(init_params_from),
-      train_data=data.DataConfig(task, {'targets': 32}, batch_size=8, seed=3), eval_data=None,
+      train_data=data.DataConfig(task, {'targets': 32}, batch_size=8, seed=3,
+                                 num_epochs=num_epochs), eval_data=None,
       optimizer_config=optimizers.OptimizerConfig(learning_rate=lr, warmup_steps=2, decay_steps=40),
       loss_config=losses.LossConfig(), mesh_config=MESH,
       trainer_config=trainer.TrainerConfig(**kw), log=lambda *a, **k: None)
@@ -89,6 +91,21 @@ def test_sigterm_saves_that_step_once_and_the_run_resumes_bit_exactly(lm_task, t
   for s in (4, 5, 6):
     assert resumed[s] == straight[s], (s, resumed[s], straight[s])
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # fit put the handler back
+
+
+# --- data that runs out --------------------------------------------------------------------------------
+
+def test_data_that_runs_out_saves_the_step_reached_and_stops_there_again_on_resume(lm_task, tmp_path):
+  run = tmp_path / 'run'
+  with pytest.raises(trainer.DataExhausted) as info:
+    _fit(run, 10**6, lm_task, num_epochs=1, checkpoint_every=10**6, log_every=50)
+  reached = int(re.search(r'ran out at step (\d+):', str(info.value)).group(1)) - 1
+  assert reached > 10 and str(info.value).endswith(f'step {reached} is saved in {run / "checkpoints"}')
+  saved = steps_on_disk(run)
+  assert saved == [1, reached]  # (Orbax saves a run's first step) the steps trained since are kept
+  with pytest.raises(trainer.DataExhausted, match=f'ran out at step {reached + 1}:'):
+    _fit(run, 10**6, lm_task, num_epochs=1, checkpoint_every=10**6, log_every=50)
+  assert steps_on_disk(run) == saved
 
 
 # --- divergence --------------------------------------------------------------------------------------

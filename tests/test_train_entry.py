@@ -102,6 +102,19 @@ def test_divergence_is_one_line_with_its_exit_status(clean_gin, tmp_path, capsys
       'rate' in err[-1] and 'In call to configurable' not in err[-1], err[-5:]
 
 
+def test_data_that_runs_out_is_one_line_and_not_restartable(clean_gin, tmp_path, small_text, capsys):
+  few = tmp_path / 'few.txt'
+  few.write_text(''.join(open(small_text['train'], encoding='utf-8').readlines()[:60]), encoding='utf-8')
+  code = train.main([f'--gin_file={DEC}', f"--gin.MODEL_DIR='{tmp_path / 'run'}'", '--gin.TRAIN_STEPS=1000',
+                     f"--gin.TRAIN_FILES=['{few}']", '--gin.VOCAB_SIZE=200',
+                     '--gin.train/DataConfig.num_epochs=1', '--gin.TrainerConfig.eval_every=0'])
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  assert code == exit_codes.CONFIG_ERROR and not exit_codes.is_restartable(code)
+  assert re.fullmatch(r"error: training data tiny_text_lm ran out at step \d+: no full batch of 16 left "
+                      r"\(num_epochs set, or too few examples for TRAIN_STEPS=1000\?\); step \d+ is saved "
+                      rf"in {re.escape(str(tmp_path / 'run' / 'checkpoints'))}", last), last
+
+
 def test_parse_gin_starts_from_an_empty_config(clean_gin):
   """In-process callers (tests, `tasks show`, launchers) must not inherit an earlier parse: a leftover
   binding such as an eval dataset once made an import -> train run evaluate a split it never had."""

@@ -473,15 +473,19 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
       try:
         batch = next(iterator)
       except StopIteration:
-        if saved_step != step:  # the steps trained since the last checkpoint are kept
+        # One process keeps the steps trained since the last checkpoint. Processes may run out at
+        # different steps (seqio reads a shard per host) and a save is collective: with several,
+        # the one that ran out stops alone and the last checkpoint stands.
+        if jax.process_count() == 1 and saved_step != step:
           save()
         with dog.paused():
           ckpt.wait()
+        latest = ckpt.latest_step()
         raise DataExhausted(
             f'training data {train_data.name} ran out at step {step + 1}: no full batch of '
             f'{train_data.batch_size} left (num_epochs set, or too few examples for TRAIN_STEPS='
-            f'{train_steps}?); ' + (f'step {step} is saved in {checkpointing.checkpoint_dir(model_dir)}'
-                                    if step > 0 else 'nothing was trained')) from None
+            f'{train_steps}?); ' + (f'step {latest} is saved in {checkpointing.checkpoint_dir(model_dir)}'
+                                    if latest is not None else 'no checkpoint was saved')) from None
       warning = profiler.before(step + 1)
       if warning:
         say(warning)

@@ -72,8 +72,8 @@ class Diverged(FloatingPointError):
 
 
 class DataExhausted(ValueError):
-  """The training data ran out before TRAIN_STEPS (a finite num_epochs, or too small an export): the
-  step reached was saved. A restart would stop at the same place, so it is not restartable."""
+  """The training data ran out before TRAIN_STEPS (a finite num_epochs, or too few examples); a single
+  process saves the step reached first. A restart would stop at the same place: not restartable."""
 
 
 class Preempted(Exception):

@@ -128,6 +128,16 @@ def launch(train_args, num_processes: int, devices_per_process: int, log_dir: st
   try:
     codes, first = _wait_all(procs, timeout,
                              say=lambda m: print(f'launch.local: {m}', file=sys.stderr, flush=True))
+  except KeyboardInterrupt:
+    # Ctrl-C in a terminal reaches the whole process group: the processes stop on their own (each
+    # says where in its log). They get a minute, or until Ctrl-C comes again; none is left behind.
+    try:
+      for p in procs:
+        p.wait(timeout=60)
+    except (KeyboardInterrupt, subprocess.TimeoutExpired):
+      pass
+    _stop(procs)
+    raise
   finally:
     if old is not None:
       signal.signal(signal.SIGTERM, old)
@@ -161,6 +171,10 @@ def main(argv=None) -> int:
   except ProcessesFailed as e:
     print(f'error: {e}', file=sys.stderr)
     return e.returncode  # the first failure's exit status: a launcher decides on it (exit_codes)
+  except KeyboardInterrupt:
+    print('launch.local: interrupted (Ctrl-C); where each process stopped is at the end of its log',
+          file=sys.stderr)
+    return exit_codes.INTERRUPTED
   return 0
 
 

@@ -535,8 +535,10 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
       ckpt.wait()
   except KeyboardInterrupt:
     # Ctrl-C. A save still being written in the background would be cut off when the interpreter
-    # exits (and Orbax reports that at length): it is finished first, unless Ctrl-C comes again.
-    if ckpt.manager.is_saving_in_progress():
+    # exits (and Orbax reports that at length): it is finished first, unless Ctrl-C comes again. (One
+    # process only: a save's commit waits for every process, and they may have stopped at different
+    # steps, so with several it could wait forever.)
+    if jax.process_count() == 1 and ckpt.manager.is_saving_in_progress():
       say(f'interrupted after step {step}: finishing the checkpoint being written (Ctrl-C again to '
           'abandon it)')
       with dog.paused():

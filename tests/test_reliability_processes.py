@@ -190,6 +190,33 @@ def test_a_dead_or_hung_peer_stops_the_job_with_a_clear_exit(how, small_text, tm
   assert f'logs in {logs}' in err
 
 
+def test_ctrl_c_in_a_terminal_stops_the_launcher_and_both_processes_in_one_line(small_text, tmp_path):
+  run = tmp_path / 'run'
+  logs = tmp_path / 'logs'
+  # Its own process group, as a terminal's foreground job: Ctrl-C reaches the launcher and both workers.
+  with subprocess.Popen([sys.executable, '-m', 'launch.local', '--num_processes=2',
+                         '--devices_per_process=4', f'--log_dir={logs}', '--',
+                         *_train_args(run, 1000, small_text)], cwd=REPO, stderr=subprocess.PIPE,
+                        stdout=subprocess.DEVNULL, text=True, start_new_session=True) as launcher:
+    try:
+      _wait_for(logs / 'process_0.log', 'step    3/1000', launcher)
+      workers = [_worker_pid(launcher, i) for i in (0, 1)]
+      os.killpg(launcher.pid, signal.SIGINT)
+      code = launcher.wait(timeout=120)
+      err = launcher.stderr.read()
+    finally:
+      if launcher.poll() is None:
+        os.killpg(launcher.pid, signal.SIGKILL)
+  assert code == exit_codes.INTERRUPTED and 'Traceback' not in err, err
+  assert err.strip().splitlines()[-1] == ('launch.local: interrupted (Ctrl-C); where each process '
+                                          'stopped is at the end of its log'), err
+  assert re.search(r'interrupted after step \d+; the last checkpoint is step \d+ in ',
+                   (logs / 'process_0.log').read_text())
+  for pid in workers:  # none left behind
+    with pytest.raises(ProcessLookupError):
+      os.kill(pid, 0)
+
+
 def test_two_processes_agree_on_the_fallback_when_only_one_host_cannot_read_its_part(small_text,
                                                                                       tmp_path):
   from launch import local

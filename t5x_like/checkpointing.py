@@ -115,15 +115,11 @@ class Checkpointer:
       where = self.directory / str(step) / 'data'
       try:
         restored = self._read(step, ocp.args.Composite(data=data_checkpoint.restore_args()))
-      except ValueError as e:
-        if 'has no data-iterator state' in str(e):
+      except Exception as e:  # (tf.errors.*, for a truncated or missing file, are not ValueErrors)
+        if isinstance(e, ValueError) and 'has no data-iterator state' in str(e):
           raise CheckpointMismatch(f'checkpoint at step {step} in {self.directory} does not match '
                                    f'this run: {_reason(e)}') from e
-        raise CheckpointDamaged(f'checkpoint at step {step} in {self.directory} is damaged: '
-                                f'{_failed_file(e, where)}: {_reason(e)}') from e
-      except Exception as e:  # tf.errors.* (truncated, missing file) are not ValueErrors
-        raise CheckpointDamaged(f'checkpoint at step {step} in {self.directory} is damaged: '
-                                f'{_failed_file(e, where)}: {_reason(e)}') from e
+        raise damaged(self.directory, step, f'{_failed_file(e, where)}: {_reason(e)}') from e
       data_checkpoint.restored(restored['data'])
     return state
 
@@ -169,21 +165,25 @@ def diagnose(directory: epath.Path, step: int, abstract: Any, error: BaseExcepti
   if isinstance(error, (CheckpointDamaged, CheckpointMismatch)):
     return error
   step_dir = directory / str(step)
-  where = f'checkpoint at step {step} in {directory}'
   handler = ocp.StandardCheckpointHandler()
   try:
     saved = handler.metadata(step_dir / 'state').tree
   except Exception as e:  # pylint: disable=broad-except
-    return CheckpointDamaged(f'{where} is damaged: {_failed_file(e, step_dir / "state")}: '
-                             f'{_reason(e)}')
+    return damaged(directory, step, f'{_failed_file(e, step_dir / "state")}: {_reason(e)}')
   finally:
     handler.close()
   if isinstance(saved, dict) and isinstance(abstract, dict):  # a partial restore compares its part
     saved = {k: v for k, v in saved.items() if k in abstract}
   diff = _first_difference(saved, abstract)
   if diff:
-    return CheckpointMismatch(f'{where} does not match this config: {diff}')
-  return CheckpointDamaged(f'{where} is damaged: {_failed_file(error, step_dir)}: {_reason(error)}')
+    return CheckpointMismatch(f'checkpoint at step {step} in {directory} does not match this config: '
+                              f'{diff}')
+  return damaged(directory, step, f'{_failed_file(error, step_dir)}: {_reason(error)}')
+
+
+def damaged(directory: epath.Path, step: int, detail: str) -> CheckpointDamaged:
+  """'checkpoint at step N in DIR is damaged: DETAIL', the wording of every reader of checkpoints."""
+  return CheckpointDamaged(f'checkpoint at step {step} in {directory} is damaged: {detail}')
 
 
 def _json_item(step_dir: epath.Path, name: str, read: Callable[[ocp.args.Composite], Any]) -> dict:
@@ -197,26 +197,28 @@ def _verify_checksums(directory: epath.Path, step: int, read: Callable[[ocp.args
                       tree: Any) -> Optional[CheckpointDamaged]:
   """The error naming the first array of `tree` (restored from `step`) whose checksum differs from
   the one saved with it, else None; arrays the step saved no checksum of are not compared."""
-  where = f'checkpoint at step {step} in {directory}'
   try:
-    saved = _json_item(directory / str(step), 'checksums', read)
-  except Exception as e:  # pylint: disable=broad-except
-    return CheckpointDamaged(f'{where} is damaged: {directory / str(step) / "checksums"}: '
-                             f'{_reason(e)}')
+    saved = _read_checksums(directory, step, read)
+  except CheckpointDamaged as e:
+    return e
   if not saved:
     return None
   mismatch = state_checksums.first_mismatch(saved, state_checksums.checksums(tree))
-  return CheckpointDamaged(f'{where} is damaged: {mismatch}') if mismatch else None
+  return damaged(directory, step, mismatch) if mismatch else None
 
 
 def saved_checksums(mngr: ocp.CheckpointManager, step: int) -> dict:
   """The checksums saved with `step` of `mngr`'s checkpoints ({} when it has none: saved before they
   existed, or by the HF import), for readers that compare arrays one at a time."""
+  return _read_checksums(mngr.directory, step, lambda args: mngr.restore(step, args=args))
+
+
+def _read_checksums(directory: epath.Path, step: int,
+                    read: Callable[[ocp.args.Composite], Any]) -> dict:
   try:
-    return _json_item(mngr.directory / str(step), 'checksums', lambda a: mngr.restore(step, args=a))
+    return _json_item(directory / str(step), 'checksums', read)
   except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointDamaged(f'checkpoint at step {step} in {mngr.directory} is damaged: '
-                            f'{mngr.directory / str(step) / "checksums"}: {_reason(e)}') from e
+    raise damaged(directory, step, f'{directory / str(step) / "checksums"}: {_reason(e)}') from e
 
 
 def _sync_processes(name: str):

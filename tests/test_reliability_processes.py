@@ -95,13 +95,15 @@ def _train_args(model_dir, steps, text, *extra):
 
 
 @contextlib.contextmanager
-def _launcher(train_args):
+def _launcher(train_args, own_process_group=False):
   """launch.local in its own process (no --log_dir): yields it and its log folder (from stderr). On the
   way out, however the test went, it is stopped if still running (SIGTERM, which it passes on to its
-  workers, then SIGKILL) and its stderr pipe is closed."""
+  workers, then SIGKILL) and its stderr pipe is closed. `own_process_group`: as a terminal's
+  foreground job, which Ctrl-C reaches whole."""
   with subprocess.Popen([sys.executable, '-m', 'launch.local', '--num_processes=2',
                          '--devices_per_process=4', '--', *train_args], cwd=REPO,
-                        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True) as proc:
+                        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                        start_new_session=own_process_group) as proc:
     try:
       first = proc.stderr.readline()
       assert 'logs in ' in first, first
@@ -191,22 +193,13 @@ def test_a_dead_or_hung_peer_stops_the_job_with_a_clear_exit(how, small_text, tm
 
 
 def test_ctrl_c_in_a_terminal_stops_the_launcher_and_both_processes_in_one_line(small_text, tmp_path):
-  run = tmp_path / 'run'
-  logs = tmp_path / 'logs'
-  # Its own process group, as a terminal's foreground job: Ctrl-C reaches the launcher and both workers.
-  with subprocess.Popen([sys.executable, '-m', 'launch.local', '--num_processes=2',
-                         '--devices_per_process=4', f'--log_dir={logs}', '--',
-                         *_train_args(run, 1000, small_text)], cwd=REPO, stderr=subprocess.PIPE,
-                        stdout=subprocess.DEVNULL, text=True, start_new_session=True) as launcher:
-    try:
-      _wait_for(logs / 'process_0.log', 'step    3/1000', launcher)
-      workers = [_worker_pid(launcher, i) for i in (0, 1)]
-      os.killpg(launcher.pid, signal.SIGINT)
-      code = launcher.wait(timeout=120)
-      err = launcher.stderr.read()
-    finally:
-      if launcher.poll() is None:
-        os.killpg(launcher.pid, signal.SIGKILL)
+  with _launcher(_train_args(tmp_path / 'run', 1000, small_text),
+                 own_process_group=True) as (launcher, logs):
+    _wait_for(logs / 'process_0.log', 'step    3/1000', launcher)
+    workers = [_worker_pid(launcher, i) for i in (0, 1)]
+    os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C: the launcher and both workers
+    code = launcher.wait(timeout=120)
+    err = launcher.stderr.read()
   assert code == exit_codes.INTERRUPTED and 'Traceback' not in err, err
   assert err.strip().splitlines()[-1] == ('launch.local: interrupted (Ctrl-C); where each process '
                                           'stopped is at the end of its log'), err

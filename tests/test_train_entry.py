@@ -60,6 +60,10 @@ def clean_gin():
 DEC = 'gin_configs/examples/tiny_decoder_pretrain.gin'
 
 
+# A complete command line: each case below adds one bad setting to it.
+RUN = [f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', "--gin.MODEL_DIR='/tmp/never'"]
+
+
 @pytest.mark.parametrize('args, expected', [
     ([f'--gin_file={DEC}', '--gin.DecoderConfig.num_layer=3'],
      "Configurable 'DecoderConfig' doesn't have a parameter named 'num_layer'"),
@@ -67,19 +71,15 @@ DEC = 'gin_configs/examples/tiny_decoder_pretrain.gin'
     (['--gin_file=gin_configs/examples/no_such.gin'], 'gin file not found: gin_configs/examples/no_such.gin'),
     ([f'--gin_file={DEC}', '--gin.TRAIN_STEP=5'], 'gin macro TRAIN_STEP is set on the command line but no gin file uses %TRAIN_STEP'),
     ([f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5'], 'MODEL_DIR'),
-    ([f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', "--gin.MODEL_DIR='/tmp/never'",
-      "--gin.TRAIN_FILES=['/no/such/corpus.txt']"], 'no file matches /no/such/corpus.txt'),
-    ([f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', "--gin.MODEL_DIR='/tmp/never'",
-      '--gin.BATCH_SIZE=12'], 'batch_size=12 does not divide over the 8 data-parallel devices'),
-    ([f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', "--gin.MODEL_DIR='/tmp/never'",
-      "--gin.OptimizerConfig.schedule='cosin'"], "OptimizerConfig.schedule='cosin'"),
-    ([f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', "--gin.MODEL_DIR='/tmp/never'",
-      '--gin.OptimizerConfig.learning_rate=-3e-4'], 'OptimizerConfig.learning_rate=-0.0003 must be >= 0'),
-    ([f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', "--gin.MODEL_DIR='/tmp/never'",
-      '--gin.OptimizerConfig.b2=1.5'], 'OptimizerConfig.b2=1.5 must be in [0, 1)'),
-    ([f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', "--gin.MODEL_DIR='/tmp/never'",
-      '--gin.SEQUENCE_LENGTH=0'], "DataConfig.task_feature_lengths['targets']=0 must be an integer >= 1"),
-    ([f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', "--gin.MODEL_DIR='/proc/never'"],
+    ([*RUN, "--gin.TRAIN_FILES=['/no/such/corpus.txt']"], 'no file matches /no/such/corpus.txt'),
+    ([*RUN, '--gin.BATCH_SIZE=12'], 'batch_size=12 does not divide over the 8 data-parallel devices'),
+    ([*RUN, "--gin.OptimizerConfig.schedule='cosin'"], "OptimizerConfig.schedule='cosin'"),
+    ([*RUN, '--gin.OptimizerConfig.learning_rate=-3e-4'],
+     'OptimizerConfig.learning_rate=-0.0003 must be >= 0'),
+    ([*RUN, '--gin.OptimizerConfig.b2=1.5'], 'OptimizerConfig.b2=1.5 must be in [0, 1)'),
+    ([*RUN, '--gin.SEQUENCE_LENGTH=0'],
+     "DataConfig.task_feature_lengths['targets']=0 must be an integer >= 1"),
+    ([*RUN, "--gin.MODEL_DIR='/proc/never'"],
      "MODEL_DIR='/proc/never': cannot make its checkpoint folder: [Errno 2]"),
 ])
 def test_bad_input_is_one_line_naming_the_problem(args, expected, clean_gin, capsys):

@@ -63,8 +63,7 @@ class CheckpointLeaves:
       mismatch = name in self._saved and state_checksums.first_mismatch(self._saved, {name: {
           'dtype': str(value.dtype), 'checksum': state_checksums.host_checksum(value)}})
       if mismatch:
-        raise checkpointing.CheckpointDamaged(f'checkpoint at step {self.step} in '
-                                              f'{self._mngr.directory} is damaged: {mismatch}')
+        raise checkpointing.damaged(self._mngr.directory, self.step, mismatch)
       self._path, self._value = path, value
     return self._value
 

@@ -13,10 +13,12 @@ exactly the next batches.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
 import time
+import warnings
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -139,11 +141,8 @@ class Checkpointer:
       self._reader = ocp.Checkpointer(ocp.CompositeCheckpointHandler(),
                                       multiprocessing_options=ocp.options.MultiprocessingOptions(
                                           primary_host=this_host, active_processes={this_host}))
-    try:
-      return self._reader.restore(self.directory / str(step), args=args)
-    except Exception:
-      _ignore_reads_finishing_after_a_failed_restore()
-      raise
+    _quiet_what_a_failed_restore_leaves_behind()
+    return self._reader.restore(self.directory / str(step), args=args)
 
   def reached_preemption(self, step: int) -> bool:
     return self.manager.reached_preemption(step)
@@ -264,6 +263,7 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(model_dir)}')
+    _quiet_what_a_failed_restore_leaves_behind()
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeRestore(
@@ -271,7 +271,6 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
               restore_args=jax.tree.map(_restore_arg, {'params': abstract_params}),
               partial_restore=True)))
     except Exception as e:  # pylint: disable=broad-except  # classified
-      _ignore_reads_finishing_after_a_failed_restore()
       raise diagnose(checkpoint_dir(model_dir), step, {'params': abstract_params}, e) from e
     params = restored['state']['params']
     damaged = _verify_checksums(checkpoint_dir(model_dir), step,
@@ -283,16 +282,24 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
   return params, step
 
 
-def _ignore_reads_finishing_after_a_failed_restore():
-  """When one array of a restore cannot be read, Orbax's event loop ends with the others' tensorstore
-  reads still in flight; each that finishes later calls back into the closed loop, and Python prints
-  its RuntimeError('Event loop is closed') as an unraisable exception: dozens of tracebacks around
-  the one-line error that names the damaged file. From the first failed restore on, the process
-  drops exactly those (an unraisable RuntimeError with that message); everything else still goes to
-  the hook that was there before."""
+def _quiet_what_a_failed_restore_leaves_behind():
+  """When one array of a restore cannot be read, Orbax's event loop ends with the other arrays'
+  tensorstore reads still in flight, and Python reports each of them as it ends: dozens of
+  tracebacks around the one-line error that names the damaged file. A read that finishes later
+  calls back into the closed loop (an unraisable RuntimeError('Event loop is closed')); a read
+  that failed too is logged by asyncio as "Task exception was never retrieved" when its task is
+  collected; a coroutine that never ran warns that it was never awaited. Called before every restore
+  (the first reports can come before the failed restore's exception reaches its caller), this drops
+  exactly those three from then on; any other unraisable error, asyncio record or warning is still
+  reported (this project has no coroutines of its own)."""
   previous = sys.unraisablehook
   if getattr(previous, 'drops_closed_loop_callbacks', False):
     return
+  warnings.filterwarnings('ignore', message=r"coroutine '.*' was never awaited",
+                          category=RuntimeWarning)
+  asyncio_log = logging.getLogger('asyncio')
+  if not any(isinstance(f, _DropFailedReadTasks) for f in asyncio_log.filters):
+    asyncio_log.addFilter(_DropFailedReadTasks())
 
   def hook(unraisable):
     error = unraisable.exc_value
@@ -302,6 +309,16 @@ def _ignore_reads_finishing_after_a_failed_restore():
 
   hook.drops_closed_loop_callbacks = True
   sys.unraisablehook = hook
+
+
+class _DropFailedReadTasks(logging.Filter):
+  """asyncio's "Task exception was never retrieved" for a tensorstore read that failed."""
+
+  def filter(self, record):
+    error = record.exc_info[1] if record.exc_info else None
+    return not (record.getMessage().startswith('Task exception was never retrieved')
+                and isinstance(error, ValueError)
+                and re.search(r'Error (reading|opening) ', str(error)))
 
 
 def _restore_arg(a):

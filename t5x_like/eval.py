@@ -375,6 +375,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
   done = read_results(args.model_dir)
   windows = None  # read and tokenized once, for every step
+  unreadable = []  # --all_steps: damaged steps are named and passed over, the others evaluated
   for step in steps:
     if args.skip_done and step in done and all(_RESULT_KEY[m] in done[step] for m in opts.metrics):
       print(f'step {step}: already evaluated ({",".join(opts.metrics)})')
@@ -383,6 +384,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
       params, step = run_dir.load_params(args.model_dir, step)
     except (checkpointing.CheckpointDamaged, checkpointing.CheckpointMismatch) as e:
+      if args.all_steps:
+        print(f'error: {e}; going on with the other steps', file=sys.stderr, flush=True)
+        unreadable.append(step)
+        continue
       others = [x for x in available if x != step]
       print(f'error: {e}' + (f'; evaluate another step with --step (there: {others})' if others
                              else ''), file=sys.stderr)
@@ -400,6 +405,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     note = compilation_cache.describe(cache)
     print(f'step {step}: {summary_line(res)} ({time.perf_counter() - t0:.1f}s'
           f'{"; " + note if note else ""}) -> {path}', flush=True)
+  if unreadable:
+    print(f'error: {len(unreadable)} of {len(steps)} steps not evaluated, their checkpoints could not '
+          f'be read (above): {unreadable}', file=sys.stderr)
+    return 2
   return 0
 
 

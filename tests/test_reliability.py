@@ -6,6 +6,7 @@ that it ends in one line that says what happened, that nothing already saved is 
 checkpoint holds NaN or another vocabulary.
 """
 import gc
+import logging
 import os
 import re
 import shutil
@@ -283,7 +284,7 @@ def test_damaged_checkpoint_is_reported_as_damaged_with_step_file_and_way_out(da
 
 
 def test_export_and_eval_of_a_damaged_step_name_it_in_one_line_and_leave_the_output_alone(
-    four_steps, tmp_path, capsys):
+    four_steps, small_text, tmp_path, capsys):
   from t5x_like import eval as eval_cli
   from t5x_like.convert.__main__ import main as convert_main
   src, _ = four_steps
@@ -305,6 +306,15 @@ def test_export_and_eval_of_a_damaged_step_name_it_in_one_line_and_leave_the_out
   assert {p.name: p.read_bytes() for p in out.iterdir()} == exported
   assert sorted(p.name for p in tmp_path.iterdir()) == ['hf', 'run']
   assert steps_on_disk(run) == [1, 2, 4]
+  # Every step of the run: the damaged one is named and passed over, the others are evaluated.
+  assert eval_cli.main(['--model_dir', str(run), '--all_steps', '--metrics', 'ppl', '--eval_files',
+                        small_text['validation'], '--max_windows', '8']) == 2
+  captured = capsys.readouterr()
+  err = captured.err.strip().splitlines()
+  assert err[0].startswith(damaged) and err[0].endswith('; going on with the other steps'), err
+  assert err[1] == 'error: 1 of 3 steps not evaluated, their checkpoints could not be read (above): [4]'
+  assert [l.split(':')[0] for l in captured.out.splitlines()] == ['step 1', 'step 2']
+  assert sorted(eval_cli.read_results(str(run))) == [1, 2]
 
 
 def test_reads_finishing_after_a_failed_restore_print_nothing_else_still_does(four_steps, lm_task,
@@ -313,17 +323,28 @@ def test_reads_finishing_after_a_failed_restore_print_nothing_else_still_does(fo
   run = tmp_path / 'run'
   shutil.copytree(src, run)
   _truncate_arrays(run / 'checkpoints' / '4')
-  seen = []
+  seen, logged = [], []
   monkeypatch.setattr(sys, 'unraisablehook', seen.append)
+  asyncio_log = logging.getLogger('asyncio')
+  monkeypatch.setattr(asyncio_log, 'handle', lambda record: asyncio_log.filter(record) and
+                      logged.append(record))
   with pytest.raises(checkpointing.CheckpointDamaged):
     _fit(run, 6, lm_task)
   time.sleep(1)  # the reads still in flight when Orbax's event loop closed finish meanwhile
   gc.collect()
   assert not [u for u in seen if 'Event loop is closed' in str(u.exc_value)], seen
+  assert not logged, [r.getMessage() for r in logged]
   other = types.SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError('something else'),
                                 exc_traceback=None, err_msg=None, object=None)
   sys.unraisablehook(other)
   assert seen == [other]
+  # asyncio's report of a failed read is dropped; its other reports are not.
+  for error, kept in ((ValueError('OUT_OF_RANGE: Error reading "x/.zarray" in OCDBT database'), False),
+                      (ValueError('some other failure'), True), (None, True)):
+    record = asyncio_log.makeRecord('asyncio', logging.ERROR, __file__, 1,
+                                    'Task exception was never retrieved\nfuture: <Task ...>', (),
+                                    (type(error), error, None) if error else None)
+    assert bool(asyncio_log.filter(record)) == kept, error
 
 
 def test_fallback_and_restore_step_resume_exactly_and_set_newer_steps_aside(four_steps, lm_task,

@@ -141,7 +141,7 @@ class Checkpointer:
       self._reader = ocp.Checkpointer(ocp.CompositeCheckpointHandler(),
                                       multiprocessing_options=ocp.options.MultiprocessingOptions(
                                           primary_host=this_host, active_processes={this_host}))
-    _quiet_what_a_failed_restore_leaves_behind()
+    quiet_what_a_failed_restore_leaves_behind()
     return self._reader.restore(self.directory / str(step), args=args)
 
   def reached_preemption(self, step: int) -> bool:
@@ -263,7 +263,7 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(model_dir)}')
-    _quiet_what_a_failed_restore_leaves_behind()
+    quiet_what_a_failed_restore_leaves_behind()
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeRestore(
@@ -282,7 +282,7 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
   return params, step
 
 
-def _quiet_what_a_failed_restore_leaves_behind():
+def quiet_what_a_failed_restore_leaves_behind():
   """When one array of a restore cannot be read, Orbax's event loop ends with the other arrays'
   tensorstore reads still in flight, and Python reports each of them as it ends: dozens of
   tracebacks around the one-line error that names the damaged file. A read that finishes later

@@ -7,8 +7,11 @@
     preflight  compile the real train step for a TPU topology or GPU node set, on this CPU
                (launch/preflight.py; its options and --gin_file/--gin.* come without `--`)
 
-Every backend takes --dry_run (print exactly what would run; run nothing) and --output FILE (also
-write it there). Jobs are restarted only on the trainer's restartable exit codes
+Before anything is created or submitted, every backend parses the run's gin config here, as the
+preflight does (no data read, nothing compiled): a missing gin file or a misspelt binding is one line
+and exit 2, not a job that fails after its pod or nodes came up (--no_config_check skips it, for gin
+files that only the cluster has). Every backend takes --dry_run (print exactly what would run; run
+nothing) and --output FILE (also write it there). Jobs are restarted only on the trainer's restartable exit codes
 (t5x_like/exit_codes.py), at most --max_restarts times. docs/LAUNCH.md has the details.
 """
 from __future__ import annotations
@@ -18,12 +21,16 @@ import subprocess
 import sys
 from typing import Optional, Sequence
 
+import gin
+
 from launch import command
 from launch import gke
 from launch import preflight
 from launch import restarts
 from launch import slurm
 from launch import tpu
+from t5x_like import exit_codes
+from t5x_like import train as train_lib
 
 BACKENDS = ('local', 'tpu', 'slurm', 'gke')
 
@@ -65,6 +72,9 @@ def make_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser(name, help=f'{name} backend')
     add(sp)
     sp.add_argument('--dry_run', action='store_true', help='print what would run; run nothing')
+    sp.add_argument('--no_config_check', action='store_true',
+                    help="don't parse the run's gin config here first (for gin files only the "
+                    'cluster has)')
     sp.add_argument('--output', help='also write the commands / script / manifest to this file')
   sub.add_parser('preflight', help='compile the train step for a target on this CPU',
                  add_help=False)
@@ -79,11 +89,25 @@ def main(argv: Optional[Sequence[str]] = None, out=sys.stdout) -> int:
   args = make_parser().parse_args(ours)
   try:
     command.check_train_args(train_args)
+    if not args.no_config_check:
+      check_config(train_args)
     run = {'local': _local_main, 'tpu': tpu.main, 'slurm': slurm.main, 'gke': gke.main}
     return run[args.backend](args, train_args, out=out)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
-    return 2
+    return exit_codes.CONFIG_ERROR
+
+
+def check_config(train_args: Sequence[str]) -> None:
+  """The run's gin config parses here (files found, every binding a real parameter, every macro set
+  on the command line used), else ValueError in one line, before any job exists."""
+  try:
+    preflight.load_train_args(train_args)
+  except (ValueError, TypeError, OSError) as e:
+    raise ValueError(f'{train_lib._one_line(e)} (checked before launching: nothing started; '
+                     '--no_config_check skips this, for gin files only the cluster has)') from None
+  finally:
+    gin.clear_config()
 
 
 if __name__ == '__main__':

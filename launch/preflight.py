@@ -91,7 +91,8 @@ def load_run(gin_files: Sequence[str], bindings: Sequence[str], search_paths=())
   the seqio tasks are left unread: no TensorFlow needed)."""
   set_macros = {b.split('=', 1)[0].strip() for b in bindings}
   defaults = [f'{k} = {v}' for k, v in _DEFAULT_MACROS.items() if k not in set_macros]
-  train_lib.parse_gin_importing_tasks_if_named(gin_files, defaults + list(bindings), search_paths,
+  # (After the user's bindings, so that gin's "In bindings string line N" counts only theirs.)
+  train_lib.parse_gin_importing_tasks_if_named(gin_files, list(bindings) + defaults, search_paths,
                                                skip_tasks=True)
   try:
     ref = gin.query_parameter('train.train_data')
@@ -338,6 +339,18 @@ def _gpu_compile(train_args: Sequence[str], target: targets_lib.Target, override
   return {**json.loads(out[-1]), 'estimated': cmd[0] == '--_cpu_compile'}
 
 
+def load_train_args(train_args: Sequence[str]) -> RunSpec:
+  """load_run from the train command's arguments (gin files, --gin.* and --gin_bindings)."""
+  bindings, rest = train_lib.split_gin_flags(train_args)
+  args, unknown = train_lib.make_parser().parse_known_args(rest)
+  if unknown:
+    raise Refusal(f'unexpected arguments for the train command: {unknown}')
+  gin_files, bindings = args.gin_file, args.gin_bindings + bindings
+  if not gin_files:
+    raise Refusal('no --gin_file given')
+  return load_run(gin_files, bindings, args.gin_search_paths)
+
+
 def preflight(train_args: Sequence[str], topology: str, mfu: float = 0.5, search: bool = False,
               print_fn=print, gpu_mem_fraction: Optional[float] = None) -> dict:
   """Runs the preflight; returns the result dict (with 'lines'). Raises Refusal when it won't go.
@@ -348,14 +361,7 @@ def preflight(train_args: Sequence[str], topology: str, mfu: float = 0.5, search
     gpu_mem_fraction = targets_lib.gpu_mem_fraction()
   elif not 0 < gpu_mem_fraction <= 1:
     raise Refusal(f'--gpu_mem_fraction={gpu_mem_fraction}: expected a fraction in (0, 1]')
-  bindings, rest = train_lib.split_gin_flags(train_args)
-  args, unknown = train_lib.make_parser().parse_known_args(rest)
-  if unknown:
-    raise Refusal(f'unexpected arguments for the train command: {unknown}')
-  gin_files, bindings = args.gin_file, args.gin_bindings + bindings
-  if not gin_files:
-    raise Refusal('no --gin_file given')
-  run = load_run(gin_files, bindings, args.gin_search_paths)
+  run = load_train_args(train_args)
   if target.kind == 'tpu' and run.mesh.dcn_data != target.num_slices:
     raise Refusal(f'{target.name} has {target.num_slices} slice(s) but MeshConfig.dcn_data='
                   f'{run.mesh.dcn_data}; add --gin.MeshConfig.dcn_data={target.num_slices}')

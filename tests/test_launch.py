@@ -14,6 +14,7 @@ import yaml
 from launch import __main__ as cli
 from launch import restarts
 from launch import targets
+from t5x_like import exit_codes
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Quotes of both kinds, spaces, an @reference, a $ and a backslash: what a gin binding may hold.
@@ -22,7 +23,7 @@ TRAIN = ['--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin',
          '--gin.TrainerConfig.seed=3',
          '--gin_bindings=train.optimizer = @OptimizerConfig()',
          """--gin.tasks.lm.text_lm_task.name="it's a \\"$HOME\\" task\"""",
-         "--gin.X=['a b', \"c'd\"]"]
+         "--gin.VALIDATION_FILES=['a b', \"c'd\"]"]
 
 
 def _dry(argv):
@@ -162,15 +163,44 @@ def test_bash_rule_matches_python_rule():
 
 
 def test_local_config_error_is_not_restarted(tmp_path):
-  # The real train command: a misspelt binding exits 2 and the launcher does not try again.
+  # The real train command: text files that are not there (the launcher's own check reads no data)
+  # exit 2, and the launcher does not try again.
   res = subprocess.run(
       [sys.executable, '-m', 'launch', 'local', '--max_restarts', '2', '--',
        '--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin',
-       f"--gin.MODEL_DIR='{tmp_path}'", '--gin.TRAIN_STEPS=1', '--gin.DecoderConfig.num_layer=2'],
+       f"--gin.MODEL_DIR='{tmp_path / 'run'}'", '--gin.TRAIN_STEPS=1',
+       f"--gin.TRAIN_FILES=['{tmp_path / 'missing.txt'}']"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert res.returncode == 2
-  assert "doesn't have a parameter named 'num_layer'" in res.stderr
-  assert 'CONFIG_ERROR) is not restartable' in res.stdout
+  assert f'no file matches {tmp_path / "missing.txt"}' in res.stderr
+  assert res.stdout.count('CONFIG_ERROR) is not restartable') == 1, res.stdout
+
+
+@pytest.mark.parametrize('backend', [['local'], ['slurm', '--dry_run'],
+                                     ['tpu', '--name', 'x', '--tpu', 'v5p-64', '--zone', 'z', '--dry_run'],
+                                     ['gke', '--name', 'x', '--image', 'i', '--tpu', 'v5p-64', '--dry_run']])
+def test_a_config_that_does_not_parse_is_refused_before_anything_is_launched(backend, tmp_path, capsys):
+  tiny = '--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin'
+  run = f"--gin.MODEL_DIR='{tmp_path / 'run'}'"
+  for train_args, problem in (
+      ([tiny, run, '--gin.DecoderConfig.num_layer=2'],
+       "Configurable 'DecoderConfig' doesn't have a parameter named 'num_layer'. (In bindings string "
+       'line 2)'),
+      ([tiny, run, '--gin.TRAIN_STEP=2'],
+       'gin macro TRAIN_STEP is set on the command line but no gin file uses %TRAIN_STEP (misspelt?)'),
+      (['--gin_file=gin_configs/examples/tiny_decoder_pretrian.gin', run],
+       'gin file not found: gin_configs/examples/tiny_decoder_pretrian.gin')):
+    out = io.StringIO()
+    assert cli.main([*backend, '--', *train_args], out=out) == exit_codes.CONFIG_ERROR
+    assert capsys.readouterr().err == (f'error: {problem} (checked before launching: nothing '
+                                       'started; --no_config_check skips this, for gin files only '
+                                       'the cluster has)\n')
+    assert out.getvalue() == '' and not (tmp_path / 'run').exists()
+  # A gin file that only the cluster has: the check is skipped on request.
+  if '--dry_run' in backend:
+    assert cli.main([*backend, '--no_config_check', '--',
+                     '--gin_file=/on/the/cluster/only.gin', run], out=out) == 0
+    assert '/on/the/cluster/only.gin' in out.getvalue()
 
 
 def test_local_dry_run_uses_launch_local_for_several_processes():

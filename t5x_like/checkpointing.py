@@ -263,6 +263,9 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(model_dir)}')
+    if step not in mngr.all_steps():
+      raise FileNotFoundError(f'no checkpoint at step {step} in {checkpoint_dir(model_dir)} '
+                              f'(steps: {list(mngr.all_steps())})')
     quiet_what_a_failed_restore_leaves_behind()
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(

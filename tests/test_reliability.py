@@ -418,6 +418,9 @@ def test_changed_bits_that_read_back_cleanly_are_caught_by_the_checksums(four_st
     checkpointing.restore_params(str(run), abstract)
   params, step = checkpointing.restore_params(str(run), abstract, step=2)
   assert step == 2 and jax.tree.structure(params) == jax.tree.structure(abstract)
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      f'no checkpoint at step 3 in {run / "checkpoints"} (steps: [1, 2, 4])')):
+    checkpointing.restore_params(str(run), abstract, step=3)
   from t5x_like.convert.__main__ import main as convert_main
   capsys.readouterr()
   assert convert_main(['to-hf', '--model_dir', str(run), '--out', str(tmp_path / 'hf')]) == 2

@@ -78,7 +78,10 @@ def show(args, gin_bindings) -> int:
   except ValueError:
     names = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
     why = '; '.join(errors)
-    raise ValueError(f'no task or mixture named {args.name!r} (registered: {", ".join(names)})'
+    known = (f'registered: {", ".join(names)}' if names else
+             'none is registered: tasks exist once the gin file that builds them is parsed, so pass '
+             "the experiment's --gin_file")
+    raise ValueError(f'no task or mixture named {args.name!r} ({known})'
                      + (f'; building the gin file\'s data failed: {why}' if why else '')) from None
   cfg = configs.get('train')
   lengths = dict(cfg.task_feature_lengths) if cfg is not None else None

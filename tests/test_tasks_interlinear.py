@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+import seqio
 
 from tasks import interlinear, sources, vocab as vocab_lib
 from tasks.sources import InputError
@@ -202,7 +203,7 @@ def test_tsv_source_and_vocab_command(shared_data, tmp_path, capsys):
   assert v.decode(v.encode('<sw> Yesu Kristo')) == '<sw> Yesu Kristo'
 
 
-def test_show_prints_json_lines_of_an_experiment(capsys):
+def test_show_prints_json_lines_of_an_experiment(capsys, monkeypatch):
   from tasks.__main__ import main
   rc = main(['show', 'interlinear_multi30k_en_de', '--n', '2', '--split', 'validation',
              '--gin_file', 'gin_configs/experiments/interlinear_captions.gin',
@@ -215,3 +216,11 @@ def test_show_prints_json_lines_of_an_experiment(capsys):
   assert main(['show', 'no_such_task', '--gin_file',
                'gin_configs/experiments/interlinear_captions.gin',
                '--gin.MODEL_DIR="/tmp/unused"', '--gin.TRAIN_STEPS=1']) == 2
+  assert "no task or mixture named 'no_such_task' (registered: " in capsys.readouterr().err
+  # Without the gin file that builds it, no task exists yet (as in a fresh process): the line says so.
+  for registry in (seqio.TaskRegistry, seqio.MixtureRegistry):
+    monkeypatch.setattr(registry, '_REGISTRY', {})
+  assert main(['show', 'interlinear_multi30k_en_de']) == 2
+  assert capsys.readouterr().err.strip() == (
+      "error: no task or mixture named 'interlinear_multi30k_en_de' (none is registered: tasks exist "
+      "once the gin file that builds them is parsed, so pass the experiment's --gin_file)")

@@ -139,12 +139,16 @@ def _binds(name: str) -> bool:
 
 
 def export_cmd(args, gin_bindings, argv) -> int:
+  for flag in ('steps', 'num_examples', 'examples_per_shard'):
+    if getattr(args, flag) is not None and getattr(args, flag) < 1:
+      raise ValueError(f'--{flag} {getattr(args, flag)}: expected at least 1')
   configs, errors = register_from_gin(args.gin_file, gin_bindings)
   family = _model_family(args.family)
   out = {}
   for scope in args.scopes or ['train'] + (['eval'] if _binds('train.eval_data') else []):
     if scope not in configs:
-      why = '; '.join(e for e in errors if e.startswith(scope)) or 'not configured'
+      why = ('; '.join(e for e in errors if e.startswith(scope)) or
+             f'not configured by the gin file (it configures: {", ".join(sorted(configs)) or "none"})')
       raise ValueError(f'--scopes {scope}: {why}')
     cfg = configs[scope]
     num = None

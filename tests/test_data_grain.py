@@ -274,3 +274,10 @@ def test_export_command_writes_train_and_eval_and_never_overwrites(small_text, t
   assert meta['family'] == 'decoder' and meta['task_feature_lengths'] == {'targets': 64}
   assert tasks_main.main(argv) == 2
   assert 'already holds an export' in capsys.readouterr().err
+  other = argv[:-1] + [str(tmp_path / 'y')]
+  for extra, err in ((['--steps', '0'], 'error: --steps 0: expected at least 1'),
+                     (['--scopes', 'trian'], 'error: --scopes trian: not configured by the gin file '
+                                             '(it configures: eval, train)')):
+    assert tasks_main.main(other + extra) == 2
+    assert capsys.readouterr().err.strip() == err
+  assert not (tmp_path / 'y').exists()

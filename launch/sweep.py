@@ -160,9 +160,10 @@ def query_macros(gin_files: Sequence[str], bindings: Sequence[str], names: Seque
     gin.clear_config()
 
 
-def write_run_info(model_dir: str, name: str, settings: dict, train_steps: int,
-                   gin_files: Sequence[str], overrides: Sequence[str]) -> dict:
-  """MODEL_DIR/run.json: what the evaluator and the report need to know about the run."""
+def run_info(model_dir: str, name: str, settings: dict, train_steps: int,
+             gin_files: Sequence[str], overrides: Sequence[str]) -> dict:
+  """What the evaluator and the report need to know about the run (MODEL_DIR/run.json), read from
+  its gin config: parsing it here is what refuses a misspelt key or file before anything runs."""
   bindings = [o[len('--gin.'):].replace('=', ' = ', 1) for o in overrides if o.startswith('--gin.')]
   bindings += [f'{k} = {gin_literal(v)}' for k, v in settings.items()]
   bindings += [f'MODEL_DIR = {gin_literal(model_dir)}', f'TRAIN_STEPS = {train_steps}']
@@ -176,10 +177,13 @@ def write_run_info(model_dir: str, name: str, settings: dict, train_steps: int,
           'p_clone': macros['P_CLONE'] or 0.0, 'schedule': macros['SCHEDULE'],
           'seed': macros['SEED'], 'num_languages': macros['NUM_LANGUAGES'],
           'monolingual': not (macros['P_CLONE'] or 0.0) and not macros['SCHEDULE']}
+  return info
+
+
+def write_run_info(model_dir: str, info: dict) -> None:
   os.makedirs(model_dir, exist_ok=True)
   with open(os.path.join(model_dir, 'run.json'), 'w') as f:
     json.dump(info, f, indent=1)
-  return info
 
 
 # --- the sweep -------------------------------------------------------------------------------------
@@ -376,7 +380,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except (ValueError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  os.makedirs(args.sweep_dir, exist_ok=True)
+  try:
+    for r in runs:  # before anything is written or trained, dry runs included: a misspelt key or
+      # gin file fails here, for every run at once
+      r['info'] = run_info(r['model_dir'], r['name'], r['settings'], args.train_steps,
+                           args.gin_file, r['run_overrides'])
+  except Exception as e:  # gin's errors are long; the first line says which binding
+    print(f'error: {str(e).strip().splitlines()[0]}', file=sys.stderr)
+    return 2
   todo = []
   for r in runs:
     done = is_finished(r['model_dir'], args.train_steps)
@@ -389,13 +400,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       todo.append(r)
   if args.dry_run or args.launcher == 'print':
     return 0
-  try:
-    for r in runs:  # before any training: a misspelt key fails here, for every run at once
-      r['info'] = write_run_info(r['model_dir'], r['name'], r['settings'], args.train_steps,
-                                 args.gin_file, r['run_overrides'])
-  except Exception as e:  # gin's errors are long; the first line says which binding
-    print(f'error: {str(e).strip().splitlines()[0]}', file=sys.stderr)
-    return 2
+  os.makedirs(args.sweep_dir, exist_ok=True)
+  for r in runs:
+    write_run_info(r['model_dir'], r['info'])
   with open(os.path.join(args.sweep_dir, 'sweep.json'), 'w') as f:
     json.dump({'argv': argv, 'runs': [r['name'] for r in runs]}, f, indent=1)
   if args.export:

@@ -48,12 +48,24 @@ def test_dry_run_lists_state_and_grid_file(tmp_path, capsys):
   spec = tmp_path / 'grid.json'
   spec.write_text(json.dumps({'grid': {'p_clone': [0.5, 0.1]}, 'add': [{'p_clone': 0.0}]}))
   os.makedirs(tmp_path / 'sw' / 'p0.1' / 'checkpoints' / '7')
-  rc = sweep.main([str(tmp_path / 'sw'), '--gin_file=x.gin', '--train_steps=20',
-                   f'--grid_file={spec}', '--dry_run'])
+  gin_file = '--gin_file=gin_configs/experiments/clone_ablation_cpu.gin'
+  rc = sweep.main([str(tmp_path / 'sw'), gin_file, '--train_steps=20', f'--grid_file={spec}',
+                   '--dry_run'])
   out = capsys.readouterr().out
   assert rc == 0
   assert '[sweep] p0.5: new' in out and '[sweep] p0.1: resume from step 7' in out
   assert '[sweep] p0.0: new' in out
+  assert not (tmp_path / 'sw' / 'p0.5').exists()  # a dry run writes nothing
+  # The dry run parses every run's config as the sweep would: a misspelt key or gin file is refused.
+  for argv, err in (
+      ([gin_file, '--grid', 'P_CLONNE=0.1,0.5'],
+       'error: gin macro P_CLONNE is set on the command line but no gin file uses %P_CLONNE '
+       '(misspelt?)'),
+      (['--gin_file=gin_configs/experiments/clone_ablation.gin', '--grid', 'p_clone=0.1'],
+       'error: gin file not found: gin_configs/experiments/clone_ablation.gin')):
+    assert sweep.main([str(tmp_path / 'new'), '--train_steps=20', *argv, '--dry_run']) == 2
+    assert capsys.readouterr().err.strip() == err
+  assert not (tmp_path / 'new').exists()
 
 
 def test_core_slots_split_the_cores():

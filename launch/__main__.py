@@ -11,8 +11,9 @@ Before anything is created or submitted, every backend parses the run's gin conf
 preflight does (no data read, nothing compiled): a missing gin file or a misspelt binding is one line
 and exit 2, not a job that fails after its pod or nodes came up (--no_config_check skips it, for gin
 files that only the cluster has). Every backend takes --dry_run (print exactly what would run; run
-nothing) and --output FILE (also write it there). Jobs are restarted only on the trainer's restartable exit codes
-(t5x_like/exit_codes.py), at most --max_restarts times. docs/LAUNCH.md has the details.
+nothing) and --output FILE (also write it there). Jobs are restarted only on the trainer's
+restartable exit codes (t5x_like/exit_codes.py), at most --max_restarts times. docs/LAUNCH.md has
+the details.
 """
 from __future__ import annotations
 

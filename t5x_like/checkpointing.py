@@ -291,10 +291,11 @@ def quiet_what_a_failed_restore_leaves_behind():
   tracebacks around the one-line error that names the damaged file. A read that finishes later
   calls back into the closed loop (an unraisable RuntimeError('Event loop is closed')); a read
   that failed too is logged by asyncio as "Task exception was never retrieved" when its task is
-  collected; a coroutine that never ran warns that it was never awaited. Called before every restore
-  (the first reports can come before the failed restore's exception reaches its caller), this drops
-  exactly those three from then on; any other unraisable error, asyncio record or warning is still
-  reported (this project has no coroutines of its own)."""
+  collected; a coroutine that never ran warns that it was never awaited, and one of Orbax's reads
+  that was left half-way raises as it is closed. Called before every restore (the first reports can
+  come before the failed restore's exception reaches its caller), this drops exactly those from then
+  on; any other unraisable error, asyncio record or warning is still reported (this project has no
+  coroutines of its own)."""
   previous = sys.unraisablehook
   if getattr(previous, 'drops_closed_loop_callbacks', False):
     return
@@ -307,6 +308,10 @@ def quiet_what_a_failed_restore_leaves_behind():
   def hook(unraisable):
     error = unraisable.exc_value
     if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+      return
+    code = getattr(unraisable.object, 'cr_code', None)  # a coroutine closed as it was collected
+    if (code is not None and code.co_name.startswith('_read')
+        and f'{os.sep}orbax{os.sep}checkpoint{os.sep}' in code.co_filename):
       return
     previous(unraisable)
 

@@ -349,6 +349,19 @@ def test_reads_finishing_after_a_failed_restore_print_nothing_else_still_does(fo
                                 exc_traceback=None, err_msg=None, object=None)
   sys.unraisablehook(other)
   assert seen == ["unraisable: RuntimeError('something else')"]
+  # One of Orbax's reads, left half-way and closed as it is collected: dropped; a coroutine of
+  # another package, or of Orbax but not a read, is not.
+  orbax_file = '/x/orbax/checkpoint/_src/serialization/serialization.py'
+  for filename, name, kept in ((orbax_file, '_read_a', False), (orbax_file, 'save', True),
+                               ('/x/other/reader.py', '_read_a', True)):
+    namespace = {}
+    exec(compile(f'async def {name}(): pass', filename, 'exec'), namespace)  # pylint: disable=exec-used
+    coroutine = namespace[name]()
+    sys.unraisablehook(types.SimpleNamespace(exc_type=Exception, exc_value=Exception('read'),
+                                             exc_traceback=None, err_msg=None, object=coroutine))
+    coroutine.close()
+    assert (seen[-1] == "unraisable: Exception('read')") == kept, (filename, name)
+    del seen[1:]
   asyncio_log = logging.getLogger('asyncio')
   # asyncio's report of a failed read is dropped; its other reports are not.
   for error, kept in ((ValueError('OUT_OF_RANGE: Error reading "x/.zarray" in OCDBT database'), False),

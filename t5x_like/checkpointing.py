@@ -258,14 +258,15 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
   """Restores only the parameters of a run (for evaluation and export): no optimizer state is read.
   They are checked against the checksums saved with them (CheckpointDamaged if their bits changed);
   a step that cannot be read raises CheckpointDamaged or CheckpointMismatch (see `diagnose`)."""
-  mngr = ocp.CheckpointManager(checkpoint_dir(model_dir))
+  directory = checkpoint_dir(model_dir)
+  mngr = ocp.CheckpointManager(directory)
   try:
+    steps = mngr.all_steps()
     step = mngr.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(model_dir)}')
-    if step not in mngr.all_steps():
-      raise FileNotFoundError(f'no checkpoint at step {step} in {checkpoint_dir(model_dir)} '
-                              f'(steps: {list(mngr.all_steps())})')
+      raise FileNotFoundError(f'no checkpoint in {directory}')
+    if step not in steps:
+      raise FileNotFoundError(f'no checkpoint at step {step} in {directory} (steps: {list(steps)})')
     quiet_what_a_failed_restore_leaves_behind()
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
@@ -274,14 +275,14 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
               restore_args=jax.tree.map(_restore_arg, {'params': abstract_params}),
               partial_restore=True)))
     except Exception as e:  # pylint: disable=broad-except  # classified
-      raise diagnose(checkpoint_dir(model_dir), step, {'params': abstract_params}, e) from e
+      raise diagnose(directory, step, {'params': abstract_params}, e) from e
     params = restored['state']['params']
-    damaged = _verify_checksums(checkpoint_dir(model_dir), step,
-                                lambda args: mngr.restore(step, args=args), {'params': params})
+    changed = _verify_checksums(directory, step, lambda args: mngr.restore(step, args=args),
+                                {'params': params})
   finally:
     mngr.close()
-  if damaged:
-    raise damaged
+  if changed:
+    raise changed
   return params, step
 
 

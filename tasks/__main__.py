@@ -140,8 +140,9 @@ def _binds(name: str) -> bool:
 
 def export_cmd(args, gin_bindings, argv) -> int:
   for flag in ('steps', 'num_examples', 'examples_per_shard'):
-    if getattr(args, flag) is not None and getattr(args, flag) < 1:
-      raise ValueError(f'--{flag} {getattr(args, flag)}: expected at least 1')
+    value = getattr(args, flag)
+    if value is not None and value < 1:
+      raise ValueError(f'--{flag} {value}: expected at least 1')
   configs, errors = register_from_gin(args.gin_file, gin_bindings)
   family = _model_family(args.family)
   out = {}

@@ -291,8 +291,8 @@ def quiet_what_a_failed_restore_leaves_behind():
   tensorstore reads still in flight, and Python reports each of them as it ends: dozens of
   tracebacks around the one-line error that names the damaged file. A read that finishes later
   calls back into the closed loop (an unraisable RuntimeError('Event loop is closed')); a read
-  that failed too is logged by asyncio as "Task exception was never retrieved" when its task is
-  collected; a coroutine that never ran warns that it was never awaited, and one of Orbax's reads
+  that failed too is logged by asyncio as "Task (or Future) exception was never retrieved" when it
+  is collected; a coroutine that never ran warns that it was never awaited, and one of Orbax's reads
   that was left half-way raises as it is closed. Called before every restore (the first reports can
   come before the failed restore's exception reaches its caller), this drops exactly those from then
   on; any other unraisable error, asyncio record or warning is still reported (this project has no
@@ -321,11 +321,11 @@ def quiet_what_a_failed_restore_leaves_behind():
 
 
 class _DropFailedReadTasks(logging.Filter):
-  """asyncio's "Task exception was never retrieved" for a tensorstore read that failed."""
+  """asyncio's "Task (or Future) exception was never retrieved" for a tensorstore read that failed."""
 
   def filter(self, record):
     error = record.exc_info[1] if record.exc_info else None
-    return not (record.getMessage().startswith('Task exception was never retrieved')
+    return not (re.match(r'(Task|Future) exception was never retrieved', record.getMessage())
                 and isinstance(error, ValueError)
                 and re.search(r'Error (reading|opening) ', str(error)))
 

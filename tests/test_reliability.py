@@ -366,10 +366,11 @@ def test_reads_finishing_after_a_failed_restore_print_nothing_else_still_does(fo
   # asyncio's report of a failed read is dropped; its other reports are not.
   for error, kept in ((ValueError('OUT_OF_RANGE: Error reading "x/.zarray" in OCDBT database'), False),
                       (ValueError('some other failure'), True), (None, True)):
-    record = asyncio_log.makeRecord('asyncio', logging.ERROR, __file__, 1,
-                                    'Task exception was never retrieved\nfuture: <Task ...>', (),
-                                    (type(error), error, None) if error else None)
-    assert bool(asyncio_log.filter(record)) == kept, error
+    for what in ('Task', 'Future'):
+      record = asyncio_log.makeRecord('asyncio', logging.ERROR, __file__, 1,
+                                      f'{what} exception was never retrieved\nfuture: <{what} ...>',
+                                      (), (type(error), error, None) if error else None)
+      assert bool(asyncio_log.filter(record)) == kept, (what, error)
 
 
 def test_fallback_and_restore_step_resume_exactly_and_set_newer_steps_aside(four_steps, lm_task,

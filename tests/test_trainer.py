@@ -38,7 +38,8 @@ def test_loss_falls_and_every_eval_dataset_is_reported(lm_task, small_text, smal
                           validation_files=[small_text['train']], vocabulary=small_vocab)
   evals = [data.DataConfig(t, {'targets': 32}, batch_size=8, split='validation', shuffle=False,
                            num_epochs=1) for t in (lm_task, other)]
-  out = _fit(tmp_path / 'run', 40, lm_task, log_every=1, eval_data=evals)
+  # (One checkpoint, at the end: this test is about the loss and the evaluations.)
+  out = _fit(tmp_path / 'run', 40, lm_task, log_every=1, eval_data=evals, checkpoint_every=40)
   hist = dict(out['history'])
   first, last = np.mean([hist[s] for s in (1, 2, 3)]), np.mean([hist[s] for s in (38, 39, 40)])
   assert last < first - 1.0, (first, last)
@@ -124,7 +125,7 @@ def test_encdec_trains(prefix_lm_task, tmp_path):
   model = EncDecConfig(vocab_size=500, embed_dim=32, num_encoder_layers=1, num_decoder_layers=1,
                        num_heads=4, head_dim=8, mlp_dim=64, dtype='float32')
   hist = dict(_fit(tmp_path / 'run', 25, prefix_lm_task, model=model,
-                   lengths={'inputs': 32, 'targets': 32})['history'])
+                   lengths={'inputs': 32, 'targets': 32}, checkpoint_every=25)['history'])
   assert hist[25] < hist[1] - 0.8
 
 

@@ -262,7 +262,7 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
   mngr = ocp.CheckpointManager(directory)
   try:
     steps = mngr.all_steps()
-    step = mngr.latest_step() if step is None else step
+    step = max(steps, default=None) if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {directory}')
     if step not in steps:
@@ -298,7 +298,7 @@ def quiet_what_a_failed_restore_leaves_behind():
   on; any other unraisable error, asyncio record or warning is still reported (this project has no
   coroutines of its own)."""
   previous = sys.unraisablehook
-  if getattr(previous, 'drops_closed_loop_callbacks', False):
+  if getattr(previous, 'quiets_failed_restores', False):
     return
   warnings.filterwarnings('ignore', message=r"coroutine '.*' was never awaited",
                           category=RuntimeWarning)
@@ -316,7 +316,7 @@ def quiet_what_a_failed_restore_leaves_behind():
       return
     previous(unraisable)
 
-  hook.drops_closed_loop_callbacks = True
+  hook.quiets_failed_restores = True
   sys.unraisablehook = hook
 
 

@@ -298,8 +298,7 @@ def test_export_and_eval_of_a_damaged_step_name_it_in_one_line_and_leave_the_out
   seen = _record_what_a_failed_restore_leaves(monkeypatch)
   assert convert_main(['to-hf', '--model_dir', str(run), '--out', str(out)]) == 2
   assert eval_cli.main(['--model_dir', str(run), '--metrics', 'ppl']) == 2
-  time.sleep(1)  # the reads still in flight when Orbax's event loop closed finish meanwhile
-  gc.collect()
+  _let_failed_reads_finish()
   assert not seen, seen
   export_err, eval_err = capsys.readouterr().err.strip().splitlines()
   damaged = f'error: checkpoint at step 4 in {run / "checkpoints"} is damaged: {run / "checkpoints/4/state"}'
@@ -321,13 +320,18 @@ def test_export_and_eval_of_a_damaged_step_name_it_in_one_line_and_leave_the_out
   assert sorted(eval_cli.read_results(str(run))) == [1, 2]
 
 
+def _let_failed_reads_finish():
+  """The reads still in flight when Orbax's event loop closed finish, and their tasks are collected."""
+  time.sleep(1)
+  gc.collect()
+
+
 def _record_what_a_failed_restore_leaves(monkeypatch) -> list:
   """From here on, the unraisable errors and asyncio's log records that reach the user, as strings.
   (The hooks start afresh: the quieting installed by an earlier test of this process is gone.
   What the failed restores of earlier tests left is reported first, under that quieting: a read of
   theirs collected later would otherwise be counted here.)"""
-  time.sleep(1)
-  gc.collect()
+  _let_failed_reads_finish()
   seen = []
   monkeypatch.setattr(sys, 'unraisablehook', lambda u: seen.append(f'unraisable: {u.exc_value!r}'))
   asyncio_log = logging.getLogger('asyncio')
@@ -346,8 +350,7 @@ def test_reads_finishing_after_a_failed_restore_print_nothing_else_still_does(fo
   seen = _record_what_a_failed_restore_leaves(monkeypatch)
   with pytest.raises(checkpointing.CheckpointDamaged):
     _fit(run, 6, lm_task)
-  time.sleep(1)  # the reads still in flight when Orbax's event loop closed finish meanwhile
-  gc.collect()
+  _let_failed_reads_finish()
   assert not seen, seen
   other = types.SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError('something else'),
                                 exc_traceback=None, err_msg=None, object=None)

@@ -5,6 +5,7 @@ Tiny random fp32 models; the HF side is transformers' own PyTorch implementation
 import json
 import os
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -231,6 +232,38 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
   assert convert_main(['from-hf', '--hf', str(tmp_path / 'nope'), '--out', str(tmp_path / 'o')]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 2 and all(l.startswith('error: ') and 'nope' in l for l in err)
+  # A folder without weights is named with a few of its files, not all of them.
+  crowded = tmp_path / 'crowded'
+  crowded.mkdir()
+  for i in range(30):
+    (crowded / f'f{i:02d}.txt').touch()
+  assert convert_main(['from-hf', '--hf', str(crowded), '--out', str(tmp_path / 'o')]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(f'error: {crowded} has no model.safetensors or model.safetensors.index.json '
+                        '(found: f00.txt, f01.txt, f02.txt, f03.txt, f04.txt, f05.txt, f06.txt, f07.txt, '
+                        '... (30 in all)); PyTorch .bin'), err
+  assert not (tmp_path / 'o').exists()
+
+
+def test_without_transformers_both_directions_stop_in_one_line_before_writing(tmp_path, capsys,
+                                                                              monkeypatch):
+  hf, run = tmp_path / 'hf', tmp_path / 'run'
+  _hf_llama(hf)
+  cfg = DecoderConfig(**DEC)
+  os.makedirs(run)
+  run_dir.save_model_config(str(run), cfg)
+  from_hf.save_checkpoint(str(run), init_params(cfg))
+  capsys.readouterr()
+  # As where the hf extra is not installed: `import transformers` fails (None in sys.modules).
+  monkeypatch.setitem(sys.modules, 'transformers', None)
+  before = sorted(os.listdir(tmp_path))
+  assert convert_main(['from-hf', '--hf', str(hf), '--out', str(tmp_path / 'imported')]) == 2
+  assert convert_main(['to-hf', '--model_dir', str(run), '--out', str(tmp_path / 'exported')]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 2, err
+  assert all(l.startswith('error: converting checkpoints to or from Hugging Face needs transformers, '
+                          "which the hf extra installs (pip install -e '.[hf]')") for l in err), err
+  assert sorted(os.listdir(tmp_path)) == before  # neither output nor the export's staging folder
 
 
 def test_truncated_or_garbled_safetensors_are_refused_naming_the_file_before_writing(tmp_path,

@@ -82,6 +82,14 @@ def test_the_library_imports_no_upper_layer():
   assert not bad, 'lower layers importing upper ones:\n' + '\n'.join(sorted(set(bad)))
 
 
+def test_hugging_face_libraries_are_imported_by_one_module():
+  # The `hf` extra is optional: one module imports it and turns its absence into a one-line error.
+  where = sorted({path for path, tree in _modules() for node in ast.walk(tree)
+                  if isinstance(node, (ast.Import, ast.ImportFrom))
+                  and any(_under(n, ('transformers', 'tokenizers', 'torch')) for n in _imported(node, path))})
+  assert where == ['t5x_like/convert/hf_library.py'], where
+
+
 @pytest.mark.parametrize('module', ['t5x_like.report', 't5x_like.evaluation.results'])
 def test_reading_results_needs_no_jax(module):
   out = subprocess.run([sys.executable, '-c', f'import sys, {module}; print(sorted(m for m in '

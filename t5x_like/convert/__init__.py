@@ -4,5 +4,6 @@
   python -m t5x_like.convert from-hf --hf DIR --out MODEL_DIR
 
 llama.py / t5.py hold each family's weight mapping and HF-config handling; mapping.py the layout kinds;
-safetensors_stream.py the streaming reader/writer; tokenizer.py the SentencePiece -> tokenizer.json step.
+safetensors_stream.py the streaming reader/writer; tokenizer.py the SentencePiece -> tokenizer.json step;
+hf_library.py imports transformers and tokenizers (the `hf` extra) for all of them.
 """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from t5x_like.convert import hf_library
 from t5x_like.convert.mapping import ConversionError, Rule, check_fields, layer_param
 from t5x_like.models import DecoderConfig
 
@@ -54,8 +55,7 @@ def check_exportable(cfg: DecoderConfig) -> None:
 
 
 def hf_config(cfg: DecoderConfig, torch_dtype: str) -> dict:
-  from transformers import LlamaConfig
-  c = LlamaConfig(
+  c = hf_library.transformers().LlamaConfig(
       vocab_size=cfg.vocab_size, hidden_size=cfg.embed_dim, intermediate_size=cfg.mlp_dim,
       num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
       num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, hidden_act='silu',
@@ -84,10 +84,9 @@ IGNORED = frozenset({
 
 
 def from_hf_config(d: dict, **overrides) -> DecoderConfig:
-  from transformers import LlamaConfig
   if d.get('model_type') not in MODEL_TYPES:
     raise ConversionError(f"model_type={d.get('model_type')!r} is not a Llama model")
-  check_fields(d, LlamaConfig().to_dict(), HANDLED, IGNORED, 'Llama')
+  check_fields(d, hf_library.transformers().LlamaConfig().to_dict(), HANDLED, IGNORED, 'Llama')
 
   def require(field, ok, want):
     if field in d and d[field] is not None and not ok(d[field]):

@@ -110,6 +110,9 @@ def write(out_dir: str, specs: Sequence[TensorSpec], produce: Callable[[TensorSp
   return files
 
 
+_NAMES_SHOWN = 8  # of a folder's files, in the error for a folder without weights
+
+
 class Reader:
   """All tensors of an HF checkpoint dir (single file or sharded with an index), read one at a time."""
 
@@ -122,8 +125,13 @@ class Reader:
       files = [SINGLE_FILE]
     else:
       found = sorted(os.listdir(hf_dir))
-      raise FileNotFoundError(f'{hf_dir} has no {SINGLE_FILE} or {INDEX_FILE} (found {found}); '
-                              'PyTorch .bin checkpoints: re-save with save_pretrained(safe_serialization=True)')
+      # A few names tell what the folder is (a .bin checkpoint, the wrong folder); all of them, in a
+      # folder of thousands, would bury the line.
+      shown = ', '.join(found[:_NAMES_SHOWN]) + (f', ... ({len(found)} in all)'
+                                                 if len(found) > _NAMES_SHOWN else '')
+      raise FileNotFoundError(f'{hf_dir} has no {SINGLE_FILE} or {INDEX_FILE} (found: '
+                              f'{shown or "nothing"}); PyTorch .bin checkpoints: re-save with '
+                              'save_pretrained(safe_serialization=True)')
     self._where: dict[str, tuple[str, dict, int]] = {}
     for fname in files:
       path = os.path.join(hf_dir, fname)

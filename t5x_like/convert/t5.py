@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from t5x_like.convert import hf_library
 from t5x_like.convert.mapping import ConversionError, Rule, check_fields, layer_param
 from t5x_like.models import EncDecConfig
 
@@ -80,8 +81,8 @@ def check_exportable(cfg: EncDecConfig, arch: str = 't5') -> None:
 
 
 def hf_config(cfg: EncDecConfig, torch_dtype: str, arch: str = 't5') -> dict:
-  from transformers import MT5Config, T5Config
-  cls = T5Config if arch == 't5' else MT5Config
+  hf = hf_library.transformers()
+  cls = hf.T5Config if arch == 't5' else hf.MT5Config
   c = cls(vocab_size=cfg.vocab_size, d_model=cfg.embed_dim, d_kv=cfg.head_dim, d_ff=cfg.mlp_dim,
           num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
           num_heads=cfg.num_heads, relative_attention_num_buckets=cfg.relative_attention_num_buckets,
@@ -128,11 +129,11 @@ def lm_head_semantics(d: dict, has_lm_head: bool) -> tuple[bool, bool]:
 
 def from_hf_config(d: dict, has_lm_head: bool, **overrides) -> tuple[EncDecConfig, bool]:
   """(our config, head_from_shared)."""
-  from transformers import MT5Config, T5Config
+  hf = hf_library.transformers()
   model_type = d.get('model_type')
   if model_type not in MODEL_TYPES:
     raise ConversionError(f'model_type={model_type!r} is not a T5/mT5 model')
-  defaults = (T5Config if model_type == 't5' else MT5Config)().to_dict()
+  defaults = (hf.T5Config if model_type == 't5' else hf.MT5Config)().to_dict()
   check_fields(d, defaults, HANDLED, IGNORED, 'T5')
   proj = d.get('feed_forward_proj', defaults['feed_forward_proj'])
   parts = proj.split('-')

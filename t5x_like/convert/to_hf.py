@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from t5x_like import checkpointing, run_dir, state_checksums
-from t5x_like.convert import llama, t5
+from t5x_like.convert import hf_library, llama, t5
 from t5x_like.convert import safetensors_stream as st
 from t5x_like.convert import tokenizer
 from t5x_like.convert.mapping import ConversionError, Rule, hf_shape, to_hf
@@ -135,7 +135,6 @@ def write_configs(cfg, out: str, dtype: str, hf_arch: str = 't5') -> dict:
 def write_generation_config(cfg, out: str, eos_token_ids=(1,)) -> None:
   """Generation starts where training did: from id 0 (the decoder-only BOS, the encoder-decoder's
   decoder start) and stops at every language's EOS (`eos_token_ids`: one per cloned language)."""
-  from transformers import GenerationConfig
   eos = list(eos_token_ids) if len(eos_token_ids) > 1 else eos_token_ids[0]
   if cfg.family == 'encdec':
     gen = dict(decoder_start_token_id=0, eos_token_id=eos, pad_token_id=0)
@@ -143,7 +142,7 @@ def write_generation_config(cfg, out: str, eos_token_ids=(1,)) -> None:
     # No pad id: the prompt's leading 0 *is* the pad id, and generate() would mask it as padding when
     # called without an attention_mask. (transformers then pads finished rows with the first EOS.)
     gen = dict(bos_token_id=0, eos_token_id=eos)
-  GenerationConfig(**gen).save_pretrained(out)
+  hf_library.transformers().GenerationConfig(**gen).save_pretrained(out)
 
 
 def export(model_dir: str, out: str, *, step: Optional[int] = None, dtype: Optional[str] = None,

@@ -24,14 +24,15 @@ import random
 import shutil
 from typing import Optional
 
+from t5x_like.convert import hf_library
+
 MARKER = '⟦{k}⟧'
 PAD_ID, EOS_ID = 0, 1
 CLONED_TEMPLATE = os.path.join(os.path.dirname(__file__), 'cloned_language_template.py')
 
 
 def _proto(spm_path: str):
-  from transformers.convert_slow_tokenizer import import_protobuf
-  m = import_protobuf().ModelProto()
+  m = hf_library.sentencepiece_model_proto()()
   with open(spm_path, 'rb') as f:
     m.ParseFromString(f.read())
   return m
@@ -39,24 +40,23 @@ def _proto(spm_path: str):
 
 def _build(proto, vocab: list[tuple[str, float]], specials: list[str], *, family: str,
            strip_markers: bool):
-  from tokenizers import AddedToken, Regex, decoders, processors
-  from transformers.convert_slow_tokenizer import SpmConverter
-  tok = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=False)
+  tk = hf_library.tokenizers()
+  tok = hf_library.spm_converter().build_tokenizer_from_spm_proto(proto, vocab, legacy=False)
   if tok is None:
     raise ValueError('unsupported SentencePiece model type (need unigram)')
   if strip_markers:
     # Marker first, so the rest of the decoder sees the base piece.
-    tok.decoder = decoders.Sequence([decoders.Replace(Regex('⟦[0-9]+⟧'), ''), tok.decoder])
-  tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    tok.decoder = tk.decoders.Sequence([tk.decoders.Replace(tk.Regex('⟦[0-9]+⟧'), ''), tok.decoder])
+  tok.add_special_tokens([tk.AddedToken(s, special=True, normalized=False) for s in specials])
   pad_piece, eos_piece = vocab[PAD_ID][0], vocab[EOS_ID][0]
   if family == 'encdec':
     # Encoder inputs end with EOS, as seqio's `add_eos=True` features do.
-    tok.post_processor = processors.TemplateProcessing(
+    tok.post_processor = tk.processors.TemplateProcessing(
         single=['$A', eos_piece], pair=['$A', eos_piece, '$B', eos_piece],
         special_tokens=[(eos_piece, EOS_ID)])
   else:
     # Id 0 first: the decoder input the model was trained on ([0, t1, ..., tn-1], targets shifted right).
-    tok.post_processor = processors.TemplateProcessing(
+    tok.post_processor = tk.processors.TemplateProcessing(
         single=[pad_piece, '$A'], pair=[pad_piece, '$A', '$B'], special_tokens=[(pad_piece, PAD_ID)])
   return tok
 
@@ -74,7 +74,6 @@ def clone_ids(meta: dict, base_vocab_size: int) -> list[int]:
 
 def write_hf_tokenizer(vocab_dir: str, out: str, *, family: str, model_vocab_size: int) -> dict:
   """Writes tokenizer.json / tokenizer_config.json (+ the spm file) to `out`; returns notes for the user."""
-  from transformers import PreTrainedTokenizerFast
   with open(os.path.join(vocab_dir, 'vocabulary.json')) as f:
     meta = json.load(f)
   spm_path = os.path.join(vocab_dir, 'spm.model')
@@ -120,7 +119,7 @@ def write_hf_tokenizer(vocab_dir: str, out: str, *, family: str, model_vocab_siz
   if len(vocab) > model_vocab_size:
     raise ValueError(f'the vocabulary has {len(vocab)} entries but the model only {model_vocab_size}')
   tok = _build(proto, vocab, specials, family=family, strip_markers=vtype == 'cloned')
-  fast = PreTrainedTokenizerFast(
+  fast = hf_library.transformers().PreTrainedTokenizerFast(
       tokenizer_object=tok, pad_token=pad, eos_token=eos, unk_token=unk,
       bos_token=pad if family == 'decoder' else None,
       additional_special_tokens=specials[3:] or None,

@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import logging
 import importlib.util  # noqa: F401  (gin 0.5 looks up search paths through importlib.util)
+import io
 import os
 import re
 import signal
 import sys
 import threading
+import tokenize
 import traceback
 from typing import Optional, Sequence
 
@@ -122,8 +124,13 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
   for f in gin_files:
     if not any(os.path.exists(os.path.join(p, f)) for p in ['', *search_paths, REPO_ROOT, os.getcwd()]):
       raise FileNotFoundError(f'gin file not found: {f}')
-  gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False,
-                                     skip_unknown=skip_unknown)
+  try:
+    gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False,
+                                       skip_unknown=skip_unknown)
+  except SyntaxError as e:  # gin's, with the file (None for the bindings) and line it could not read
+    raise ValueError(_gin_syntax_error(e)) from e
+  except tokenize.TokenError as e:  # a binding whose bracket or quote is never closed
+    raise ValueError(_gin_unclosed_binding(bindings, e)) from e
   text = gin.config_str()
   if skip_unknown:  # the skipped task bindings still use macros (P_CLONE, ...): read the files too
     text += ''.join(_gin_texts(gin_files, [*search_paths, REPO_ROOT, os.getcwd()]))
@@ -132,6 +139,32 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
     if _MACRO.match(name) and not re.search(rf'%{name}\b', text):
       raise ValueError(f'gin macro {name} is set on the command line but no gin file uses %{name} '
                        '(misspelt?)')
+
+
+def _gin_syntax_error(e: SyntaxError) -> str:
+  line = (e.text or '').strip()
+  reason = (e.msg or 'syntax error').rstrip('.')
+  if 'malformed node' in reason:  # (Python's literal_eval, on a bare word: says only "<ast.Name ...>")
+    reason = 'Unable to parse value'
+  if e.filename:
+    return f'gin file {e.filename} line {e.lineno}: {reason}: {line}'
+  name, _, value = line.partition('=')
+  name, value = name.strip(), value.strip()
+  hint = ''
+  if value and value[0] not in '\'"[({@%':
+    # Most often --gin.MODEL_DIR=/tmp/x: the shell strips its own quotes, and gin reads a bare
+    # string as neither a literal nor a reference.
+    hint = f' (a string needs quotes of its own inside the flag: --gin.{name}="\'{value}\'")'
+  return f'gin binding {line!r}: {reason}{hint}'
+
+
+def _gin_unclosed_binding(bindings: Sequence[str], e: tokenize.TokenError) -> str:
+  for b in bindings:
+    try:
+      list(tokenize.generate_tokens(io.StringIO(b).readline))
+    except tokenize.TokenError:
+      return f'gin binding {b.strip()!r}: a bracket or quote is not closed'
+  return f'gin bindings: {e.args[0]}'
 
 
 def _gin_texts(gin_files: Sequence[str], search_paths: Sequence[str], seen=None) -> list[str]:

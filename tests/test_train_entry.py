@@ -81,6 +81,14 @@ RUN = [f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', "--gin.MODEL_DIR='/tmp/never'
      "DataConfig.task_feature_lengths['targets']=0 must be an integer >= 1"),
     ([*RUN, "--gin.MODEL_DIR='/proc/never'"],
      "MODEL_DIR='/proc/never': cannot make its checkpoint folder: [Errno 2]"),
+    # A string without gin's quotes (the shell took the only ones): gin's SyntaxError, in one line.
+    ([f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', '--gin.MODEL_DIR=/tmp/never'],
+     "gin binding 'MODEL_DIR = /tmp/never': Unable to parse value (a string needs quotes of its own "
+     "inside the flag: --gin.MODEL_DIR=\"'/tmp/never'\")"),
+    ([*RUN, '--gin.OptimizerConfig.schedule=cosine'],
+     "gin binding 'OptimizerConfig.schedule = cosine': Unable to parse value (a string needs quotes"),
+    ([*RUN, "--gin.TRAIN_FILES=['/a'"],
+     "gin binding \"TRAIN_FILES = ['/a'\": a bracket or quote is not closed"),
 ])
 def test_bad_input_is_one_line_naming_the_problem(args, expected, clean_gin, capsys):
   code = train.main(args)
@@ -89,6 +97,14 @@ def test_bad_input_is_one_line_naming_the_problem(args, expected, clean_gin, cap
   last = err[-1]
   assert last.startswith('error: ') and expected in last, err
   assert not os.path.exists('/tmp/never/checkpoints')
+
+
+def test_a_gin_file_that_does_not_parse_is_named_with_its_line(clean_gin, tmp_path, capsys):
+  bad = tmp_path / 'bad.gin'
+  bad.write_text(f"include '{DEC}'\nMODEL_DIR = /tmp/never\n")
+  assert train.main([f'--gin_file={bad}', '--gin.TRAIN_STEPS=5']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1] == f'error: gin file {bad} line 2: Unable to parse value: MODEL_DIR = /tmp/never', err
 
 
 def test_divergence_is_one_line_with_its_exit_status(clean_gin, tmp_path, capsys):

@@ -295,7 +295,7 @@ def test_export_and_eval_of_a_damaged_step_name_it_in_one_line_and_leave_the_out
   assert 'model.safetensors' in exported and 'config.json' in exported
   _truncate_arrays(run / 'checkpoints' / '4')
   capsys.readouterr()
-  seen = _record_what_a_failed_restore_leaves(monkeypatch)
+  seen = _record_what_a_failed_restore_leaves(monkeypatch, tmp_path)
   assert convert_main(['to-hf', '--model_dir', str(run), '--out', str(out)]) == 2
   assert eval_cli.main(['--model_dir', str(run), '--metrics', 'ppl']) == 2
   _let_failed_reads_finish()
@@ -326,18 +326,24 @@ def _let_failed_reads_finish():
   gc.collect()
 
 
-def _record_what_a_failed_restore_leaves(monkeypatch) -> list:
+def _record_what_a_failed_restore_leaves(monkeypatch, tmp_path) -> list:
   """From here on, the unraisable errors and asyncio's log records that reach the user, as strings.
   (The hooks start afresh: the quieting installed by an earlier test of this process is gone.
-  What the failed restores of earlier tests left is reported first, under that quieting: a read of
-  theirs collected later would otherwise be counted here.)"""
+  What the failed restores of earlier tests left is reported first, under that quieting, and a
+  read of theirs collected later still, which names their folder, is not counted here.)"""
   _let_failed_reads_finish()
   seen = []
-  monkeypatch.setattr(sys, 'unraisablehook', lambda u: seen.append(f'unraisable: {u.exc_value!r}'))
+  tests_root = str(tmp_path.parent.parent)  # (a folder above every test's tmp_path)
+
+  def keep(text):
+    if tests_root not in text or str(tmp_path) in text:
+      seen.append(text)
+
+  monkeypatch.setattr(sys, 'unraisablehook', lambda u: keep(f'unraisable: {u.exc_value!r}'))
   asyncio_log = logging.getLogger('asyncio')
   monkeypatch.setattr(asyncio_log, 'filters', [])
   monkeypatch.setattr(asyncio_log, 'handle', lambda record: asyncio_log.filter(record) and
-                      seen.append(f'asyncio: {record.getMessage()}'))
+                      keep(f'asyncio: {record.getMessage()}'))
   return seen
 
 
@@ -347,7 +353,7 @@ def test_reads_finishing_after_a_failed_restore_print_nothing_else_still_does(fo
   run = tmp_path / 'run'
   shutil.copytree(src, run)
   _truncate_arrays(run / 'checkpoints' / '4')
-  seen = _record_what_a_failed_restore_leaves(monkeypatch)
+  seen = _record_what_a_failed_restore_leaves(monkeypatch, tmp_path)
   with pytest.raises(checkpointing.CheckpointDamaged):
     _fit(run, 6, lm_task)
   _let_failed_reads_finish()

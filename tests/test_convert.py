@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from t5x_like import decoding, run_dir
-from t5x_like.convert import from_hf, safetensors_stream as st, to_hf
+from t5x_like import decoding, run_dir, train
+from t5x_like.convert import from_hf, llama, safetensors_stream as st, to_hf
 from t5x_like.convert.__main__ import main as convert_main
 from t5x_like.convert.mapping import ConversionError
-from t5x_like.models import DecoderConfig, EncDecConfig, build_model
+from t5x_like.models import DecoderConfig, EncDecConfig, RopeScaling, build_model
 
 TOL = 1e-4
 DEC = dict(vocab_size=128, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
@@ -122,12 +122,18 @@ def test_export_parity_roundtrip_and_generation(name, tmp_path):
   assert ours[:n].tolist() == theirs and not ours[n:].any(), (ours, theirs)
 
 
-def _hf_llama(tmp_path, tie=False):
+# Llama 3.1's rope scaling at a size where each of its three frequency bands holds some of the
+# head's 4 frequencies (wavelengths 6.3, 63, 630, 6300 against an original context of 16).
+LLAMA3_ROPE = {'rope_type': 'llama3', 'rope_theta': 10000.0, 'factor': 8.0, 'low_freq_factor': 1.0,
+               'high_freq_factor': 4.0, 'original_max_position_embeddings': 16}
+
+
+def _hf_llama(tmp_path, tie=False, rope=None):
   from transformers import LlamaConfig, LlamaForCausalLM
   torch.manual_seed(0)
   c = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=1, rms_norm_eps=1e-5,
-                  rope_parameters={'rope_type': 'default', 'rope_theta': 5000.0},
+                  rope_parameters=rope or {'rope_type': 'default', 'rope_theta': 5000.0},
                   tie_word_embeddings=tie, max_position_embeddings=64)
   m = LlamaForCausalLM(c).eval()
   with torch.no_grad():  # norms start at 1: make them informative
@@ -158,12 +164,14 @@ def _hf_t5_untied(tmp_path):
   return AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path), local_files_only=True).eval()
 
 
-@pytest.mark.parametrize('kind', ['llama_gqa', 'llama_tied_unscanned', 't5_untied', 't5_saved_by_hf'])
+@pytest.mark.parametrize('kind', ['llama_gqa', 'llama_tied_unscanned', 'llama31_rope', 't5_untied',
+                                  't5_saved_by_hf'])
 def test_import_parity_and_bit_exact_hf_roundtrip(kind, tmp_path):
   src = tmp_path / 'src'
   scan = kind != 'llama_tied_unscanned'
   if kind.startswith('llama'):
-    model = _hf_llama(src, tie=kind == 'llama_tied_unscanned')
+    model = _hf_llama(src, tie=kind == 'llama_tied_unscanned',
+                      rope=LLAMA3_ROPE if kind == 'llama31_rope' else None)
   elif kind == 't5_untied':
     model = _hf_t5_untied(src)
   else:
@@ -189,6 +197,21 @@ def test_import_parity_and_bit_exact_hf_roundtrip(kind, tmp_path):
     np.testing.assert_array_equal(np.asarray(a.get(k)), np.asarray(b.get(k)), err_msg=k)
   if extra:  # the implicit head became explicit, with the embedding's values
     np.testing.assert_array_equal(np.asarray(b.get('lm_head.weight')), np.asarray(a.get('shared.weight')))
+  if kind == 'llama31_rope':
+    assert cfg.rope_scaling == RopeScaling(8.0, 1.0, 4.0, 16) and cfg.rope_theta == 10000.0
+    written = json.loads((out / 'config.json').read_text())['rope_parameters']
+    assert written == {**LLAMA3_ROPE, 'rope_theta': 10000.0}, written
+    # The same model as transformers 4 described it (rope_theta + rope_scaling) reads the same.
+    d = json.loads((src / 'config.json').read_text())
+    d4 = {**{k: v for k, v in d.items() if k != 'rope_parameters'}, 'rope_theta': 10000.0,
+          'rope_scaling': {k: v for k, v in LLAMA3_ROPE.items() if k != 'rope_theta'}}
+    assert llama.from_hf_config(d4, scan_layers=scan, dtype='float32') == cfg
+    # model.json keeps it: a run resumed or evaluated from it rotates as the import did; so does
+    # the gin file written to continue pretraining.
+    run_dir.save_model_config(str(tmp_path), cfg)
+    assert run_dir.load_model_config(str(tmp_path)) == cfg
+    train.parse_gin([from_hf.write_gin(str(tmp_path), cfg, str(src), None, 0)], [], [])
+    assert DecoderConfig() == cfg
 
 
 def test_sharded_export_loads(tmp_path):
@@ -211,8 +234,12 @@ def test_unsupported_hf_fields_are_refused(tmp_path):
   _hf_llama(tmp_path)
   d = json.loads((tmp_path / 'config.json').read_text())
   for field, value in [('attention_bias', True), ('sliding_window', 4096), ('hidden_act', 'gelu'),
-                       ('rope_parameters', {'rope_type': 'llama3', 'rope_theta': 1e4, 'factor': 8.0})]:
-    (tmp_path / 'config.json').write_text(json.dumps({**d, field: value}))
+                       ('rope_parameters', {'rope_type': 'yarn', 'rope_theta': 1e4, 'factor': 8.0}),
+                       ('rope_parameters', {'rope_type': 'llama3', 'rope_theta': 1e4, 'factor': 8.0}),
+                       ('rope_scaling', {'type': 'linear', 'factor': 2.0})]:
+    # (rope_scaling: as transformers 4 wrote it, beside rope_theta and without rope_parameters)
+    other = {'rope_parameters': None, 'rope_theta': 1e4} if field == 'rope_scaling' else {}
+    (tmp_path / 'config.json').write_text(json.dumps({**d, **other, field: value}))
     with pytest.raises(ConversionError, match=field):
       from_hf.read_weights(str(tmp_path))
   (tmp_path / 'config.json').write_text(json.dumps(d))

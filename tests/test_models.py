@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_like.models import DecoderConfig, EncDecConfig, build_model, layers
+from t5x_like.models import DecoderConfig, EncDecConfig, RopeScaling, build_model, layers
 
 DEC = dict(vocab_size=97, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
            mlp_dim=48, dtype='float32')
@@ -131,7 +131,8 @@ def test_param_count_formula_matches_init():
 
 
 @pytest.mark.parametrize('kw', [dict(scan_layers=True), dict(scan_layers=False),
-                                dict(position_embedding='learned', max_length=16)])
+                                dict(position_embedding='learned', max_length=16),
+                                dict(rope_scaling=RopeScaling(original_max_position_embeddings=4))])
 def test_decoder_cached_steps_equal_full_forward(kw):
   """Prefill a buffer whose tail is junk, then feed the true tokens one per step at per-row positions:
   every step's logits equal the full forward's at that position."""

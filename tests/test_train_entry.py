@@ -77,6 +77,9 @@ RUN = [f'--gin_file={DEC}', '--gin.TRAIN_STEPS=5', "--gin.MODEL_DIR='/tmp/never'
     ([*RUN, '--gin.OptimizerConfig.learning_rate=-3e-4'],
      'OptimizerConfig.learning_rate=-0.0003 must be >= 0'),
     ([*RUN, '--gin.OptimizerConfig.b2=1.5'], 'OptimizerConfig.b2=1.5 must be in [0, 1)'),
+    ([*RUN, "--gin.DecoderConfig.rope_scaling={'factor': 0.5}"],
+     'DecoderConfig.rope_scaling: RopeScaling(factor=0.5, low_freq_factor=1.0, high_freq_factor=4.0, '
+     'original_max_position_embeddings=8192) needs factor >= 1'),
     ([*RUN, '--gin.SEQUENCE_LENGTH=0'],
      "DataConfig.task_feature_lengths['targets']=0 must be an integer >= 1"),
     ([*RUN, "--gin.MODEL_DIR='/proc/never'"],

@@ -205,6 +205,8 @@ def _gin_value(v) -> str:
     return 'None'
   if isinstance(v, bool):
     return 'True' if v else 'False'
+  if dataclasses.is_dataclass(v):  # (DecoderConfig.rope_scaling: the config takes its fields as a dict)
+    return repr(dataclasses.asdict(v))
   return repr(v)
 
 

@@ -10,7 +10,7 @@ import dataclasses
 
 from t5x_like.convert import hf_library
 from t5x_like.convert.mapping import ConversionError, Rule, check_fields, layer_param
-from t5x_like.models import DecoderConfig
+from t5x_like.models import DecoderConfig, RopeScaling
 
 ARCHITECTURE = 'LlamaForCausalLM'
 MODEL_TYPES = ('llama',)
@@ -54,13 +54,20 @@ def check_exportable(cfg: DecoderConfig) -> None:
                           f'num_heads={cfg.num_heads}, which LlamaConfig refuses')
 
 
+def _rope_parameters(cfg: DecoderConfig) -> dict:
+  if cfg.rope_scaling is None:
+    return {'rope_type': 'default', 'rope_theta': cfg.rope_theta}
+  return {'rope_type': 'llama3', 'rope_theta': cfg.rope_theta,
+          **dataclasses.asdict(cfg.rope_scaling)}
+
+
 def hf_config(cfg: DecoderConfig, torch_dtype: str) -> dict:
   c = hf_library.transformers().LlamaConfig(
       vocab_size=cfg.vocab_size, hidden_size=cfg.embed_dim, intermediate_size=cfg.mlp_dim,
       num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
       num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, hidden_act='silu',
       max_position_embeddings=cfg.max_length, rms_norm_eps=cfg.rms_norm_eps,
-      rope_parameters={'rope_type': 'default', 'rope_theta': cfg.rope_theta},
+      rope_parameters=_rope_parameters(cfg),
       tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std,
       # T5-convention ids (tasks/vocab.py): pad 0, eos 1. Id 0 also starts every training input
       # (targets shifted right), so it is the BOS the exported tokenizer puts first.
@@ -97,17 +104,31 @@ def from_hf_config(d: dict, **overrides) -> DecoderConfig:
   require('mlp_bias', lambda v: v is False, 'false')
   require('attention_dropout', lambda v: v == 0, '0')
   require('pretraining_tp', lambda v: v == 1, '1')
-  require('rope_scaling', lambda v: v.get('rope_type', v.get('type')) == 'default', 'none/default')
-  rope = d.get('rope_parameters') or {}
-  require('rope_parameters', lambda v: v.get('rope_type', 'default') == 'default',
-          "rope_type 'default' (no scaling)")
+  # transformers 5 writes rope_parameters (theta included); earlier versions rope_theta + rope_scaling.
+  field = 'rope_parameters' if d.get('rope_parameters') else 'rope_scaling'
+  rope = {**(d.get('rope_scaling') or {}), **(d.get('rope_parameters') or {})}
+  rope_type = rope.get('rope_type', rope.get('type', 'default'))
   theta = rope.get('rope_theta', d.get('rope_theta', 10000.0))
+  scaling = None
+  if rope_type == 'llama3':
+    try:
+      scaling = RopeScaling(float(rope['factor']), float(rope['low_freq_factor']),
+                            float(rope['high_freq_factor']),
+                            int(rope['original_max_position_embeddings']))
+    except (KeyError, ValueError) as e:
+      raise ConversionError(f"Llama config field {field}={rope!r} is not supported (rope_type 'llama3' "
+                            f'needs {", ".join(f.name for f in dataclasses.fields(RopeScaling))}: '
+                            f'{e!r})') from None
+  elif rope_type != 'default':
+    raise ConversionError(f"Llama config field {field}={rope!r} is not supported (need rope_type "
+                          "'default' or 'llama3')")
   heads = d['num_attention_heads']
   fields = dict(
       vocab_size=d['vocab_size'], embed_dim=d['hidden_size'], num_layers=d['num_hidden_layers'],
       num_heads=heads, num_kv_heads=d.get('num_key_value_heads') or heads,
       head_dim=d.get('head_dim') or d['hidden_size'] // heads, mlp_dim=d['intermediate_size'],
       rms_norm_eps=d.get('rms_norm_eps', 1e-6), position_embedding='rope', rope_theta=float(theta),
+      rope_scaling=scaling,
       max_length=d.get('max_position_embeddings', 2048),
       tie_embeddings=bool(d.get('tie_word_embeddings', False)),
       init_std=d.get('initializer_range', 0.02))

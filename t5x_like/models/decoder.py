@@ -19,6 +19,23 @@ from t5x_like.models import layers
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Llama 3.1's rescaling of the rotary frequencies for long contexts (HF rope_type 'llama3'; the
+  defaults are Llama 3.1's, Llama 3.2 uses factor 32): layers.rope_inverse_frequencies."""
+  factor: float = 8.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position_embeddings: int = 8192
+
+  def __post_init__(self):
+    if not (self.factor >= 1 and 0 < self.low_freq_factor < self.high_freq_factor
+            and self.original_max_position_embeddings > 0):
+      raise ValueError(f'DecoderConfig.rope_scaling: {self} needs factor >= 1, 0 < low_freq_factor < '
+                       'high_freq_factor and original_max_position_embeddings > 0')
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
 class DecoderConfig:
   vocab_size: int = 32000
   embed_dim: int = 512
@@ -31,6 +48,7 @@ class DecoderConfig:
   # 'rope' (Llama) or 'learned' (absolute position table, as in the cloned-language experiments).
   position_embedding: str = 'rope'
   rope_theta: float = 10000.0
+  rope_scaling: Optional[RopeScaling] = None  # e.g. @RopeScaling() for Llama 3.1 and later
   max_length: int = 2048         # size of the learned position table; unused with rope
   tie_embeddings: bool = False
   dropout_rate: float = 0.0
@@ -44,12 +62,17 @@ class DecoderConfig:
   family = 'decoder'
 
   def __post_init__(self):
+    if isinstance(self.rope_scaling, dict):  # as model.json holds it
+      object.__setattr__(self, 'rope_scaling', RopeScaling(**self.rope_scaling))
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f'DecoderConfig.num_heads={self.num_heads} is not a multiple of '
                        f'num_kv_heads={self.num_kv_heads}')
     if self.position_embedding not in ('rope', 'learned'):
       raise ValueError(f"DecoderConfig.position_embedding={self.position_embedding!r}; "
                        "use 'rope' or 'learned'")
+    if self.rope_scaling is not None and self.position_embedding != 'rope':
+      raise ValueError(f'DecoderConfig.rope_scaling={self.rope_scaling} needs '
+                       f"position_embedding='rope', not {self.position_embedding!r}")
     if self.remat_policy not in layers.REMAT_POLICIES:
       raise ValueError(f'DecoderConfig.remat_policy={self.remat_policy!r}; choose one of '
                        f'{sorted(layers.REMAT_POLICIES)}')
@@ -89,6 +112,7 @@ class DecoderBlock(nn.Module):
     h = layers.Attention(
         num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, dtype=dtype,
         param_dtype=pdtype, rope_theta=cfg.rope_theta if cfg.position_embedding == 'rope' else None,
+        rope_scaling=cfg.rope_scaling,
         q_init=init, kv_init=init, out_init=init, dropout_rate=cfg.dropout_rate,
         implementation=cfg.attention_impl, name='attention')(
             h, h, mask=mask, q_positions=positions, kv_positions=positions,

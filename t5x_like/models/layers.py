@@ -99,13 +99,33 @@ def rotate_half(x):
   return jnp.concatenate([-x2, x1], axis=-1)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling=None) -> np.ndarray:
+  """The rotary frequencies [head_dim / 2], float32; with `scaling` (decoder.RopeScaling: factor,
+  low_freq_factor, high_freq_factor, original_max_position_embeddings), Llama 3.1's long-context
+  rescaling (HF rope_type 'llama3'): wavelengths longer than the original context / low_freq_factor
+  are stretched by `factor`, those shorter than it / high_freq_factor kept, and those between
+  interpolated."""
+  inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+  if scaling is None:
+    return inv_freq
+  context = scaling.original_max_position_embeddings
+  wavelen = 2 * np.pi / inv_freq
+  stretched = np.where(wavelen > context / scaling.low_freq_factor, inv_freq / scaling.factor, inv_freq)
+  smooth = ((context / wavelen - scaling.low_freq_factor)
+            / (scaling.high_freq_factor - scaling.low_freq_factor))
+  between = ((wavelen >= context / scaling.high_freq_factor)
+             & (wavelen <= context / scaling.low_freq_factor))
+  out = np.where(between, (1 - smooth) * stretched / scaling.factor + smooth * stretched, stretched)
+  return out.astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float, scaling=None) -> jax.Array:
   """Rotary embeddings with the half-split layout that Hugging Face Llama uses.
 
-  x: [batch, length, heads, head_dim]; positions: [batch, length].
+  x: [batch, length, heads, head_dim]; positions: [batch, length]; scaling: see
+  rope_inverse_frequencies.
   """
-  head_dim = x.shape[-1]
-  inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+  inv_freq = rope_inverse_frequencies(x.shape[-1], theta, scaling)
   freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, l, d/2]
   emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
   cos, sin = jnp.cos(emb), jnp.sin(emb)
@@ -178,6 +198,7 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   rope_theta: Optional[float] = None  # None: no rotary embedding (T5)
+  rope_scaling: Optional[object] = None  # decoder.RopeScaling (Llama 3.1's), or None
   scale: Optional[float] = None       # None: 1/sqrt(head_dim); T5 uses 1.0
   q_init: Initializer = nn.initializers.lecun_normal()
   kv_init: Initializer = nn.initializers.lecun_normal()
@@ -193,7 +214,7 @@ class Attention(nn.Module):
     q = dense((self.num_heads, self.head_dim), ('embed', 'heads', 'kv'), kernel_init=self.q_init,
               name='query')(x_q)
     if self.rope_theta is not None:
-      q = apply_rope(q, q_positions, self.rope_theta)
+      q = apply_rope(q, q_positions, self.rope_theta, self.rope_scaling)
     if decode == 'step' and x_kv is None:
       k, v = self.get_variable('cache', 'cached_key'), self.get_variable('cache', 'cached_value')
     else:
@@ -202,7 +223,7 @@ class Attention(nn.Module):
       v = dense((self.num_kv_heads, self.head_dim), ('embed', 'kv_heads', 'kv'),
                 kernel_init=self.kv_init, name='value')(x_kv)
       if self.rope_theta is not None:
-        k = apply_rope(k, kv_positions, self.rope_theta)
+        k = apply_rope(k, kv_positions, self.rope_theta, self.rope_scaling)
       if decode == 'prefill':
         self.put_variable('cache', 'cached_key', k)
         self.put_variable('cache', 'cached_value', v)

@@ -8,47 +8,46 @@ anything (the configs are built before the weights), and the rest of the project
 """
 from __future__ import annotations
 
+import contextlib
 import types
 
 from t5x_like.convert.mapping import ConversionError
 
 
-def _missing(e: ImportError) -> ConversionError:
-  return ConversionError(f'converting checkpoints to or from Hugging Face needs {e.name or "transformers"}, '
-                         f"which the hf extra installs (pip install -e '.[hf]'): {e}")
+@contextlib.contextmanager
+def _needed():
+  """An ImportError inside becomes the one-line ConversionError that names the extra."""
+  try:
+    yield
+  except ImportError as e:
+    raise ConversionError(f'converting checkpoints to or from Hugging Face needs '
+                          f'{e.name or "transformers"}, which the hf extra installs '
+                          f"(pip install -e '.[hf]'): {e}") from None
 
 
 def transformers() -> types.ModuleType:
   """The `transformers` package (its classes load on first attribute access)."""
-  try:
+  with _needed():
     import transformers
-  except ImportError as e:
-    raise _missing(e) from None
   return transformers
 
 
 def spm_converter() -> type:
   """transformers' SpmConverter, which builds a tokenizer.json from a SentencePiece proto."""
-  try:
+  with _needed():
     from transformers.convert_slow_tokenizer import SpmConverter
-  except ImportError as e:
-    raise _missing(e) from None
   return SpmConverter
 
 
 def sentencepiece_model_proto() -> type:
   """The SentencePiece ModelProto class, from the protobuf module transformers' converter reads."""
-  try:
+  with _needed():
     from transformers.convert_slow_tokenizer import import_protobuf
-  except ImportError as e:
-    raise _missing(e) from None
   return import_protobuf().ModelProto
 
 
 def tokenizers() -> types.ModuleType:
   """The `tokenizers` package that tokenizer.json is built with."""
-  try:
+  with _needed():
     import tokenizers
-  except ImportError as e:
-    raise _missing(e) from None
   return tokenizers

@@ -11,7 +11,14 @@ fi
 stamp=.venv/.installed-$(cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[seqio,hf,beam,test,tpu]" --config-settings editable_mode=compat 2>&1 | grep -v "is ignored: it is neither" || true
+  # The filter only hides a warning about this machine's pip index; pipefail keeps pip's own exit status, so a
+  # failed install (a full disk, a missing wheel) stops here instead of leaving a half-built .venv to the tests.
+  if ! .venv/bin/python -m pip install -q -e ".[seqio,hf,beam,test,tpu]" --config-settings editable_mode=compat 2>&1 \
+      | { grep -v "is ignored: it is neither" || true; }; then
+    echo "error: installing the project into .venv failed (pip's message is above; the venv needs about 6 GB," \
+      "and $(df -h --output=avail . | tail -1 | tr -d ' ') is free here)" >&2
+    exit 1
+  fi
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -41,6 +41,7 @@ from t5x_like import exit_codes
 from t5x_like import losses
 from t5x_like import optimizers
 from t5x_like import partitioning
+from t5x_like import storage_space
 from t5x_like import train as train_lib
 from t5x_like import trainer as trainer_lib
 from t5x_like.models import build_model
@@ -198,6 +199,7 @@ def compile_step(run: RunSpec, devices, count_flops: bool = True) -> dict:
       'num_devices': len(devices), 'device_kind': devices[0].device_kind,
       'num_params': int(sum(np.prod(a.shape) for a in jax.tree.leaves(abstract_state['params']))),
       'state_bytes': state_bytes, 'params_bytes': params_bytes,
+      'checkpoint_bytes': storage_space.state_bytes(abstract_state),
       'argument_bytes': mem.argument_size_in_bytes, 'temp_bytes': mem.temp_size_in_bytes,
       'total_bytes': total, 'xla_flops': xla_flops,
       'tokens_per_step': run.batch_size * target_len,
@@ -299,6 +301,11 @@ def _report_lines(run: RunSpec, target: targets_lib.Target, r: dict, mfu: float,
            f"recomputation: {mfu:.0%} MFU is {mfu * r['xla_flops'] / r['formula_flops_per_step']:.0%}"
            ' of peak in XLA\'s FLOPs)' if xla else ''),
     ]
+  keep = run.trainer.keep_checkpoints
+  lines.append(f"checkpoint: about {storage_space.human(r['checkpoint_bytes'])} a save (parameters "
+               'and optimizer state, before compression)' +
+               (f'; keeping {keep} needs about {storage_space.human((keep + 1) * r["checkpoint_bytes"])}'
+                ' where MODEL_DIR is (the oldest goes after the newest is written)' if keep else ''))
   lines.append(f'expected step time at {mfu:.0%} MFU: {step_s * 1e3:.4g} ms; '
                f"{_count(r['tokens_per_step'] / step_s * 86400)} tokens/day "
                f'(peak {target.peak_flops / 1e12:.0f} TFLOP/s per chip)')

@@ -7,7 +7,8 @@ from typing import Callable
 from t5x_like import exit_codes
 
 _NAMES = {getattr(exit_codes, n): n for n in
-          ('FINISHED', 'CRASHED', 'CONFIG_ERROR', 'DIVERGED', 'PEER_LOST', 'PREEMPTED', 'INTERRUPTED')}
+          ('FINISHED', 'CRASHED', 'CONFIG_ERROR', 'DIVERGED', 'PEER_LOST', 'STORAGE_FULL', 'PREEMPTED',
+           'INTERRUPTED')}
 
 
 def describe(returncode: int) -> str:

@@ -13,6 +13,7 @@ exactly the next batches.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from t5x_like import state_checksums
+from t5x_like import storage_space
 
 
 def checkpoint_dir(model_dir: str) -> epath.Path:
@@ -61,6 +63,9 @@ class Checkpointer:
     self.directory = checkpoint_dir(model_dir)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._reader = None  # restores: host-local, see restore()
+    self._last_saved: Optional[int] = None
+    storage_space.quiet_orbax_storage_full_records()
+    quiet_what_failed_reads_and_writes_leave_behind()
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -102,7 +107,36 @@ class Checkpointer:
       items['counters'] = ocp.args.JsonSave(counters)
     if data_checkpoint is not None:
       items['data'] = data_checkpoint.save_args()
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    # (An asynchronous save's failure surfaces here at the next save, or in wait/check_for_errors.)
+    with self._storage_full_is_one_line(step):
+      saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    self._last_saved = step
+    return saved
+
+  def check_for_errors(self):
+    """Raises a failed background save's error now rather than at the next save (StorageFull for a
+    full store), so that no more steps are trained that could not be saved."""
+    with self._storage_full_is_one_line(self._last_saved):
+      self.manager.check_for_errors()
+      # A save that failed after its background thread finished is held by the manager's finalize
+      # thread, which check_for_errors does not read: once no save is running, waiting returns at
+      # once, raising what the last one raised.
+      if self._last_saved is not None and not self.manager.is_saving_in_progress():
+        self.manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _storage_full_is_one_line(self, step: Optional[int]):
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except  # (Orbax re-raises tensorstore's ValueError)
+      if not storage_space.is_storage_full(e):
+        raise
+      try:
+        self.manager.reload()  # (what is committed on disk, not the steps this manager started)
+        latest = self.manager.latest_step()
+      except Exception:  # pylint: disable=broad-except
+        latest = None
+      raise storage_space.save_failed(e, self.directory, step, latest) from None
 
   def restore(self, step: int, abstract_state: Any,
               data_checkpoint: Optional[Any] = None) -> Any:
@@ -141,14 +175,15 @@ class Checkpointer:
       self._reader = ocp.Checkpointer(ocp.CompositeCheckpointHandler(),
                                       multiprocessing_options=ocp.options.MultiprocessingOptions(
                                           primary_host=this_host, active_processes={this_host}))
-    quiet_what_a_failed_restore_leaves_behind()
+    quiet_what_failed_reads_and_writes_leave_behind()
     return self._reader.restore(self.directory / str(step), args=args)
 
   def reached_preemption(self, step: int) -> bool:
     return self.manager.reached_preemption(step)
 
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._storage_full_is_one_line(self._last_saved):
+      self.manager.wait_until_finished()
 
   def close(self):
     self.manager.close()
@@ -267,7 +302,7 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
       raise FileNotFoundError(f'no checkpoint in {directory}')
     if step not in steps:
       raise FileNotFoundError(f'no checkpoint at step {step} in {directory} (steps: {list(steps)})')
-    quiet_what_a_failed_restore_leaves_behind()
+    quiet_what_failed_reads_and_writes_leave_behind()
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeRestore(
@@ -286,25 +321,26 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
   return params, step
 
 
-def quiet_what_a_failed_restore_leaves_behind():
+def quiet_what_failed_reads_and_writes_leave_behind():
   """When one array of a restore cannot be read, Orbax's event loop ends with the other arrays'
   tensorstore reads still in flight, and Python reports each of them as it ends: dozens of
   tracebacks around the one-line error that names the damaged file. A read that finishes later
   calls back into the closed loop (an unraisable RuntimeError('Event loop is closed')); a read
   that failed too is logged by asyncio as "Task (or Future) exception was never retrieved" when it
   is collected; a coroutine that never ran warns that it was never awaited, and one of Orbax's reads
-  that was left half-way raises as it is closed. Called before every restore (the first reports can
-  come before the failed restore's exception reaches its caller), this drops exactly those from then
-  on; any other unraisable error, asyncio record or warning is still reported (this project has no
-  coroutines of its own)."""
+  that was left half-way raises as it is closed. A save that a full store stops ends the same way,
+  its other writes calling back into the closed loop (storage_space.py). Called before every restore
+  and when a Checkpointer is made (the first reports come before the failure reaches its caller),
+  this drops exactly those from then on; any other unraisable error, asyncio record or warning is
+  still reported (this project has no coroutines of its own)."""
   previous = sys.unraisablehook
-  if getattr(previous, 'quiets_failed_restores', False):
+  if getattr(previous, 'quiets_failed_io', False):
     return
   warnings.filterwarnings('ignore', message=r"coroutine '.*' was never awaited",
                           category=RuntimeWarning)
   asyncio_log = logging.getLogger('asyncio')
-  if not any(isinstance(f, _DropFailedReadTasks) for f in asyncio_log.filters):
-    asyncio_log.addFilter(_DropFailedReadTasks())
+  if not any(isinstance(f, _DropFailedTensorstoreTasks) for f in asyncio_log.filters):
+    asyncio_log.addFilter(_DropFailedTensorstoreTasks())
 
   def hook(unraisable):
     error = unraisable.exc_value
@@ -316,18 +352,20 @@ def quiet_what_a_failed_restore_leaves_behind():
       return
     previous(unraisable)
 
-  hook.quiets_failed_restores = True
+  hook.quiets_failed_io = True
   sys.unraisablehook = hook
 
 
-class _DropFailedReadTasks(logging.Filter):
-  """asyncio's "Task (or Future) exception was never retrieved" for a tensorstore read that failed."""
+class _DropFailedTensorstoreTasks(logging.Filter):
+  """asyncio's "Task (or Future) exception was never retrieved" for a tensorstore read that failed,
+  or a write that a full store stopped (the save's one-line error says so: storage_space.py)."""
 
   def filter(self, record):
     error = record.exc_info[1] if record.exc_info else None
     return not (re.match(r'(Task|Future) exception was never retrieved', record.getMessage())
                 and isinstance(error, ValueError)
-                and re.search(r'Error (reading|opening) ', str(error)))
+                and (re.search(r'Error (reading|opening) ', str(error))
+                     or storage_space.is_storage_full(error)))
 
 
 def _restore_arg(a):

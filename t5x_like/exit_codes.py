@@ -8,6 +8,8 @@
 |      |             | step saved first): a restart would fail again                   |          |
 | 3    | DIVERGED    | non-finite loss under the `stop` policy: a restart would diverge again | no |
 | 4    | PEER_LOST   | another process died or hung, or no step finished in time      | yes      |
+| 5    | STORAGE_FULL| no room for a checkpoint (disk full, quota): refused before the | no       |
+|      |             | compile, or a save failed (the checkpoints before it are kept)  |          |
 | 75   | PREEMPTED   | SIGTERM / preemption notice: the current step was saved; resume me | yes    |
 | 130  | INTERRUPTED | Ctrl-C (SIGINT), after the checkpoint being written was finished | as a signal death: yes |
 
@@ -21,6 +23,7 @@ CRASHED = 1
 CONFIG_ERROR = 2
 DIVERGED = 3
 PEER_LOST = 4
+STORAGE_FULL = 5
 PREEMPTED = 75
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process that Ctrl-C stopped
 

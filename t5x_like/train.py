@@ -5,8 +5,8 @@ can before anything is compiled, then hands over to `trainer.fit`. Bad input dur
 binding, a missing gin or data file, a batch that doesn't divide the mesh) ends with one line,
 `error: ...`, and exit status 2; pass --traceback to see the whole stack. The exit status tells a
 launcher whether to restart (t5x_like/exit_codes.py, docs/RELIABILITY.md): 0 finished, 1 crashed,
-2 bad config/data/run dir, 3 diverged, 4 a peer was lost or no step finished in time, 75 preempted
-(checkpoint saved; resume me).
+2 bad config/data/run dir, 3 diverged, 4 a peer was lost or no step finished in time, 5 no room for
+a checkpoint (disk full or over quota), 75 preempted (checkpoint saved; resume me).
 
 A config that reads an export (DataConfig.export_dir, docs/DATA.md) runs without TensorFlow: the
 `tasks` package (seqio, TensorFlow) is imported only when the gin config needs it.
@@ -41,6 +41,7 @@ from t5x_like import models  # noqa: F401
 from t5x_like import optimizers
 from t5x_like import partitioning
 from t5x_like import preemption
+from t5x_like import storage_space
 from t5x_like import trainer as trainer_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -295,7 +296,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   finally:
     if old_handler is not None:
       signal.signal(signal.SIGTERM, old_handler)
-  if distributed and code in (exit_codes.CONFIG_ERROR, exit_codes.CRASHED, exit_codes.INTERRUPTED):
+  if distributed and code in (exit_codes.CONFIG_ERROR, exit_codes.CRASHED, exit_codes.STORAGE_FULL,
+                              exit_codes.INTERRUPTED):
     # An error on this process only leaves the others waiting in a collective for its devices, and
     # a normal exit would wait in jax.distributed's shutdown barrier for them (5 min, then an abort
     # that hides this message), while a peer's step watchdog exits first and is blamed. Exit now:
@@ -322,6 +324,9 @@ def _run(args, cli_bindings, state) -> int:
         args.gin_file, args.gin_bindings + cli_bindings + _reliability_bindings(args),
         args.gin_search_paths)
     train(on_setup_done=lambda: state.update(in_setup=False))
+  except storage_space.StorageFull as e:  # before the compile, or a save that found the store full
+    print(f'error: {_one_line(e)}', file=sys.stderr)
+    return exit_codes.STORAGE_FULL
   except trainer_lib.DataExhausted as e:  # (a ValueError after set-up: a restart would not help)
     print(f'error: {_one_line(e)}', file=sys.stderr)
     return exit_codes.CONFIG_ERROR

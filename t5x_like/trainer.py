@@ -34,6 +34,7 @@ from t5x_like import profiling
 from t5x_like import provenance
 from t5x_like import run_dir
 from t5x_like import state_checksums
+from t5x_like import storage_space
 from t5x_like import watchdog as watchdog_lib
 from t5x_like.models import build_model
 
@@ -358,15 +359,18 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
       data.open_iterator(e, family, batch_sh, vocab_size=model_config.vocab_size)
   schedule = optimizers.make_schedule(optimizer_config, train_steps)
   tx = optimizers.make_optimizer(optimizer_config, train_steps)
+  if cfg.profile_first_step > train_steps:
+    raise ValueError(f'TrainerConfig.profile_first_step={cfg.profile_first_step} is past '
+                     f'TRAIN_STEPS={train_steps}: nothing would be traced')
   abstract_state, shardings = state_shardings(model, tx, abstract_batch, mesh)
   try:
+    checkpointing.checkpoint_dir(model_dir).mkdir(parents=True, exist_ok=True)
+    storage_space.check_room(checkpointing.checkpoint_dir(model_dir),
+                             storage_space.state_bytes(abstract_state), cfg.keep_checkpoints, say)
     ckpt = checkpointing.Checkpointer(model_dir, save_every=cfg.checkpoint_every,
                                       keep=cfg.keep_checkpoints, async_save=cfg.async_checkpointing)
   except OSError as e:  # (read-only, or a parent that cannot hold folders)
     raise ValueError(f'MODEL_DIR={model_dir!r}: cannot make its checkpoint folder: {e}') from e
-  if cfg.profile_first_step > train_steps:
-    raise ValueError(f'TrainerConfig.profile_first_step={cfg.profile_first_step} is past '
-                     f'TRAIN_STEPS={train_steps}: nothing would be traced')
   profiler = profiling.StepProfiler(  # (the traced steps end at the last step at the latest)
       os.path.join(model_dir, 'train'), cfg.profile_first_step,
       min(cfg.profile_num_steps, train_steps - cfg.profile_first_step + 1),
@@ -380,31 +384,33 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   def write_vocab(directory):
     data.save_vocabulary(train_data, directory)
   vocab_source = f'the vocabulary of {train_data.name}'
-  if ckpt.all_steps() or cfg.restore_step is not None:
-    run_dir.check_model_config(model_dir, model_config, f'resuming {model_dir}', log=say)
-    run_dir.check_vocabulary(model_dir, write_vocab, vocab_source, f'resuming {model_dir}')
-    try:
+  # A set-up error from here on closes the checkpointer first: Orbax's clean-up of temporary folders,
+  # started when it was made, would otherwise fail at interpreter exit with a traceback of its own.
+  try:
+    if ckpt.all_steps() or cfg.restore_step is not None:
+      run_dir.check_model_config(model_dir, model_config, f'resuming {model_dir}', log=say)
+      run_dir.check_vocabulary(model_dir, write_vocab, vocab_source, f'resuming {model_dir}')
       state, latest = _restore(ckpt, cfg, partitioning.with_sharding(abstract_state, shardings),
                                iterator.checkpoint, say)
-    except Exception:
-      ckpt.close()
-      raise
-  else:
-    latest = None
-    state = create_state(model, tx, abstract_batch, mesh, shardings, rng)
-    if init_params_from:
-      what = f'train.init_params_from={init_params_from!r}'
-      run_dir.check_model_config(init_params_from, model_config, what, log=say)
-      run_dir.check_vocabulary(init_params_from, write_vocab, vocab_source, what)
-      try:
-        params, from_step = checkpointing.restore_params(
-            init_params_from, partitioning.with_sharding(abstract_state['params'],
-                                                         shardings['params']))
-      except Exception as e:  # damaged, or saved with other shapes: the message says which
-        raise ValueError(f'train.init_params_from={init_params_from!r}: cannot restore its '
-                         f'parameters: {str(e).splitlines()[0][:500]}') from e
-      state['params'] = params
-      say(f'Initialised parameters from {init_params_from} (step {from_step}); optimizer state fresh')
+    else:
+      latest = None
+      state = create_state(model, tx, abstract_batch, mesh, shardings, rng)
+      if init_params_from:
+        what = f'train.init_params_from={init_params_from!r}'
+        run_dir.check_model_config(init_params_from, model_config, what, log=say)
+        run_dir.check_vocabulary(init_params_from, write_vocab, vocab_source, what)
+        try:
+          params, from_step = checkpointing.restore_params(
+              init_params_from, partitioning.with_sharding(abstract_state['params'],
+                                                           shardings['params']))
+        except Exception as e:  # damaged, or saved with other shapes: the message says which
+          raise ValueError(f'train.init_params_from={init_params_from!r}: cannot restore its '
+                           f'parameters: {str(e).splitlines()[0][:500]}') from e
+        state['params'] = params
+        say(f'Initialised parameters from {init_params_from} (step {from_step}); optimizer state fresh')
+  except BaseException:
+    ckpt.close()
+    raise
   start = int(jax.device_get(state['step']))
   _write_run_files(model_dir, latest, model_config, train_data)
   if on_setup_done:
@@ -497,6 +503,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
       if log_now:
         host, g = jax.device_get((window, steps.guard))
         _check_finite(cfg, g, ckpt, model_dir)
+        ckpt.check_for_errors()
         finite = [w for w in host if not w['nonfinite']] or host
         avg = {k: float(np.mean([w[k] for w in finite])) for k in finite[0] if k != 'nonfinite'}
         avg['learning_rate'] = float(host[-1]['learning_rate'])

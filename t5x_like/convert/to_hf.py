@@ -32,7 +32,7 @@ class CheckpointLeaves:
   in training and evaluation is (CheckpointDamaged when its bits changed)."""
 
   def __init__(self, model_dir: str, cfg, step: Optional[int] = None):
-    checkpointing.quiet_what_a_failed_restore_leaves_behind()
+    checkpointing.quiet_what_failed_reads_and_writes_leave_behind()
     self._mngr = ocp.CheckpointManager(checkpointing.checkpoint_dir(model_dir))
     self._path, self._value = None, None
     try:

@@ -128,3 +128,31 @@ def test_a_full_disk_is_refused_before_the_compile_or_stops_the_save_keeping_wha
   assert _loss(resumed.stdout, 20) == _loss(out, 20)
   assert steps_on_disk(copy) == [20, 40, 60]
   assert not list((copy / 'checkpoints').glob('*.orbax-checkpoint-tmp'))
+
+
+def test_two_processes_on_a_full_shared_disk_both_stop_in_one_line_and_the_launcher_exits_5(tmp_path):
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  launch = [sys.executable, '-m', 'launch.local', '--num_processes', '2', '--devices_per_process', '2',
+            '--log_dir', str(tmp_path / 'logs'), '--', *_train_cmd(disk / 'run')[3:]]
+  script = f"""
+    mount -t tmpfs -o size=6m tmpfs {disk} || exit 90
+    {shlex.join(launch)} > {tmp_path}/launch.out 2>&1; echo $? > {tmp_path}/launch.rc
+    ls {disk}/run/checkpoints > {tmp_path}/launch.ls
+  """
+  done = subprocess.run(['unshare', '-rm', 'bash', '-c', script], cwd=REPO,
+                        env=dict(os.environ, PYTHONUNBUFFERED='1'), capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  out = (tmp_path / 'launch.out').read_text()
+  assert int((tmp_path / 'launch.rc').read_text()) == exit_codes.STORAGE_FULL, out[-3000:]
+  first = re.search(r'^error: process (\d) failed first \(exit 5; ', out, re.M)
+  assert first, out[-3000:]
+  for pid in (0, 1):
+    log = (tmp_path / 'logs' / f'process_{pid}.log').read_text()
+    errors = [l for l in log.splitlines() if l.startswith('error:')]
+    assert 'Traceback' not in log, log[-3000:]
+    # (The other one, on the same full disk, says the same, unless the launcher's stop came first.)
+    if pid == int(first.group(1)) or errors:
+      assert len(errors) == 1 and 'the checkpoint of step 20 could not be written' in errors[0], log[-3000:]
+  assert (tmp_path / 'launch.ls').read_text().split() == ['1', '20.orbax-checkpoint-tmp']

@@ -40,6 +40,11 @@ def test_tiny_decoder_compiles_for_v5p_8(capsys):
   assert r['state_bytes'] < r['total_bytes'] < 95 * preflight.GiB
   assert 0.7 < r['xla_flops'] / r['formula_flops_per_step'] < 1.5  # every scanned layer counted
   assert 'compiled by XLA for TPU v5' in out and 'expected step time at 50% MFU' in out
+  # A checkpoint holds the whole state once (every shard), whatever the mesh; keep 3 needs room for 4.
+  assert full_state <= r['checkpoint_bytes'] < full_state + 1024
+  size = r['checkpoint_bytes'] / 2**20
+  assert (f'checkpoint: about {size:.1f} MiB a save (parameters and optimizer state, before '
+          f'compression); keeping 3 needs about {4 * size:.1f} MiB') in out, out
 
 
 def test_flops_count_every_microbatch():

@@ -364,9 +364,10 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
                      f'TRAIN_STEPS={train_steps}: nothing would be traced')
   abstract_state, shardings = state_shardings(model, tx, abstract_batch, mesh)
   try:
-    checkpointing.checkpoint_dir(model_dir).mkdir(parents=True, exist_ok=True)
-    storage_space.check_room(checkpointing.checkpoint_dir(model_dir),
-                             storage_space.state_bytes(abstract_state), cfg.keep_checkpoints, say)
+    ckpt_dir = checkpointing.checkpoint_dir(model_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    storage_space.check_room(ckpt_dir, storage_space.state_bytes(abstract_state),
+                             cfg.keep_checkpoints, say)
     ckpt = checkpointing.Checkpointer(model_dir, save_every=cfg.checkpoint_every,
                                       keep=cfg.keep_checkpoints, async_save=cfg.async_checkpointing)
   except OSError as e:  # (read-only, or a parent that cannot hold folders)

@@ -67,8 +67,12 @@ def test_room_check_reads_the_real_free_space(tmp_path):
   assert restarts.describe(exit_codes.STORAGE_FULL) == 'STORAGE_FULL'
 
 
+def _train_args(model_dir) -> list:
+  return [*ARGS, f'--gin.MODEL_DIR="{model_dir}"']
+
+
 def _train_cmd(model_dir) -> list:
-  return [sys.executable, '-m', 't5x_like.train', *ARGS, f'--gin.MODEL_DIR="{model_dir}"']
+  return [sys.executable, '-m', 't5x_like.train', *_train_args(model_dir)]
 
 
 def _loss(out: str, step: int) -> str:
@@ -134,7 +138,7 @@ def test_two_processes_on_a_full_shared_disk_both_stop_in_one_line_and_the_launc
   disk = tmp_path / 'disk'
   disk.mkdir()
   launch = [sys.executable, '-m', 'launch.local', '--num_processes', '2', '--devices_per_process', '2',
-            '--log_dir', str(tmp_path / 'logs'), '--', *_train_cmd(disk / 'run')[3:]]
+            '--log_dir', str(tmp_path / 'logs'), '--', *_train_args(disk / 'run')]
   script = f"""
     mount -t tmpfs -o size=6m tmpfs {disk} || exit 90
     {shlex.join(launch)} > {tmp_path}/launch.out 2>&1; echo $? > {tmp_path}/launch.rc

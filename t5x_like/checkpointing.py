@@ -362,7 +362,8 @@ class _DropFailedTensorstoreTasks(logging.Filter):
 
   def filter(self, record):
     error = record.exc_info[1] if record.exc_info else None
-    return not (re.match(r'(Task|Future) exception was never retrieved', record.getMessage())
+    # (asyncio names the future's class: Task, Future, _GatheringFuture for an asyncio.gather.)
+    return not (re.match(r'\w*(Task|Future) exception was never retrieved', record.getMessage())
                 and isinstance(error, ValueError)
                 and (re.search(r'Error (reading|opening) ', str(error))
                      or storage_space.is_storage_full(error)))

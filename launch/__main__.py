@@ -18,12 +18,12 @@ the details.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from typing import Optional, Sequence
 
 import gin
 
+from launch import child_processes
 from launch import command
 from launch import gke
 from launch import preflight
@@ -59,8 +59,18 @@ def _local_main(args, train_args, out=sys.stdout) -> int:
   if args.dry_run:
     command.write_output(command.join(argv), args.output, out)
     return 0
-  return restarts.run_with_restarts(lambda attempt: subprocess.run(argv).returncode,
-                                    args.max_restarts)
+  # (Not subprocess.run: on the launcher's Ctrl-C it SIGKILLs the child 0.25 s later, cutting off
+  # the save in flight; here the signal is passed on and the child stops as it would alone.)
+  with child_processes.Children() as children:
+    rc = restarts.run_with_restarts(lambda attempt: children.start(argv).wait(), args.max_restarts,
+                                    stopped=lambda: children.stopping)
+  try:
+    children.raise_if_stopped(rc)
+  except child_processes.Stopped as e:
+    print(f'launch: {e}, passed on to the job; exit {e.exit_code} (the same command resumes it)',
+          file=sys.stderr)
+    return e.exit_code
+  return rc
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -8,8 +8,10 @@ It exercises exactly the multi-host code path of a TPU pod or GPU cluster (jax.d
 shards, per-host iterator checkpoints, Orbax writing from every process). Output of process 0 is
 printed; every process's output goes to --log_dir (default: a new temporary folder, named at start).
 When any process fails, the others are stopped (SIGTERM, then SIGKILL after 10 s) and the launcher
-exits with the first failure's status (t5x_like/exit_codes.py); a SIGTERM to the launcher is passed
-on to every process (preemption: each saves the same step and exits 75).
+exits with the first failure's status (t5x_like/exit_codes.py). The processes run in sessions of their
+own, and a signal to the launcher is passed on to every process (launch/child_processes.py): SIGTERM
+or SIGHUP (preemption: each saves the same step and exits 75, as does the launcher) and SIGINT
+(Ctrl-C: each stops where it is; the launcher exits 130).
 
 On real clusters the same `python -m t5x_like.train` command runs once per host: on TPU VMs with
 `gcloud compute tpus tpu-vm ssh NAME --worker=all --command="... --distributed"`, under SLURM with
@@ -28,6 +30,7 @@ import tempfile
 import threading
 import time
 
+from launch import child_processes
 from t5x_like import exit_codes
 
 WORKER = ('import sys, jax; jax.config.update("jax_cpu_collectives_implementation", "gloo"); '
@@ -73,21 +76,34 @@ def _exit_queue(procs) -> queue.Queue:
   return exits
 
 
-def _wait_all(procs, timeout, say=lambda msg: None):
+def _wait_all(procs, timeout, say=lambda msg: None, stopping=lambda: False, grace: float = 60.0):
   """Waits for every process; when one fails (or the timeout passes), stops the others, which would
-  otherwise wait on it inside a collective. Returns (codes, index of the first to fail or None)."""
+  otherwise wait on it inside a collective. Once `stopping()` (the launcher passed a signal on), any
+  exit is expected, and those still running after `grace` seconds are stopped. Returns (codes, index
+  of the first to fail or None)."""
   deadline = None if timeout is None else time.monotonic() + timeout
-  exits, running, first_failed = _exit_queue(procs), len(procs), None
+  exits, running, first_failed, stop_by = _exit_queue(procs), len(procs), None, None
   while running:
+    if stop_by is None and stopping():
+      stop_by = time.monotonic() + grace
+    # (in short waits: a signal's handler runs between them, and the grace starts then)
     try:
-      i, code = exits.get(timeout=None if deadline is None else max(0., deadline - time.monotonic()))
+      i, code = exits.get(timeout=0.5)
     except queue.Empty:
-      say(f'timeout of {timeout:g} s: stopping all processes')
-      _stop(procs)
-      break
+      now = time.monotonic()
+      if stop_by is not None and now > stop_by:
+        say(f'{grace:g} s after the signal, {running} process(es) still run: stopping them')
+        _stop(procs)
+        break
+      if deadline is not None and now > deadline:
+        say(f'timeout of {timeout:g} s: stopping all processes')
+        _stop(procs)
+        break
+      continue
     running -= 1
     # A preempted process (75) is not a failure: the others stop at the same step and commit it.
-    if code not in (0, exit_codes.PREEMPTED):
+    # Nor is any exit once the job was told to stop (a peer of the first to leave may abort).
+    if code not in (0, exit_codes.PREEMPTED) and not stopping():
       first_failed = i
       say(f'process {i} exited with {code}: stopping the others')
       _stop(procs)
@@ -95,21 +111,12 @@ def _wait_all(procs, timeout, say=lambda msg: None):
   return [p.wait() for p in procs], first_failed
 
 
-def _forward_sigterm(procs):
-  """A launcher that gets SIGTERM (SLURM, a preempted VM) passes it on: each process saves at the
-  same step and exits 75."""
-  def handler(signum, frame):
-    del frame
-    for p in procs:
-      if p.poll() is None:
-        p.send_signal(signum)
-  return signal.signal(signal.SIGTERM, handler)
-
-
 def launch(train_args, num_processes: int, devices_per_process: int, log_dir: str | None = None,
            stream=sys.stdout, timeout: float | None = None) -> list[str]:
   """Runs the processes to completion; returns each one's combined output. Raises ProcessesFailed
-  naming the first process to fail, its exit status and the log folder."""
+  naming the first process to fail, its exit status and the log folder; child_processes.Stopped when
+  the launcher was told to stop (SIGINT, SIGTERM, SIGHUP: passed on to every process) and they have
+  stopped."""
   port = free_port()
   env = dict(os.environ, PYTHONUNBUFFERED='1',
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
@@ -117,30 +124,17 @@ def launch(train_args, num_processes: int, devices_per_process: int, log_dir: st
   os.makedirs(log_dir, exist_ok=True)
   print(f'launch.local: {num_processes} processes x {devices_per_process} devices; logs in '
         f'{log_dir}/process_*.log', file=sys.stderr, flush=True)
-  procs, logs = [], []
-  for pid in range(num_processes):
-    log = open(os.path.join(log_dir, f'process_{pid}.log'), 'w+')
-    args = [sys.executable, '-c', WORKER, *train_args, f'--coordinator_address=127.0.0.1:{port}',
-            f'--num_processes={num_processes}', f'--process_id={pid}']
-    procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
-    logs.append(log)
-  old = _forward_sigterm(procs) if threading.current_thread() is threading.main_thread() else None
-  try:
-    codes, first = _wait_all(procs, timeout,
+  logs = []
+  with child_processes.Children() as children:
+    for pid in range(num_processes):
+      log = open(os.path.join(log_dir, f'process_{pid}.log'), 'w+')
+      logs.append(log)
+      children.start([sys.executable, '-c', WORKER, *train_args,
+                      f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={num_processes}',
+                      f'--process_id={pid}'],
+                     env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    codes, first = _wait_all(children.procs, timeout, stopping=lambda: children.stopping,
                              say=lambda m: print(f'launch.local: {m}', file=sys.stderr, flush=True))
-  except KeyboardInterrupt:
-    # Ctrl-C in a terminal reaches the whole process group: the processes stop on their own (each
-    # says where in its log). They get a minute, or until Ctrl-C comes again; none is left behind.
-    try:
-      for p in procs:
-        p.wait(timeout=60)
-    except (KeyboardInterrupt, subprocess.TimeoutExpired):
-      pass
-    _stop(procs)
-    raise
-  finally:
-    if old is not None:
-      signal.signal(signal.SIGTERM, old)
   outs = []
   for log in logs:
     log.seek(0)
@@ -148,6 +142,10 @@ def launch(train_args, num_processes: int, devices_per_process: int, log_dir: st
     log.close()
   if stream is not None:
     stream.write(outs[0])
+  if first is None and children.stopping:
+    # After SIGTERM: 75, unless a process could not save (e.g. 5, a full disk: no restart then).
+    children.raise_if_stopped(next((c for c in codes if c not in (0, exit_codes.PREEMPTED)),
+                                   exit_codes.PREEMPTED))
   if first is None and any(codes):
     first = next(i for i, c in enumerate(codes) if c)
   if first is not None:
@@ -171,10 +169,14 @@ def main(argv=None) -> int:
   except ProcessesFailed as e:
     print(f'error: {e}', file=sys.stderr)
     return e.returncode  # the first failure's exit status: a launcher decides on it (exit_codes)
-  except KeyboardInterrupt:
-    print('launch.local: interrupted (Ctrl-C); where each process stopped is at the end of its log',
-          file=sys.stderr)
-    return exit_codes.INTERRUPTED
+  except child_processes.Stopped as e:
+    if e.signum == signal.SIGINT:
+      print('launch.local: interrupted (Ctrl-C); where each process stopped is at the end of its log',
+            file=sys.stderr)
+    else:
+      print(f'launch.local: {e}, passed on to every process; where each stopped is at the end of its '
+            f'log (exit {e.exit_code})', file=sys.stderr)
+    return e.exit_code
   return 0
 
 

@@ -20,6 +20,7 @@ import time
 from typing import Optional, Sequence
 
 from launch import sweep
+from t5x_like import exit_codes
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_FILE = 'gin_configs/experiments/clone_ablation_cpu.gin'
@@ -90,6 +91,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   vocab.sentencepiece_vocabulary(train_files=[train], vocab_size=args.vocab_size)
 
   rc = sweep.main(sweep_argv(args, out, train, valid))
+  if rc in (exit_codes.INTERRUPTED, exit_codes.PREEMPTED):  # (the sweep said where it stands)
+    return rc
   report = os.path.join(out, 'report.md')
   if os.path.exists(report):
     with open(report) as f:

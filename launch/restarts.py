@@ -20,13 +20,15 @@ def describe(returncode: int) -> str:
   return 'unknown'
 
 
-def run_with_restarts(run_once: Callable[[int], int], max_restarts: int, log=print) -> int:
-  """Calls run_once(attempt) until it exits 0 or a code that is not restartable, or until
-  max_restarts restarts are used up; returns the last exit code."""
+def run_with_restarts(run_once: Callable[[int], int], max_restarts: int, log=print,
+                      stopped: Callable[[], bool] = lambda: False) -> int:
+  """Calls run_once(attempt) until it exits 0 or a code that is not restartable, until max_restarts
+  restarts are used up, or until `stopped()` (the launcher itself was told to stop); returns the last
+  exit code."""
   attempt = 0
   while True:
     rc = run_once(attempt)
-    if rc == exit_codes.FINISHED:
+    if rc == exit_codes.FINISHED or stopped():
       return rc
     if not exit_codes.is_restartable(rc):
       log(f'launch: exit code {rc} ({describe(rc)}) is not restartable; stopping')

@@ -32,6 +32,7 @@ import itertools
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -40,6 +41,7 @@ from typing import Optional, Sequence
 
 import gin
 
+from launch import child_processes
 from t5x_like import eval as eval_lib
 from t5x_like import report
 from t5x_like import train
@@ -188,13 +190,13 @@ def write_run_info(model_dir: str, info: dict) -> None:
 
 # --- the sweep -------------------------------------------------------------------------------------
 
-def _launch(cmd, log_path, cores=None):
+def _launch(children, cmd, log_path, cores=None):
   log = open(log_path, 'a')
   log.write(f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")}: {shlex.join(cmd)}\n')
   log.flush()
   env = dict(os.environ)
   env['PYTHONPATH'] = REPO_ROOT + os.pathsep + env.get('PYTHONPATH', '')
-  proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+  proc = children.start(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
   if cores:
     # Pinned runs don't fight over the same cores (a tiny model gains little from a second thread).
     # Set from here right after the start, not in a preexec_fn (a fork hook in a process that already
@@ -228,17 +230,26 @@ def _wait_for_setup(proc, log_path: str, offset: int, timeout_s: float = 1800) -
 
 
 def train_all(runs: list[dict], jobs: int, say=print) -> dict[str, int]:
-  """Runs the pending trainings, `jobs` at a time; returns {name: exit status}."""
+  """Runs the pending trainings, `jobs` at a time; returns {name: exit status}. A signal to the sweep
+  (Ctrl-C, SIGTERM) is passed on to the runs in progress (launch/child_processes.py), none is
+  started after it, and once they have stopped child_processes.Stopped is raised."""
+  with child_processes.Children() as children:
+    status = _train_all(children, runs, jobs, say)
+  children.raise_if_stopped()
+  return status
+
+
+def _train_all(children, runs, jobs, say):
   status, pending, running = {}, list(runs), []
   free = _core_slots(jobs)
-  while pending or running:
-    while pending and free:
+  while (pending and not children.stopping) or running:
+    while pending and free and not children.stopping:
       r = pending.pop(0)
       slot = free.pop(0)
       say(f'[sweep] training {r["name"]} -> {r["model_dir"]}/train.log')
       log_path = os.path.join(r['model_dir'], 'train.log')
       start = os.path.getsize(log_path) if os.path.exists(log_path) else 0
-      proc, log = _launch(r['cmd'], log_path, slot)
+      proc, log = _launch(children, r['cmd'], log_path, slot)
       running.append((r, proc, log, time.perf_counter(), slot))
       if jobs > 1 and len(status) + len(running) == 1:
         # The first run builds what runs share (the sentencepiece cache) before others start:
@@ -252,7 +263,9 @@ def train_all(runs: list[dict], jobs: int, say=print) -> dict[str, int]:
         running.remove(item)
         free.append(slot)
         status[r['name']] = proc.returncode
-        verdict = 'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode}; see train.log)'
+        verdict = ('done' if proc.returncode == 0 else
+                   f'stopped (exit {proc.returncode})' if children.stopping else
+                   f'FAILED (exit {proc.returncode}; see train.log)')
         say(f'[sweep] {r["name"]}: {verdict} in {time.perf_counter() - t0:.0f}s')
   return status
 
@@ -413,15 +426,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return 2
     if args.export_only:
       return 0
-  status = train_all(todo, args.jobs)
-  failed = [n for n, rc in status.items() if rc != 0]
-  finished = [r for r in runs if is_finished(r['model_dir'], args.train_steps)]
-  if args.eval and finished:
-    cache = compilation_cache_dir(args)
-    eval_flags = shlex.split(args.eval_flags) + ([f'--compilation_cache_dir={cache}'] if cache else [])
-    failed += ['eval'] * evaluate_runs(finished, eval_flags)
-  if args.report:
-    report.main([args.sweep_dir])
+  try:
+    status = train_all(todo, args.jobs)
+    failed = [n for n, rc in status.items() if rc != 0]
+    finished = [r for r in runs if is_finished(r['model_dir'], args.train_steps)]
+    if args.eval and finished:
+      cache = compilation_cache_dir(args)
+      eval_flags = shlex.split(args.eval_flags) + ([f'--compilation_cache_dir={cache}'] if cache
+                                                   else [])
+      failed += ['eval'] * evaluate_runs(finished, eval_flags)
+    if args.report:
+      report.main([args.sweep_dir])
+  except (child_processes.Stopped, KeyboardInterrupt) as e:
+    stopped = e if isinstance(e, child_processes.Stopped) else child_processes.Stopped(signal.SIGINT)
+    print(f'[sweep] {stopped}; the same command goes on from there: finished runs and evaluated '
+          f'steps are kept, the others resume from their last checkpoint (exit {stopped.exit_code})',
+          file=sys.stderr, flush=True)
+    return stopped.exit_code
   if failed:
     print(f'[sweep] failures: {failed}', file=sys.stderr)
     return 1

@@ -17,7 +17,9 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import warnings
 from typing import Any, Callable, Optional, Sequence
@@ -30,6 +32,26 @@ from jax.experimental import multihost_utils
 
 from t5x_like import state_checksums
 from t5x_like import storage_space
+
+
+@contextlib.contextmanager
+def _ctrl_c_held():
+  """Holds a Ctrl-C that comes while Orbax starts a save, then lets it go. Landing in the save's
+  synchronous part (the temporary folder, the copies to host memory), it left that save half begun:
+  its temporary folder was never committed, although the trainer then waited "for the checkpoint
+  being written". Let go once the save is under way, it finds that save whole, and the trainer
+  finishes it (trainer.py)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  held = []
+  previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if held and callable(previous):
+    previous(signal.SIGINT, held[0])
 
 
 def checkpoint_dir(model_dir: str) -> epath.Path:
@@ -66,6 +88,7 @@ class Checkpointer:
     self._last_saved: Optional[int] = None
     storage_space.quiet_orbax_storage_full_records()
     quiet_what_failed_reads_and_writes_leave_behind()
+    _quiet_orbax_interrupted_waits()
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -108,7 +131,7 @@ class Checkpointer:
     if data_checkpoint is not None:
       items['data'] = data_checkpoint.save_args()
     # (An asynchronous save's failure surfaces here at the next save, or in wait/check_for_errors.)
-    with self._storage_full_is_one_line(step):
+    with self._storage_full_is_one_line(step), _ctrl_c_held():
       saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
     self._last_saved = step
     return saved
@@ -367,6 +390,21 @@ class _DropFailedTensorstoreTasks(logging.Filter):
                 and isinstance(error, ValueError)
                 and (re.search(r'Error (reading|opening) ', str(error))
                      or storage_space.is_storage_full(error)))
+
+
+class _DropInterruptedWaits(logging.Filter):
+  """Orbax logs a KeyboardInterrupt that reaches it while it waits for a save (ERROR, "Save Finalize
+  thread failed", with a traceback) before raising it on: the trainer's one line after Ctrl-C says
+  where the run stands (trainer.py), so that record is dropped."""
+
+  def filter(self, record):
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+def _quiet_orbax_interrupted_waits() -> None:
+  absl_log = logging.getLogger('absl')
+  if not any(isinstance(f, _DropInterruptedWaits) for f in absl_log.filters):
+    absl_log.addFilter(_DropInterruptedWaits())
 
 
 def _restore_arg(a):

@@ -210,6 +210,62 @@ def test_ctrl_c_in_a_terminal_stops_the_launcher_and_both_processes_in_one_line(
       os.kill(pid, 0)
 
 
+def test_sigint_to_launch_local_alone_reaches_both_processes_at_once(small_text, tmp_path):
+  # (kill -INT <launcher>, a supervisor: the workers run in sessions of their own and hear it from the
+  # launcher. Before, it never reached them: the launcher waited a minute, then stopped them.)
+  with _launcher(_train_args(tmp_path / 'run', 1000, small_text)) as (launcher, logs):
+    _wait_for(logs / 'process_0.log', 'step    3/1000', launcher)
+    workers = [_worker_pid(launcher, i) for i in (0, 1)]
+    assert {os.getsid(pid) for pid in workers} == set(workers)  # each leads its own session
+    t0 = time.monotonic()
+    launcher.send_signal(signal.SIGINT)
+    code = launcher.wait(timeout=120)
+    err = launcher.stderr.read()
+  assert time.monotonic() - t0 < 30, err
+  assert code == exit_codes.INTERRUPTED and 'Traceback' not in err, err
+  assert err.strip().splitlines()[-1] == ('launch.local: interrupted (Ctrl-C); where each process '
+                                          'stopped is at the end of its log'), err
+  assert re.search(r'interrupted after step \d+; the last checkpoint is step \d+ in ',
+                   (logs / 'process_0.log').read_text())
+  for pid in workers:
+    with pytest.raises(ProcessLookupError):
+      os.kill(pid, 0)
+
+
+@pytest.mark.parametrize('sig', ['SIGINT', 'SIGTERM'])
+def test_launch_local_passes_a_signal_on_to_its_train_command_and_does_not_restart_it(
+    sig, small_text, tmp_path):
+  # `python -m launch local` (one process): the signal reaches the train command once, which finishes
+  # the save in flight (a save at every step) and exits 130 or 75; 75 is restartable, but the
+  # launcher itself was told to stop. Before, subprocess.run SIGKILLed the train command 0.25 s after
+  # the launcher's Ctrl-C, and the launcher ended in a traceback.
+  run = tmp_path / 'run'
+  argv = [sys.executable, '-m', 'launch', 'local', '--max_restarts=2', '--',
+          *_train_args(run, 2000, small_text, '--gin.TrainerConfig.checkpoint_every=1')]
+  log = tmp_path / 'out.log'
+  with open(log, 'w') as out, subprocess.Popen(argv, cwd=REPO, stdout=out,
+                                               stderr=subprocess.STDOUT) as proc:
+    try:
+      _wait_for(log, 'step    5/2000', proc)
+      proc.send_signal(getattr(signal, sig))
+      code = proc.wait(timeout=120)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+  text = log.read_text()
+  assert 'Traceback' not in text and 'restart 1/2' not in text, text[-3000:]
+  assert text.count('compiled train step') == 1, text[-3000:]
+  if sig == 'SIGINT':
+    assert code == exit_codes.INTERRUPTED, text[-3000:]
+    assert re.search(r'interrupted after step \d+; the last checkpoint is step \d+ in ', text)
+  else:
+    assert code == exit_codes.PREEMPTED, text[-3000:]
+    assert 'preempted at step ' in text
+  assert text.strip().splitlines()[-1] == (f'launch: stopped by {sig}, passed on to the job; exit '
+                                           f'{code} (the same command resumes it)'), text[-3000:]
+  assert not [p.name for p in (run / 'checkpoints').iterdir() if not p.name.isdigit()]  # all committed
+
+
 def test_two_processes_agree_on_the_fallback_when_only_one_host_cannot_read_its_part(small_text,
                                                                                       tmp_path):
   from launch import local

@@ -1,0 +1,92 @@
+"""The processes a launcher runs for a job (launch.local's workers, `python -m launch local`'s train
+command, launch.sweep's runs), and the signals it passes on to them.
+
+As torchrun starts its workers, each child starts in a session of its own, and the launcher passes on
+what it receives: SIGINT as SIGINT, SIGTERM as SIGTERM, SIGHUP (the terminal closed) as SIGTERM, so
+that each process saves and stops as it would on preemption. A signal meant for the job then reaches
+every process exactly once, whether it came from a terminal's Ctrl-C (which reaches the launcher's
+process group only), from `kill -INT <launcher>`, or from a supervisor. When the children shared the
+launcher's process group, a SIGINT to the launcher alone never reached them (launch.local waited a
+minute, then stopped them with SIGTERM and SIGKILL), and Python's `subprocess.run` SIGKILLed the train
+command 0.25 s after the launcher's Ctrl-C, cutting off the checkpoint being written. A second Ctrl-C
+is passed on too: the trainer takes it as "abandon the save in flight".
+
+Off the main thread Python cannot install signal handlers: there the children stay in the launcher's
+process group, where a terminal's Ctrl-C still reaches them directly.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+from typing import Optional
+
+from t5x_like import exit_codes
+
+PASSED_ON = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM,
+             signal.SIGHUP: signal.SIGTERM}
+
+
+class Stopped(Exception):
+  """The launcher was told to stop (`.signum`) and its children have exited: `.exit_code` is what the
+  launcher exits with (130 after SIGINT; after SIGTERM or SIGHUP, 75 as the trainer's, unless the
+  launcher names another)."""
+
+  def __init__(self, signum: int, exit_code: Optional[int] = None):
+    self.signum = signum
+    self.exit_code = (exit_codes.INTERRUPTED if signum == signal.SIGINT else
+                      exit_code if exit_code is not None else exit_codes.PREEMPTED)
+    super().__init__(f'stopped by {signal.Signals(signum).name}')
+
+
+class Children:
+  """A context manager: while open (on the main thread), the signals of PASSED_ON that this process
+  receives are passed on to every child started with `start` that still runs; `received` lists them.
+  Children started after a signal get it at once."""
+
+  def __init__(self):
+    self.procs: list[subprocess.Popen] = []
+    self.received: list[int] = []
+    self.active = False
+    self._old = {}
+
+  def __enter__(self) -> 'Children':
+    if threading.current_thread() is threading.main_thread():
+      for signum in PASSED_ON:
+        self._old[signum] = signal.signal(signum, self._pass_on)
+      self.active = True
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._old.items():
+      signal.signal(signum, handler)
+    self._old.clear()
+    self.active = False
+
+  def start(self, argv, **popen_kwargs) -> subprocess.Popen:
+    proc = subprocess.Popen(argv, start_new_session=self.active, **popen_kwargs)
+    self.procs.append(proc)
+    if self.received:  # (a signal that came while it was being started)
+      proc.send_signal(PASSED_ON[self.received[-1]])
+    return proc
+
+  def _pass_on(self, signum, frame) -> None:
+    del frame
+    self.received.append(signum)
+    for proc in self.procs:
+      try:
+        proc.send_signal(PASSED_ON[signum])  # (does nothing for a process already reaped)
+      except ProcessLookupError:
+        pass
+
+  @property
+  def stopping(self) -> bool:
+    return bool(self.received)
+
+  def raise_if_stopped(self, exit_code: Optional[int] = None) -> None:
+    """Once the children have exited: Stopped, if the launcher was told to stop (`exit_code`: the
+    one to exit with after SIGTERM or SIGHUP, default 75)."""
+    if self.received:
+      # SIGINT wins: a Ctrl-C during a preemption's save is still the user's "stop".
+      raise Stopped(signal.SIGINT if signal.SIGINT in self.received else self.received[0],
+                    exit_code)

@@ -1,0 +1,122 @@
+"""Signals to a launcher reach its processes once each (launch/child_processes.py), and a Ctrl-C that
+lands while a save starts, or while Orbax waits for one, leaves neither a half-begun checkpoint nor a
+traceback (t5x_like/checkpointing.py). The launchers' end-to-end cases (launch.local, `python -m launch
+local`) are in test_reliability_processes.py; the sweep's is here."""
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import pytest
+
+from conftest import REPO, steps_on_disk
+from launch import child_processes
+from t5x_like import checkpointing, exit_codes
+
+CHILD = ('import signal, sys, time\n'
+         'signal.signal(signal.SIGTERM, lambda *a: sys.exit(75))\n'
+         'signal.signal(signal.SIGINT, lambda *a: sys.exit(130))\n'
+         'print("ready", flush=True)\n'
+         'time.sleep(60)\n'
+         'sys.exit(9)\n')
+
+
+def _start_ready(children):
+  proc = children.start([sys.executable, '-c', CHILD], stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().strip() == 'ready'
+  return proc
+
+
+@pytest.mark.parametrize('sig, passed_on, code', [('SIGHUP', 75, 75), ('SIGTERM', 75, 75),
+                                                  ('SIGINT', 130, 130)])
+def test_a_signal_to_the_launcher_reaches_each_child_once_in_its_own_session(sig, passed_on, code):
+  with child_processes.Children() as children:
+    procs = [_start_ready(children) for _ in range(2)]
+    assert [os.getsid(p.pid) for p in procs] == [p.pid for p in procs]  # not the launcher's group
+    os.kill(os.getpid(), getattr(signal, sig))
+    assert [p.wait(timeout=30) for p in procs] == [passed_on, passed_on]  # SIGHUP arrives as SIGTERM
+    late = children.start([sys.executable, '-c', CHILD], stdout=subprocess.DEVNULL)
+    assert late.wait(timeout=30) != 9  # started after the signal: it gets it at once
+  assert signal.getsignal(getattr(signal, sig)) is not children._pass_on  # handlers restored
+  with pytest.raises(child_processes.Stopped) as info:
+    children.raise_if_stopped()
+  assert info.value.signum == getattr(signal, sig) and info.value.exit_code == code
+
+
+def test_after_sigterm_the_launcher_exits_with_a_code_it_is_given_but_130_after_sigint():
+  assert child_processes.Stopped(signal.SIGTERM, exit_codes.STORAGE_FULL).exit_code == 5
+  assert child_processes.Stopped(signal.SIGINT, exit_codes.STORAGE_FULL).exit_code == 130
+
+
+def test_ctrl_c_as_a_save_starts_is_held_until_the_save_is_under_way(tmp_path):
+  ck = checkpointing.Checkpointer(str(tmp_path / 'run'), save_every=1)
+  state = {'step': jnp.array(1), 'params': {'w': jnp.arange(8.0)}}
+  real_save = ck.manager.save
+
+  def save_with_ctrl_c(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)  # (its handler runs before the next line)
+    return real_save(*args, **kwargs)
+
+  ck.manager.save = save_with_ctrl_c
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # (as in any python process)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      ck.save(1, state, None)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  ck.wait()  # what the trainer does after a Ctrl-C
+  ck.close()
+  assert steps_on_disk(tmp_path / 'run') == [1]
+  assert [p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir()] == ['1']  # no temporary folder
+
+
+def test_orbax_records_of_an_interrupted_wait_are_dropped_and_others_kept(tmp_path, caplog):
+  checkpointing.Checkpointer(str(tmp_path / 'run'), save_every=1).close()  # (installs the filter)
+  absl_log = logging.getLogger('absl')
+  with caplog.at_level(logging.ERROR, logger='absl'):
+    for error in (KeyboardInterrupt(), RuntimeError('disk on fire')):
+      try:
+        raise error
+      except BaseException:  # pylint: disable=broad-except
+        absl_log.error('[wait_until_finished] Save Finalize thread (save_finalize) failed.',
+                       exc_info=True)
+  kept = [r.exc_info[0].__name__ for r in caplog.records]
+  assert kept == ['RuntimeError'], kept
+
+
+def test_sigint_to_the_sweep_alone_stops_its_run_in_one_line(small_text, tmp_path):
+  out = tmp_path / 'sweep'
+  argv = [sys.executable, '-m', 'launch.sweep', str(out),
+          '--gin_file=gin_configs/experiments/clone_ablation_cpu.gin', '--train_steps=5000',
+          '--grid', 'p_clone=0.5', f"--gin.TRAIN_FILES=['{small_text['train']}']",
+          f"--gin.VALIDATION_FILES=['{small_text['validation']}']", '--gin.VOCAB_SIZE=300',
+          '--gin.MODEL_VOCAB_SIZE=600', '--gin.SEQUENCE_LENGTH=32', '--gin.BATCH_SIZE=8',
+          '--gin.NUM_LAYERS=1', '--gin.EMBED_DIM=32', '--gin.NUM_HEADS=2', '--gin.MLP_DIM=64',
+          '--gin.TrainerConfig.log_every=5', '--compilation_cache_dir=none',
+          f"--gin.sentencepiece_vocabulary.cache_dir='{tmp_path / 'spm'}'"]
+  train_log = out / 'p0.5' / 'train.log'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  with subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                        text=True) as sweep:
+    try:
+      deadline = time.monotonic() + 300
+      while not (train_log.exists() and 'step    5/5000' in train_log.read_text()):
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.stderr.read()[-3000:]
+        time.sleep(0.2)
+      run_pid = int(pathlib.Path(f'/proc/{sweep.pid}/task/{sweep.pid}/children').read_text().split()[0])
+      sweep.send_signal(signal.SIGINT)
+      code = sweep.wait(timeout=120)
+      err = sweep.stderr.read()
+    finally:
+      if sweep.poll() is None:
+        sweep.kill()
+  assert code == exit_codes.INTERRUPTED and 'Traceback' not in err, err[-3000:]
+  assert err.strip().splitlines()[-1].startswith('[sweep] stopped by SIGINT; the same command goes on '
+                                                 'from there'), err[-3000:]
+  assert 'interrupted after step' in train_log.read_text().strip().splitlines()[-1]
+  with pytest.raises(ProcessLookupError):
+    os.kill(run_pid, 0)

@@ -81,7 +81,11 @@ def main(argv=None) -> int:
   if args.mode == 'ablation':
     out = args.out or os.path.join(REPO, 'runs', 'demo_ablation')
     text = args.text_files[0] if args.text_files else all_path
-    code = mini_ablation.main([text, out, '--train_steps', str(args.steps or 800)])
+    # Eight checkpoints a run, whatever its length (800 steps: the config's 100): the report's
+    # perplexity curves and the token-efficiency fit need several.
+    every = ([] if args.steps is None else
+             ['--gin', f'TrainerConfig.checkpoint_every={max(args.steps // 8, 1)}'])
+    code = mini_ablation.main([text, out, '--train_steps', str(args.steps or 800), *every])
     if code == 0:
       print(f'\nreport: {out}/report.md (plots beside it) | TensorBoard: tensorboard --logdir {out} | '
             f'checkpoints: {out}/<run>/checkpoints', flush=True)

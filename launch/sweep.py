@@ -274,18 +274,24 @@ def evaluate_runs(runs: list[dict], eval_flags: Sequence[str], say=print) -> int
   """Monolingual runs first (the others' token efficiency is fitted on them), each through
   t5x_like.eval in this process. Returns the number of failures."""
   baselines = [r['model_dir'] for r in runs if r['info'].get('monolingual')]
-  failures = 0
+  failures, teff_left_out = 0, False
   for r in sorted(runs, key=lambda r: not r['info'].get('monolingual')):
     d = r['model_dir']
     say(f'[sweep] evaluating {r["name"]}')
     final = ['mexa']  # (ppl at every step is done by now)
     if (r['info'].get('num_languages') or 2) > 1:
       final += ['align', 'grad']
-    if baselines:
-      final.append('teff')
     try:
       rc = eval_lib.main(['--model_dir', d, '--all_steps', '--skip_done', '--metrics', 'ppl',
                           *eval_flags])
+      if baselines:  # (evaluated first: their perplexities are the fit's points)
+        try:
+          eval_lib.teff_fit(baselines)
+          final.append('teff')
+        except ValueError as e:  # too few checkpoints: the other metrics are still wanted
+          if not teff_left_out:
+            say(f'[sweep] note: token efficiency is left out of this sweep: {e}')
+          teff_left_out = True
       rc = rc or eval_lib.main(['--model_dir', d, '--skip_done', '--init_control', '--metrics',
                                 ','.join(final),
                                 *[a for b in baselines for a in ('--baseline_dir', b)],

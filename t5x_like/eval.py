@@ -272,14 +272,26 @@ def baseline_points(baseline_dirs: Sequence[str]) -> tuple[list, list, str]:
   return xs, ys, kinds.pop() if kinds else 'all'
 
 
-def _teff(res: dict, opts: EvalOptions) -> dict:
-  if not opts.baseline_dirs:
+def teff_fit(baseline_dirs: Sequence[str]) -> tuple[dict, str]:
+  """The power-law fit of the monolingual baselines and the kind of their perplexities; ValueError
+  that says what to do when they have too few evaluated steps."""
+  if not baseline_dirs:
     raise ValueError('teff needs --baseline_dir (monolingual runs evaluated with ppl at >= 3 steps)')
+  xs, ys, kind = baseline_points(baseline_dirs)
+  if len(xs) < 3:
+    raise ValueError(
+        f'teff: the monolingual baseline(s) {", ".join(baseline_dirs)} have perplexities at {len(xs)} '
+        f'evaluated step(s) past the first tenth of training, and the power-law fit needs 3: save '
+        f'their checkpoints more often (TrainerConfig.checkpoint_every, keep_checkpoints=None) and '
+        f'evaluate them with --all_steps --metrics ppl')
+  return te.fit_power_law(xs, ys), kind
+
+
+def _teff(res: dict, opts: EvalOptions) -> dict:
   if 'tokens_seen' not in res:
     raise ValueError('teff needs the tokens seen per language: evaluate a run with a run.json '
                      '(launch/sweep.py writes it)')
-  xs, ys, kind = baseline_points(opts.baseline_dirs)
-  fit = te.fit_power_law(xs, ys)
+  fit, kind = teff_fit(opts.baseline_dirs)
   out = {'fit': fit, 'baselines': list(opts.baseline_dirs), 'perplexity_kind': kind, 'languages': {}}
   for lang, r in res['perplexity'].items():
     out['languages'][lang] = te.token_efficiency(fit, _ppl_of(r), res['tokens_seen'][lang])
@@ -353,6 +365,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     compilation_cache.use(args.compilation_cache_dir)
     run_info = read_run_info(args.model_dir)
     opts = options_from_args(args, run_info)
+    if 'teff' in opts.metrics:
+      teff_fit(opts.baseline_dirs)  # (baselines it cannot use: said before any checkpoint is read)
     cfg = run_dir.load_model_config(args.model_dir)
     if 'grad' in opts.metrics and cfg.family != 'decoder':
       raise ValueError(f'--metrics grad: gradient alignment is implemented for decoder-only models; '

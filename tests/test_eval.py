@@ -156,3 +156,18 @@ def test_encdec_perplexity_scores_the_second_half_given_the_first():
   assert res['last_n']['perplexity'] == pytest.approx(math.exp(nll[:, -2:].mean()), rel=1e-4)
   with pytest.raises(ValueError, match='last_n=5 is longer than the scored half'):
     perplexity.perplexity(model, params, windows, last_n=5)
+
+
+def test_teff_with_a_baseline_of_too_few_steps_is_one_line_before_any_checkpoint_is_read(tmp_path,
+                                                                                           capsys):
+  base = tmp_path / 'mono'
+  for s in (1, 100, 200):  # (step 1 is in the first tenth: off the fit)
+    results_lib.write_results(str(base), s, {'step': s, 'tokens_seen': {'lang0': 1000 * s},
+                                             'perplexity': {'lang0': {'perplexity': 20 + 500 / s}}})
+  empty = tmp_path / 'run'  # (no checkpoint, no model: the error comes first)
+  empty.mkdir()
+  rc = eval_lib.main(['--model_dir', str(empty), '--metrics', 'ppl,teff', '--baseline_dir', str(base)])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1, err
+  assert err[0].startswith(f'error: teff: the monolingual baseline(s) {base} have perplexities at 2 '
+                           'evaluated step(s)'), err

@@ -84,3 +84,35 @@ def test_export_option_points_every_run_at_its_own_export(tmp_path):
     assert '--gin.DataConfig.mixture_or_task=None' in r['cmd']
     assert f"--gin.DataConfig.export_dir='{r['export_dir']}'" in r['cmd']
   assert runs[0]['export_dir'] != runs[1]['export_dir']
+
+
+def _baseline_with_steps(d, steps):
+  """A monolingual run's evaluated perplexities (power-law-like) at `steps`."""
+  from t5x_like.evaluation import results as results_lib
+  for s in steps:
+    results_lib.write_results(str(d), s, {'step': s, 'tokens_seen': {'lang0': 1000 * s},
+                                          'perplexity': {'lang0': {'perplexity': 20 + 500 / s}}})
+  return str(d)
+
+
+def test_token_efficiency_is_left_out_with_a_note_when_the_baseline_has_too_few_checkpoints(
+    tmp_path, monkeypatch):
+  # 200 steps saved every 100: the fit's points past the first tenth are steps 100 and 200. The other
+  # metrics are still asked for (before, teff's error cost every run its alignment and MEXA).
+  calls = []
+  monkeypatch.setattr(sweep.eval_lib, 'main', lambda argv: calls.append(argv) or 0)
+  runs = [{'name': 'p0.0', 'model_dir': _baseline_with_steps(tmp_path / 'mono', [1, 100, 200]),
+           'info': {'monolingual': True}},
+          {'name': 'p0.5', 'model_dir': str(tmp_path / 'mixed'), 'info': {}}]
+  said = []
+  assert sweep.evaluate_runs(runs, [], say=said.append) == 0
+  finals = [c[c.index('--metrics') + 1] for c in calls if '--init_control' in c]
+  assert finals == ['mexa,align,grad', 'mexa,align,grad']
+  notes = [s for s in said if 'note' in s]
+  assert len(notes) == 1 and 'token efficiency is left out' in notes[0], said
+  assert 'at 2 evaluated step(s)' in notes[0] and 'TrainerConfig.checkpoint_every' in notes[0]
+  calls.clear()
+  _baseline_with_steps(tmp_path / 'mono', [50, 150])
+  assert sweep.evaluate_runs(runs, [], say=said.append) == 0
+  finals = [c[c.index('--metrics') + 1] for c in calls if '--init_control' in c]
+  assert finals == ['mexa,align,grad,teff', 'mexa,align,grad,teff']

@@ -35,6 +35,7 @@ def _start_ready(children):
                                                   ('SIGINT', 130, 130)])
 def test_a_signal_to_the_launcher_reaches_each_child_once_in_its_own_session(sig, passed_on, code):
   with child_processes.Children() as children:
+    assert children.active  # (on the main thread: otherwise the signal below would hit this process)
     procs = [_start_ready(children) for _ in range(2)]
     assert [os.getsid(p.pid) for p in procs] == [p.pid for p in procs]  # not the launcher's group
     os.kill(os.getpid(), getattr(signal, sig))

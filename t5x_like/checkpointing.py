@@ -35,17 +35,25 @@ from t5x_like import storage_space
 
 
 @contextlib.contextmanager
-def _ctrl_c_held():
-  """Holds a Ctrl-C that comes while Orbax starts a save, then lets it go. Landing in the save's
-  synchronous part (the temporary folder, the copies to host memory), it left that save half begun:
-  its temporary folder was never committed, although the trainer then waited "for the checkpoint
-  being written". Let go once the save is under way, it finds that save whole, and the trainer
-  finishes it (trainer.py)."""
-  if threading.current_thread() is not threading.main_thread():
+def ctrl_c_held():
+  """Holds a Ctrl-C that comes during a save, then lets it go; a second one goes through at once (a
+  save that hangs can still be abandoned). Landing while Orbax starts a save (the temporary folder,
+  the copies to host memory), a Ctrl-C left that save half begun, its temporary folder never
+  committed; landing in the trainer's checks before it, no save at all. Let go once the save is under
+  way, it finds that save whole, and the trainer finishes it (trainer.py)."""
+  if (threading.current_thread() is not threading.main_thread()
+      or getattr(signal.getsignal(signal.SIGINT), 'holds_ctrl_c', False)):  # (held already)
     yield
     return
   held = []
-  previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+
+  def hold(signum, frame):
+    if held and callable(previous):
+      previous(signum, frame)
+    held.append(frame)
+
+  hold.holds_ctrl_c = True
+  previous = signal.signal(signal.SIGINT, hold)
   try:
     yield
   finally:
@@ -131,7 +139,7 @@ class Checkpointer:
     if data_checkpoint is not None:
       items['data'] = data_checkpoint.save_args()
     # (An asynchronous save's failure surfaces here at the next save, or in wait/check_for_errors.)
-    with self._storage_full_is_one_line(step), _ctrl_c_held():
+    with self._storage_full_is_one_line(step), ctrl_c_held():
       saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
     self._last_saved = step
     return saved

@@ -459,7 +459,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     """Saves `step` (asynchronously); returns the seconds the loop waited."""
     nonlocal saved_step
     t_save = time.perf_counter()
-    with dog.paused():
+    with dog.paused(), checkpointing.ctrl_c_held():  # (a Ctrl-C here: after this save is under way)
       # Nothing non-finite is ever written, so rotation can only drop finite checkpoints for newer
       # finite ones: the last good checkpoint always survives.
       g = jax.device_get(steps.guard)

@@ -66,6 +66,28 @@ def _open_files_under(directory):
   return [p for p in paths if p.startswith(str(os.path.realpath(directory)) + os.sep)]
 
 
+# --- Ctrl-C ------------------------------------------------------------------------------------------
+
+def test_ctrl_c_during_the_checks_before_a_save_still_saves_that_step(lm_task, tmp_path, monkeypatch):
+  # The checks before a save wait for the step's computation (a device sync) and checksum the state:
+  # a Ctrl-C that landed there lost that step's save. It is now held until the save is under way,
+  # and the trainer finishes the save.
+  real_checksums = trainer.state_checksums.checksums
+  def checksums_with_ctrl_c(state):
+    if int(state['step']) == 4:
+      os.kill(os.getpid(), signal.SIGINT)
+    return real_checksums(state)
+  monkeypatch.setattr(trainer.state_checksums, 'checksums', checksums_with_ctrl_c)
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      _fit(tmp_path / 'run', 10, lm_task, checkpoint_every=4)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  assert steps_on_disk(tmp_path / 'run') == [1, 4]
+  assert sorted(p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir()) == ['1', '4']
+
+
 # --- preemption --------------------------------------------------------------------------------------
 
 def test_sigterm_saves_that_step_once_and_the_run_resumes_bit_exactly(lm_task, tmp_path, monkeypatch):

@@ -75,6 +75,22 @@ def test_ctrl_c_as_a_save_starts_is_held_until_the_save_is_under_way(tmp_path):
   assert [p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir()] == ['1']  # no temporary folder
 
 
+def test_a_second_ctrl_c_during_a_held_save_goes_through_at_once():
+  done = []
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      with checkpointing.ctrl_c_held():
+        with checkpointing.ctrl_c_held():  # (nested: the trainer's save around Checkpointer.save)
+          os.kill(os.getpid(), signal.SIGINT)
+          done.append('held the first')
+          os.kill(os.getpid(), signal.SIGINT)  # a save that hangs can still be abandoned
+          done.append('held the second too')
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  assert done == ['held the first']
+
+
 def test_orbax_records_of_an_interrupted_wait_are_dropped_and_others_kept(tmp_path, caplog):
   checkpointing.Checkpointer(str(tmp_path / 'run'), save_every=1).close()  # (installs the filter)
   absl_log = logging.getLogger('absl')

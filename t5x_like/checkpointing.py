@@ -94,9 +94,8 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._reader = None  # restores: host-local, see restore()
     self._last_saved: Optional[int] = None
-    storage_space.quiet_orbax_storage_full_records()
+    _quiet_orbax_records_said_in_one_line()
     quiet_what_failed_reads_and_writes_leave_behind()
-    _quiet_orbax_interrupted_waits()
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -400,19 +399,25 @@ class _DropFailedTensorstoreTasks(logging.Filter):
                      or storage_space.is_storage_full(error)))
 
 
-class _DropInterruptedWaits(logging.Filter):
-  """Orbax logs a KeyboardInterrupt that reaches it while it waits for a save (ERROR, "Save Finalize
-  thread failed", with a traceback) before raising it on: the trainer's one line after Ctrl-C says
-  where the run stands (trainer.py), so that record is dropped."""
+class DropOrbaxRecordsSaidInOneLine(logging.Filter):
+  """Orbax's absl records of what this project reports in one line of its own: a save that a full
+  store stopped (logged from each of Orbax's threads, with tracebacks, while training goes on; the
+  run then stops with storage_space.save_failed's line), and a Ctrl-C that reached Orbax while it
+  waited for a save ("Save Finalize thread failed", logged before Orbax raises it on; the trainer
+  says where the run stands). Any other record is kept."""
 
   def filter(self, record):
-    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, KeyboardInterrupt):
+      return False
+    return not storage_space.mentions_storage_full(
+        record.getMessage() + ('' if error is None else ' ' + str(error)))
 
 
-def _quiet_orbax_interrupted_waits() -> None:
+def _quiet_orbax_records_said_in_one_line() -> None:
   absl_log = logging.getLogger('absl')
-  if not any(isinstance(f, _DropInterruptedWaits) for f in absl_log.filters):
-    absl_log.addFilter(_DropInterruptedWaits())
+  if not any(isinstance(f, DropOrbaxRecordsSaidInOneLine) for f in absl_log.filters):
+    absl_log.addFilter(DropOrbaxRecordsSaidInOneLine())
 
 
 def _restore_arg(a):

@@ -13,7 +13,6 @@ and the next start removes it (checkpointing.Checkpointer: cleanup_tmp_directori
 from __future__ import annotations
 
 import errno
-import logging
 import math
 import os
 import re
@@ -34,6 +33,11 @@ class StorageFull(Exception):
   failed with a full store). The message is one line naming the folder, the step and the space."""
 
 
+def mentions_storage_full(text: str) -> bool:
+  """Whether `text` (an error's or a log record's) says the store is full or over quota."""
+  return bool(_FULL.search(text))
+
+
 def is_storage_full(error: BaseException) -> bool:
   """Whether `error`, or an error it was raised from, is a full disk or an exceeded quota."""
   seen = set()
@@ -41,7 +45,7 @@ def is_storage_full(error: BaseException) -> bool:
     seen.add(id(error))
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
       return True
-    if _FULL.search(str(error)):
+    if mentions_storage_full(str(error)):
       return True
     error = error.__cause__ or error.__context__
   return False
@@ -119,21 +123,3 @@ def save_failed(error: BaseException, directory, step: Optional[int],
       f'the checkpoint of step {failed} could not be written to {directory}: {reason}'
       f'{f" ({human(free)} free there)" if free is not None else ""}; {kept}. Free space there '
       '(or move MODEL_DIR), then run the same command again to resume')
-
-
-class DropStorageFullRecords(logging.Filter):
-  """Orbax logs a failed background save from each of its threads, with tracebacks, while training
-  goes on; a full store is reported once, in one line (save_failed), so those records are dropped.
-  Any other failure is still logged."""
-
-  def filter(self, record):
-    text = record.getMessage()
-    if record.exc_info and record.exc_info[1] is not None:
-      text += ' ' + str(record.exc_info[1])
-    return not _FULL.search(text)
-
-
-def quiet_orbax_storage_full_records() -> None:
-  absl_log = logging.getLogger('absl')
-  if not any(isinstance(f, DropStorageFullRecords) for f in absl_log.filters):
-    absl_log.addFilter(DropStorageFullRecords())

@@ -47,7 +47,7 @@ def test_storage_errors_are_recognised_in_python_and_tensorstore_form():
                         'No space left on device')
   assert 'latest: step 1' in msg and '\n' not in msg
   # Orbax's background records of that failure are dropped; any other record is kept.
-  drop = storage_space.DropStorageFullRecords()
+  drop = checkpointing.DropOrbaxRecordsSaidInOneLine()
   assert not drop.filter(logging.makeLogRecord({'msg': str(tensorstore)}))
   assert drop.filter(logging.makeLogRecord({'msg': 'Saving checkpoint at step 20'}))
   # So are asyncio's reports of the writes that failed beside it, whatever future held them (a

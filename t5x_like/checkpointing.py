@@ -25,6 +25,7 @@ import warnings
 from typing import Any, Callable, Optional, Sequence
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
@@ -32,6 +33,7 @@ from jax.experimental import multihost_utils
 
 from t5x_like import state_checksums
 from t5x_like import storage_space
+from t5x_like import writer_lock
 
 
 @contextlib.contextmanager
@@ -82,11 +84,14 @@ class Checkpointer:
 
   Orbax writes each step into a temporary folder and renames it when every process has finished
   (the commit), so a step folder that exists is complete; temporary folders left by a killed run are
-  removed at start (`cleanup_tmp_directories`) and never block a later save of the same step.
+  removed at start (`cleanup_tmp_directories`) and never block a later save of the same step, which
+  is why the model dir's writer lock (writer_lock.py) is taken first: a second trainer would remove
+  the first one's save in flight. ModelDirInUse, on every process, when another process holds it.
   """
 
   def __init__(self, model_dir: str, *, save_every: int, keep: Optional[int] = 3,
-               async_save: bool = True):
+               async_save: bool = True, log=print):
+    self._lock = _lock_model_dir(model_dir, log)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_every, max_to_keep=keep, create=True,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
@@ -220,6 +225,31 @@ class Checkpointer:
     if self._reader is not None:
       self._reader.close()
       self._reader = None
+    self.release_lock()
+
+  def release_lock(self) -> None:
+    """Lets another trainer open MODEL_DIR (close() does this too; so does this process's end)."""
+    if self._lock is not None:
+      self._lock.close()
+      self._lock = None
+
+
+def _lock_model_dir(model_dir: str, log) -> Optional[writer_lock.WriterLock]:
+  """Process 0 takes the lock for the job (every host sees the same MODEL_DIR); the others learn
+  whether it could, so that all of them stop together rather than wait for it in a collective."""
+  lock, refused = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = writer_lock.acquire(model_dir, log)
+    except writer_lock.ModelDirInUse as e:
+      refused = e
+  if jax.process_count() > 1:
+    if not bool(multihost_utils.process_allgather(np.asarray(refused is None)).all()):
+      raise refused or writer_lock.ModelDirInUse(
+          f'MODEL_DIR={model_dir!r} is in use by another trainer (process 0 says which)')
+  elif refused is not None:
+    raise refused
+  return lock
 
 
 def diagnose(directory: epath.Path, step: int, abstract: Any, error: BaseException) -> ValueError:

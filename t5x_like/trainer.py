@@ -369,7 +369,8 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     storage_space.check_room(ckpt_dir, storage_space.state_bytes(abstract_state),
                              cfg.keep_checkpoints, say)
     ckpt = checkpointing.Checkpointer(model_dir, save_every=cfg.checkpoint_every,
-                                      keep=cfg.keep_checkpoints, async_save=cfg.async_checkpointing)
+                                      keep=cfg.keep_checkpoints, async_save=cfg.async_checkpointing,
+                                      log=say)
   except OSError as e:  # (read-only, or a parent that cannot hold folders)
     raise ValueError(f'MODEL_DIR={model_dir!r}: cannot make its checkpoint folder: {e}') from e
   profiler = profiling.StepProfiler(  # (the traced steps end at the last step at the latest)
@@ -565,6 +566,9 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     if profiler.active:  # stopped inside the traced steps: keep what was traced
       profiler.close()
     logger.close()  # preempted, diverged or failed too: no event file is left open in this process
+    # ... and no lock: a caller in the same process (a notebook, a test) may start the next trainer
+    # on this MODEL_DIR after an exception. (A process's end drops it too.)
+    ckpt.release_lock()
   ckpt.close()
   last['history'] = history
   say(f'done at step {step}. TensorBoard: tensorboard --logdir {model_dir} | checkpoints: '

@@ -11,13 +11,21 @@ minute, then stopped them with SIGTERM and SIGKILL), and Python's `subprocess.ru
 command 0.25 s after the launcher's Ctrl-C, cutting off the checkpoint being written. A second Ctrl-C
 is passed on too: the trainer takes it as "abandon the save in flight".
 
+A launcher that dies without passing anything on (SIGKILL, the OOM killer, a crash) leaves children in
+sessions of their own that nothing would stop: on Linux each child asks the kernel for SIGTERM when
+the launcher dies (prctl PR_SET_PDEATHSIG, as Ray does for its workers), and saves and stops as on
+preemption; the same command then resumes it, its model dir's writer lock let go.
+
 Off the main thread Python cannot install signal handlers: there the children stay in the launcher's
-process group, where a terminal's Ctrl-C still reaches them directly.
+process group, where a terminal's Ctrl-C still reaches them directly (and, the kernel tying the death
+signal to the thread that started them, they get none).
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import threading
 from typing import Optional
 
@@ -25,6 +33,17 @@ from t5x_like import exit_codes
 
 PASSED_ON = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM,
              signal.SIGHUP: signal.SIGTERM}
+ON_LAUNCHER_DEATH = signal.SIGTERM
+# The child's first lines, before it execs its own command: prctl(PR_SET_PDEATHSIG) outlives the exec.
+# (Not a preexec_fn: that makes Python fork a launcher whose jax threads are running, which jax warns
+# may deadlock the child.)
+_DIE_WITH_LAUNCHER = (
+    'import ctypes, os, sys\n'
+    'launcher, signum = int(sys.argv[1]), int(sys.argv[2])\n'
+    'ctypes.CDLL(None, use_errno=True).prctl(1, signum, 0, 0, 0)  # PR_SET_PDEATHSIG\n'
+    'if os.getppid() != launcher:  # (it died before the prctl: the kernel will not signal)\n'
+    '  os.kill(os.getpid(), signum)\n'
+    'os.execvp(sys.argv[3], sys.argv[3:])\n')
 
 
 class Stopped(Exception):
@@ -64,6 +83,9 @@ class Children:
     self.active = False
 
   def start(self, argv, **popen_kwargs) -> subprocess.Popen:
+    if self.active and sys.platform == 'linux':
+      argv = [sys.executable, '-c', _DIE_WITH_LAUNCHER, str(os.getpid()), str(int(ON_LAUNCHER_DEATH)),
+              *argv]
     proc = subprocess.Popen(argv, start_new_session=self.active, **popen_kwargs)
     self.procs.append(proc)
     if self.received:  # (a signal that came while it was being started)

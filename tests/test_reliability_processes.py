@@ -232,6 +232,43 @@ def test_sigint_to_launch_local_alone_reaches_both_processes_at_once(small_text,
       os.kill(pid, 0)
 
 
+def test_a_second_trainer_on_a_live_run_is_refused_and_a_killed_launchers_workers_save_and_stop(
+    small_text, tmp_path):
+  # Two claims on one running job (its start-up is most of the cost): a second trainer on the same
+  # MODEL_DIR stops in one line before touching it (before the writer lock, Orbax's start in the
+  # second one removed the first one's save in flight), and SIGKILL to the launcher, which passes
+  # nothing on, still stops both workers with a save (PR_SET_PDEATHSIG); their lock goes with them.
+  from t5x_like import writer_lock
+  run = tmp_path / 'run'
+  with _launcher(_train_args(run, 2000, small_text, '--gin.TrainerConfig.checkpoint_every=1')) as (
+      launcher, logs):
+    _wait_for(logs / 'process_0.log', 'step    3/2000', launcher)
+    workers = [_worker_pid(launcher, i) for i in (0, 1)]
+    second = subprocess.run([sys.executable, '-m', 't5x_like.train', *_train_args(run, 2000, small_text)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert second.returncode == exit_codes.CONFIG_ERROR, second.stderr[-3000:]
+    assert second.stderr.strip().splitlines()[-1].startswith(
+        f"error: MODEL_DIR='{run}' is in use by another trainer (pid {workers[0]} on "), second.stderr
+    assert launcher.poll() is None
+    _wait_for(logs / 'process_0.log', 'step   10/2000', launcher)  # ... and training, its saves whole
+    launcher.kill()
+    launcher.wait(timeout=60)
+    deadline = time.monotonic() + 120
+    while any(os.path.exists(f'/proc/{pid}') and pathlib.Path(f'/proc/{pid}/stat').read_text(
+        ).split()[2] != 'Z' for pid in workers):
+      assert time.monotonic() < deadline, 'the workers outlived their launcher by 2 minutes'
+      time.sleep(0.5)
+  saved = steps_on_disk(run)
+  for i in (0, 1):
+    log = (logs / f'process_{i}.log').read_text()
+    assert 'Traceback' not in log, log[-3000:]
+    if i == 0:
+      stop = re.search(r'preempted at step (\d+): checkpoint saved and committed', log)
+      assert stop and int(stop.group(1)) == saved[-1], (log[-2000:], saved)
+  assert not [p.name for p in (run / 'checkpoints').iterdir() if not p.name.isdigit()]
+  writer_lock.acquire(str(run)).close()  # (free: it went with process 0)
+
+
 @pytest.mark.parametrize('sig', ['SIGINT', 'SIGTERM'])
 def test_launch_local_passes_a_signal_on_to_its_train_command_and_does_not_restart_it(
     sig, small_text, tmp_path):

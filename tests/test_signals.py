@@ -48,6 +48,32 @@ def test_a_signal_to_the_launcher_reaches_each_child_once_in_its_own_session(sig
   assert info.value.signum == getattr(signal, sig) and info.value.exit_code == code
 
 
+def test_a_launcher_killed_outright_still_gets_its_children_to_save_and_stop(tmp_path):
+  # SIGKILL (or the OOM killer) passes nothing on; in sessions of their own the children would run on
+  # unsupervised. The kernel sends each one SIGTERM instead (PR_SET_PDEATHSIG).
+  said = tmp_path / 'said'
+  child = CHILD.replace('sys.exit(75)', f'(open({str(said)!r}, "w").write("TERM"), sys.exit(75))')
+  launcher = ('import subprocess, sys, time\n'
+              'from launch import child_processes\n'
+              'with child_processes.Children() as children:\n'
+              f'  proc = children.start([sys.executable, "-c", {child!r}], stdout=subprocess.PIPE, text=True)\n'
+              '  print(proc.pid, proc.stdout.readline().strip(), flush=True)\n'
+              '  time.sleep(60)\n')
+  with subprocess.Popen([sys.executable, '-c', launcher], cwd=REPO, stdout=subprocess.PIPE,
+                        text=True, env=dict(os.environ, PYTHONPATH=str(REPO))) as proc:
+    pid, ready = proc.stdout.readline().split()
+    assert ready == 'ready'
+    proc.kill()
+  deadline = time.monotonic() + 30
+  while not (said.exists() and said.read_text()):  # (created, then written)
+    assert time.monotonic() < deadline, 'the child never heard of its launcher\'s death'
+    time.sleep(0.1)
+  assert said.read_text() == 'TERM'
+  while os.path.exists(f'/proc/{pid}'):  # (it exits; init reaps it)
+    assert time.monotonic() < deadline
+    time.sleep(0.1)
+
+
 def test_after_sigterm_the_launcher_exits_with_a_code_it_is_given_but_130_after_sigint():
   assert child_processes.Stopped(signal.SIGTERM, exit_codes.STORAGE_FULL).exit_code == 5
   assert child_processes.Stopped(signal.SIGINT, exit_codes.STORAGE_FULL).exit_code == 130

@@ -6,7 +6,8 @@ A dead or stopped peer makes every other process block inside a collective; the 
 stops, so the main thread cannot notice. A thread waits on each dispatched step's (tiny) output
 instead: the time since the last completed step is real device progress, not dispatch. The clock
 starts after the first step (compile and first-run autotuning can take minutes) and is paused around
-evaluations and the final checkpoint wait, which are not steps.
+evaluations and the final checkpoint wait, which are not steps, and while the process itself is
+stopped (Ctrl-Z, SIGSTOP), which its own late wake-up shows.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ import threading
 import time
 
 from t5x_like import exit_codes
+
+
+FROZEN_SECS = 5.0  # a wake-up this much later than asked for: the process was stopped, not slow
 
 
 class StepWatchdog:
@@ -54,11 +58,21 @@ class StepWatchdog:
       self._last, self._last_step = time.monotonic(), step
 
   def _watch(self):
-    while not self._stop.wait(min(1.0, self.timeout / 4)):
+    interval = min(1.0, self.timeout / 4)
+    woke = time.monotonic()
+    while not self._stop.wait(interval):
+      now = time.monotonic()
+      frozen, woke = now - woke - interval, now
       last = self._last
       if last is None or self._paused:
         continue
-      idle = time.monotonic() - last
+      if frozen > FROZEN_SECS:
+        # This process itself was stopped (Ctrl-Z, SIGSTOP, a suspended VM) and the clock ran on:
+        # the time it was frozen is nobody's hang. (It took a Ctrl-Z'd run that `fg` resumed for a
+        # dead peer, exit 4.)
+        self._last = min(now, last + frozen)
+        continue
+      idle = now - last
       if idle > self.timeout:
         print(f'error: no train step finished for {idle:.0f} s (TrainerConfig.step_timeout_secs='
               f'{self.timeout:g}; last finished step {self._last_step}): another process died or '

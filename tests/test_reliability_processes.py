@@ -37,6 +37,36 @@ def test_step_watchdog_exits_peer_lost_when_no_step_finishes(tmp_path):
   assert 'no train step finished for' in out.stderr and 'last finished step 1' in out.stderr
 
 
+def test_the_step_watchdog_does_not_count_time_its_process_was_stopped(tmp_path):
+  # Ctrl-Z then `fg` (SIGSTOP, SIGCONT): the monotonic clock runs on while the process is frozen, and a
+  # resumed run was taken for one with a dead peer (exit 4). A real hang afterwards is still caught.
+  script = ('import time\n'
+            'from t5x_like import watchdog\n'
+            'class Done:\n  def block_until_ready(self): pass\n'
+            'class Never:\n  def block_until_ready(self): time.sleep(3600)\n'
+            'dog = watchdog.StepWatchdog(3.0)\n'
+            'print("ready", flush=True)\n'
+            'end, step = time.monotonic() + 14, 0\n'
+            'while time.monotonic() < end:\n'
+            '  step += 1\n'
+            '  dog.dispatched(step, Done())\n'
+            '  time.sleep(0.1)\n'
+            'print("steps went on", flush=True)\n'
+            'dog.dispatched(step + 1, Never())\n'
+            'time.sleep(30)\n')
+  with subprocess.Popen([sys.executable, '-c', script], cwd=REPO, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True,
+                        env=dict(os.environ, PYTHONPATH=str(REPO))) as proc:
+    assert proc.stdout.readline().strip() == 'ready'
+    time.sleep(1)
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(8)  # (well past the 3 s timeout)
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+  assert 'steps went on' in out, err
+  assert proc.returncode == exit_codes.PEER_LOST and 'no train step finished for' in err, err
+
+
 def test_distributed_init_timeout_names_coordinator_and_process(tmp_path):
   from launch import local
   port = local.free_port()

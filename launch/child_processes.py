@@ -9,7 +9,9 @@ process group only), from `kill -INT <launcher>`, or from a supervisor. When the
 launcher's process group, a SIGINT to the launcher alone never reached them (launch.local waited a
 minute, then stopped them with SIGTERM and SIGKILL), and Python's `subprocess.run` SIGKILLed the train
 command 0.25 s after the launcher's Ctrl-C, cutting off the checkpoint being written. A second Ctrl-C
-is passed on too: the trainer takes it as "abandon the save in flight".
+is passed on too: the trainer takes it as "abandon the save in flight". Ctrl-Z (SIGTSTP) pauses the
+children with the launcher, and `fg` or `bg` (SIGCONT) resumes them; the trainer's step watchdog does
+not count the time a process was stopped.
 
 A launcher that dies without passing anything on (SIGKILL, the OOM killer, a crash) leaves children in
 sessions of their own that nothing would stop: on Linux each child asks the kernel for SIGTERM when
@@ -73,6 +75,8 @@ class Children:
     if threading.current_thread() is threading.main_thread():
       for signum in PASSED_ON:
         self._old[signum] = signal.signal(signum, self._pass_on)
+      self._old[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, self._pause_too)
+      self._old[signal.SIGCONT] = signal.signal(signal.SIGCONT, self._resume_too)
       self.active = True
     return self
 
@@ -95,9 +99,23 @@ class Children:
   def _pass_on(self, signum, frame) -> None:
     del frame
     self.received.append(signum)
+    self._send_all(PASSED_ON[signum])  # (does nothing for a process already reaped)
+
+  def _pause_too(self, signum, frame) -> None:
+    """Ctrl-Z: the children pause with the launcher, as a terminal's job does. (SIGSTOP: the kernel
+    discards a SIGTSTP sent to a process in a session of its own.)"""
+    del signum, frame
+    self._send_all(signal.SIGSTOP)
+    os.kill(os.getpid(), signal.SIGSTOP)  # (the shell sees its job stopped; `fg` sends SIGCONT)
+
+  def _resume_too(self, signum, frame) -> None:
+    del signum, frame
+    self._send_all(signal.SIGCONT)
+
+  def _send_all(self, signum: int) -> None:
     for proc in self.procs:
       try:
-        proc.send_signal(PASSED_ON[signum])  # (does nothing for a process already reaped)
+        proc.send_signal(signum)
       except ProcessLookupError:
         pass
 

@@ -31,6 +31,26 @@ def _start_ready(children):
   return proc
 
 
+def _state(pid) -> str:
+  stat = pathlib.Path(f'/proc/{pid}/stat').read_text()
+  return stat[stat.rindex(')') + 2]  # R, S, T (stopped), Z, ...
+
+
+def _gone(pid) -> bool:
+  """Exited (a zombie counts: where pid 1 reaps nothing, an orphan stays one)."""
+  try:
+    return _state(pid) == 'Z'
+  except FileNotFoundError:
+    return True
+
+
+def _until(what, timeout=10):
+  deadline = time.monotonic() + timeout
+  while not what():
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+
+
 @pytest.mark.parametrize('sig, passed_on, code', [('SIGHUP', 75, 75), ('SIGTERM', 75, 75),
                                                   ('SIGINT', 130, 130)])
 def test_a_signal_to_the_launcher_reaches_each_child_once_in_its_own_session(sig, passed_on, code):
@@ -69,9 +89,29 @@ def test_a_launcher_killed_outright_still_gets_its_children_to_save_and_stop(tmp
     assert time.monotonic() < deadline, 'the child never heard of its launcher\'s death'
     time.sleep(0.1)
   assert said.read_text() == 'TERM'
-  while os.path.exists(f'/proc/{pid}'):  # (it exits; init reaps it)
-    assert time.monotonic() < deadline
-    time.sleep(0.1)
+  _until(lambda: _gone(pid))
+
+
+def test_ctrl_z_pauses_the_children_with_the_launcher_and_fg_resumes_them():
+  # Before, Ctrl-Z stopped the launcher alone: its children, in sessions of their own, ran on.
+  launcher = ('import subprocess, sys, time\n'
+              'from launch import child_processes\n'
+              'with child_processes.Children() as children:\n'
+              f'  proc = children.start([sys.executable, "-c", {CHILD!r}], stdout=subprocess.PIPE, text=True)\n'
+              '  print(proc.pid, proc.stdout.readline().strip(), flush=True)\n'
+              '  time.sleep(60)\n')
+  with subprocess.Popen([sys.executable, '-c', launcher], cwd=REPO, stdout=subprocess.PIPE,
+                        text=True, env=dict(os.environ, PYTHONPATH=str(REPO))) as proc:
+    try:
+      child, ready = proc.stdout.readline().split()
+      assert ready == 'ready'
+      proc.send_signal(signal.SIGTSTP)  # (what a terminal's Ctrl-Z sends the launcher's group)
+      _until(lambda: _state(proc.pid) == 'T' and _state(child) == 'T')
+      proc.send_signal(signal.SIGCONT)  # fg
+      _until(lambda: _state(proc.pid) != 'T' and _state(child) != 'T')
+    finally:
+      proc.kill()
+  _until(lambda: _gone(child))  # (its launcher's death ends it)
 
 
 def test_after_sigterm_the_launcher_exits_with_a_code_it_is_given_but_130_after_sigint():

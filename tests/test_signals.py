@@ -2,6 +2,7 @@
 lands while a save starts, or while Orbax waits for one, leaves neither a half-begun checkpoint nor a
 traceback (t5x_like/checkpointing.py). The launchers' end-to-end cases (launch.local, `python -m launch
 local`) are in test_reliability_processes.py; the sweep's is here."""
+import contextlib
 import logging
 import os
 import pathlib
@@ -68,11 +69,11 @@ def test_a_signal_to_the_launcher_reaches_each_child_once_in_its_own_session(sig
   assert info.value.signum == getattr(signal, sig) and info.value.exit_code == code
 
 
-def test_a_launcher_killed_outright_still_gets_its_children_to_save_and_stop(tmp_path):
-  # SIGKILL (or the OOM killer) passes nothing on; in sessions of their own the children would run on
-  # unsupervised. The kernel sends each one SIGTERM instead (PR_SET_PDEATHSIG).
-  said = tmp_path / 'said'
-  child = CHILD.replace('sys.exit(75)', f'(open({str(said)!r}, "w").write("TERM"), sys.exit(75))')
+@contextlib.contextmanager
+def _launcher_of(child: str):
+  """A launcher in a process of its own (Children, on its main thread) with one child running the
+  code `child`: yields the launcher's Popen and the child's pid once the child is ready; kills the
+  launcher on the way out."""
   launcher = ('import subprocess, sys, time\n'
               'from launch import child_processes\n'
               'with child_processes.Children() as children:\n'
@@ -81,9 +82,21 @@ def test_a_launcher_killed_outright_still_gets_its_children_to_save_and_stop(tmp
               '  time.sleep(60)\n')
   with subprocess.Popen([sys.executable, '-c', launcher], cwd=REPO, stdout=subprocess.PIPE,
                         text=True, env=dict(os.environ, PYTHONPATH=str(REPO))) as proc:
-    pid, ready = proc.stdout.readline().split()
-    assert ready == 'ready'
-    proc.kill()
+    try:
+      pid, ready = proc.stdout.readline().split()
+      assert ready == 'ready'
+      yield proc, pid
+    finally:
+      proc.kill()  # (after which its child is sent SIGTERM)
+
+
+def test_a_launcher_killed_outright_still_gets_its_children_to_save_and_stop(tmp_path):
+  # SIGKILL (or the OOM killer) passes nothing on; in sessions of their own the children would run on
+  # unsupervised. The kernel sends each one SIGTERM instead (PR_SET_PDEATHSIG).
+  said = tmp_path / 'said'
+  child = CHILD.replace('sys.exit(75)', f'(open({str(said)!r}, "w").write("TERM"), sys.exit(75))')
+  with _launcher_of(child) as (_, pid):
+    pass  # (the launcher is killed here)
   deadline = time.monotonic() + 30
   while not (said.exists() and said.read_text()):  # (created, then written)
     assert time.monotonic() < deadline, 'the child never heard of its launcher\'s death'
@@ -94,23 +107,11 @@ def test_a_launcher_killed_outright_still_gets_its_children_to_save_and_stop(tmp
 
 def test_ctrl_z_pauses_the_children_with_the_launcher_and_fg_resumes_them():
   # Before, Ctrl-Z stopped the launcher alone: its children, in sessions of their own, ran on.
-  launcher = ('import subprocess, sys, time\n'
-              'from launch import child_processes\n'
-              'with child_processes.Children() as children:\n'
-              f'  proc = children.start([sys.executable, "-c", {CHILD!r}], stdout=subprocess.PIPE, text=True)\n'
-              '  print(proc.pid, proc.stdout.readline().strip(), flush=True)\n'
-              '  time.sleep(60)\n')
-  with subprocess.Popen([sys.executable, '-c', launcher], cwd=REPO, stdout=subprocess.PIPE,
-                        text=True, env=dict(os.environ, PYTHONPATH=str(REPO))) as proc:
-    try:
-      child, ready = proc.stdout.readline().split()
-      assert ready == 'ready'
-      proc.send_signal(signal.SIGTSTP)  # (what a terminal's Ctrl-Z sends the launcher's group)
-      _until(lambda: _state(proc.pid) == 'T' and _state(child) == 'T')
-      proc.send_signal(signal.SIGCONT)  # fg
-      _until(lambda: _state(proc.pid) != 'T' and _state(child) != 'T')
-    finally:
-      proc.kill()
+  with _launcher_of(CHILD) as (proc, child):
+    proc.send_signal(signal.SIGTSTP)  # (what a terminal's Ctrl-Z sends the launcher's group)
+    _until(lambda: _state(proc.pid) == 'T' and _state(child) == 'T')
+    proc.send_signal(signal.SIGCONT)  # fg
+    _until(lambda: _state(proc.pid) != 'T' and _state(child) != 'T')
   _until(lambda: _gone(child))  # (its launcher's death ends it)
 
 

@@ -79,6 +79,11 @@ class CheckpointMismatch(ValueError):
   """A readable checkpoint whose arrays differ from what this config builds."""
 
 
+class CheckpointGone(FileNotFoundError):
+  """No such step, or one removed while it was read: a trainer still running on the run keeps only
+  its last few (TrainerConfig.keep_checkpoints) and removes older ones as it saves."""
+
+
 class Checkpointer:
   """A CheckpointManager that saves every `save_every` steps, keeps the last `keep`.
 
@@ -354,14 +359,14 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
   They are checked against the checksums saved with them (CheckpointDamaged if their bits changed);
   a step that cannot be read raises CheckpointDamaged or CheckpointMismatch (see `diagnose`)."""
   directory = checkpoint_dir(model_dir)
-  mngr = ocp.CheckpointManager(directory)
+  mngr = open_reader(directory)
   try:
     steps = mngr.all_steps()
     step = max(steps, default=None) if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {directory}')
     if step not in steps:
-      raise FileNotFoundError(f'no checkpoint at step {step} in {directory} (steps: {list(steps)})')
+      raise CheckpointGone(f'no checkpoint at step {step} in {directory} (steps: {list(steps)})')
     quiet_what_failed_reads_and_writes_leave_behind()
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
@@ -369,16 +374,39 @@ def restore_params(model_dir: str, abstract_params: Any, step: Optional[int] = N
               item={'params': abstract_params},
               restore_args=jax.tree.map(_restore_arg, {'params': abstract_params}),
               partial_restore=True)))
+      params = restored['state']['params']
+      changed = _verify_checksums(directory, step, lambda args: mngr.restore(step, args=args),
+                                  {'params': params})
     except Exception as e:  # pylint: disable=broad-except  # classified
+      _raise_if_gone(directory, step, e)
       raise diagnose(directory, step, {'params': abstract_params}, e) from e
-    params = restored['state']['params']
-    changed = _verify_checksums(directory, step, lambda args: mngr.restore(step, args=args),
-                                {'params': params})
+    if changed:
+      _raise_if_gone(directory, step, changed)
   finally:
     mngr.close()
   if changed:
     raise changed
   return params, step
+
+
+def open_reader(directory: epath.Path, tries: int = 3) -> ocp.CheckpointManager:
+  """A CheckpointManager to read with (no clean-up of anything). Orbax lists the steps, then reads
+  each one's metadata: a step that a trainer still running removes in between fails the listing with
+  FileNotFoundError; listed again, it is no longer there."""
+  for _ in range(tries - 1):
+    try:
+      return ocp.CheckpointManager(directory)
+    except FileNotFoundError:
+      pass
+  return ocp.CheckpointManager(directory)
+
+
+def _raise_if_gone(directory: epath.Path, step: int, error: BaseException) -> None:
+  """A read that failed because the step went away is not a damaged checkpoint."""
+  if not (directory / str(step)).exists():
+    raise CheckpointGone(f'checkpoint step {step} in {directory} was removed while it was being '
+                         'read (a trainer still running on it keeps only its last '
+                         'TrainerConfig.keep_checkpoints)') from error
 
 
 def quiet_what_failed_reads_and_writes_leave_behind():

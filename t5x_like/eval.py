@@ -396,7 +396,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       continue
     t0 = time.perf_counter()
     try:
-      params, step = run_dir.load_params(args.model_dir, step)
+      params, step = _load_params(args.model_dir, step,
+                                  follow_latest=args.step is None and not args.all_steps)
+    except checkpointing.CheckpointGone as e:
+      if args.all_steps:  # (a run still training: its older steps go as it saves)
+        print(f'step {step}: not evaluated: {e}', file=sys.stderr, flush=True)
+        continue
+      print(f'error: {e}', file=sys.stderr)
+      return 2
     except (checkpointing.CheckpointDamaged, checkpointing.CheckpointMismatch) as e:
       if args.all_steps:
         print(f'error: {e}; going on with the other steps', file=sys.stderr, flush=True)
@@ -424,6 +431,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f'be read (above): {unreadable}', file=sys.stderr)
     return 2
   return 0
+
+
+def _load_params(model_dir: str, step: int, follow_latest: bool, tries: int = 3):
+  """run_dir.load_params; following the latest step of a run that is still training, a step that its
+  trainer removed while it was being read gives way to the new latest."""
+  for attempt in range(tries):
+    try:
+      return run_dir.load_params(model_dir, step)
+    except checkpointing.CheckpointGone:
+      newer = [s for s in checkpoint_steps(model_dir) if s > step]
+      if not follow_latest or not newer or attempt == tries - 1:
+        raise
+      step = newer[-1]
 
 
 def summary_line(res: dict) -> str:

@@ -485,6 +485,43 @@ def test_changed_bits_that_read_back_cleanly_are_caught_by_the_checksums(four_st
   assert len(list((run / 'set_aside_checkpoints').glob('*/4'))) == 1
 
 
+def test_evaluating_a_run_whose_trainer_removes_the_step_being_read(four_steps, small_text, tmp_path,
+                                                                    monkeypatch, capsys):
+  # A trainer still running removes its older steps as it saves (keep_checkpoints). Evaluation that
+  # followed it found the step it was reading removed half-way: a traceback, or "damaged".
+  from t5x_like import eval as eval_lib
+  src, _ = four_steps
+  run = tmp_path / 'run'
+  shutil.copytree(src, run)
+  ckpts = run / 'checkpoints'
+  real_restore = ocp.CheckpointManager.restore
+
+  def the_trainer_saves_5_and_removes_4(self, step, *a, **k):
+    if step == 4 and (ckpts / '4').exists():
+      shutil.copytree(ckpts / '4', ckpts / '5')
+      shutil.rmtree(ckpts / '4')
+    return real_restore(self, step, *a, **k)
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'restore', the_trainer_saves_5_and_removes_4)
+  argv = ['--model_dir', str(run), '--metrics', 'ppl', '--eval_files', small_text['validation'],
+          '--window_mode', 'packed', '--max_windows', '16']
+  capsys.readouterr()
+  assert eval_lib.main(argv) == 0  # the latest (4), then the new latest
+  assert capsys.readouterr().out.startswith('step 5: ppl ')
+  shutil.rmtree(ckpts / '5')
+  shutil.copytree(src / 'checkpoints' / '4', ckpts / '4')
+  assert eval_lib.main(argv + ['--step', '4']) == 2  # asked for by name: said in one line
+  err = capsys.readouterr().err.strip()
+  assert err == (f'error: checkpoint step 4 in {ckpts} was removed while it was being read (a '
+                 'trainer still running on it keeps only its last TrainerConfig.keep_checkpoints)'), err
+  shutil.rmtree(ckpts / '5')
+  shutil.copytree(src / 'checkpoints' / '4', ckpts / '4')
+  assert eval_lib.main(argv + ['--all_steps']) == 0  # the others are evaluated
+  out, err = capsys.readouterr()
+  assert [line.split(':')[0] for line in out.splitlines()] == ['step 1', 'step 2']
+  assert err.startswith('step 4: not evaluated: checkpoint step 4 in '), err
+
+
 def test_a_checkpoint_saved_without_checksums_still_resumes(four_steps, lm_task, tmp_path):
   src, hist = four_steps
   run = tmp_path / 'run'

@@ -33,7 +33,7 @@ class CheckpointLeaves:
 
   def __init__(self, model_dir: str, cfg, step: Optional[int] = None):
     checkpointing.quiet_what_failed_reads_and_writes_leave_behind()
-    self._mngr = ocp.CheckpointManager(checkpointing.checkpoint_dir(model_dir))
+    self._mngr = checkpointing.open_reader(checkpointing.checkpoint_dir(model_dir))
     self._path, self._value = None, None
     try:
       self.step = self._mngr.latest_step() if step is None else step

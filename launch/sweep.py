@@ -250,14 +250,14 @@ def _train_all(children, runs, jobs, say):
       log_path = os.path.join(r['model_dir'], 'train.log')
       start = os.path.getsize(log_path) if os.path.exists(log_path) else 0
       proc, log = _launch(children, r['cmd'], log_path, slot)
-      running.append((r, proc, log, time.perf_counter(), slot))
+      running.append((r, proc, log, time.perf_counter(), slot, start))
       if jobs > 1 and len(status) + len(running) == 1:
         # The first run builds what runs share (the sentencepiece cache) before others start:
         # two processes training the same cached vocabulary would race on its files.
         _wait_for_setup(proc, log_path, start)
     time.sleep(0.5)
     for item in list(running):
-      r, proc, log, t0, slot = item
+      r, proc, log, t0, slot, start = item
       if proc.poll() is not None:
         log.close()
         running.remove(item)
@@ -265,9 +265,20 @@ def _train_all(children, runs, jobs, say):
         status[r['name']] = proc.returncode
         verdict = ('done' if proc.returncode == 0 else
                    f'stopped (exit {proc.returncode})' if children.stopping else
-                   f'FAILED (exit {proc.returncode}; see train.log)')
+                   f'FAILED (exit {proc.returncode}; train.log ends: '
+                   f'{_last_line(os.path.join(r["model_dir"], "train.log"), start)})')
         say(f'[sweep] {r["name"]}: {verdict} in {time.perf_counter() - t0:.0f}s')
   return status
+
+
+def _last_line(log_path: str, start: int, limit: int = 400) -> str:
+  """The last line a run wrote to its log since `start` (a trainer's one-line error, or the last line
+  of a traceback), so that the sweep's console says why it failed."""
+  with open(log_path, errors='replace') as f:
+    f.seek(start)
+    lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+  last = lines[-1] if lines else '(nothing)'
+  return last if len(last) <= limit else last[:limit] + '...'
 
 
 def evaluate_runs(runs: list[dict], eval_flags: Sequence[str], say=print) -> int:

@@ -1,7 +1,9 @@
-"""launch/sweep.py: grid expansion, run names, finished/resume detection (no training here; the
-end-to-end sweep -> eval -> report test is tests/test_sweep_e2e.py)."""
+"""launch/sweep.py: grid expansion, run names, finished/resume detection, a failed run's report (no
+training here; the end-to-end sweep -> eval -> report test is tests/test_sweep_e2e.py)."""
 import json
 import os
+import re
+import sys
 
 from launch import sweep
 
@@ -116,3 +118,19 @@ def test_token_efficiency_is_left_out_with_a_note_when_the_baseline_has_too_few_
   assert sweep.evaluate_runs(runs, [], say=said.append) == 0
   finals = [c[c.index('--metrics') + 1] for c in calls if '--init_control' in c]
   assert finals == ['mexa,align,grad,teff', 'mexa,align,grad,teff']
+
+
+def test_a_failed_run_is_reported_with_the_last_line_of_its_log(tmp_path):
+  # Before, the console said only "FAILED (exit 2; see train.log)": why (a bad binding, a run dir in
+  # use by another trainer) took opening the log.
+  run = tmp_path / 'r'
+  run.mkdir()
+  (run / 'train.log').write_text('error: from an earlier attempt\n')
+  said = []
+  status = sweep.train_all(
+      [{'name': 'r', 'model_dir': str(run),
+        'cmd': [sys.executable, '-c', 'print("loading"); print("error: MODEL_DIR is in use")\n'
+                'raise SystemExit(2)']}], jobs=1, say=said.append)
+  assert status == {'r': 2}
+  assert re.fullmatch(r'\[sweep\] r: FAILED \(exit 2; train.log ends: error: MODEL_DIR is in use\) '
+                      r'in \d+s', said[-1]), said

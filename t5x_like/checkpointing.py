@@ -101,7 +101,11 @@ class Checkpointer:
         save_interval_steps=save_every, max_to_keep=keep, create=True,
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self.directory = checkpoint_dir(model_dir)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    try:
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
+    except BaseException:
+      self.release_lock()
+      raise
     self._reader = None  # restores: host-local, see restore()
     self._last_saved: Optional[int] = None
     _quiet_orbax_records_said_in_one_line()

@@ -36,6 +36,7 @@ import jax
 from t5x_like import compilation_cache
 from t5x_like import data  # noqa: F401
 from t5x_like import exit_codes
+from t5x_like import interrupts
 from t5x_like import losses
 from t5x_like import models  # noqa: F401
 from t5x_like import optimizers
@@ -287,7 +288,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   distributed = _is_distributed(args)
   old_handler = preemption.install_sigterm_handler(args.preemption_grace_secs)
   try:
-    code = _run(args, cli_bindings, state)
+    with interrupts.noting_ctrl_c():
+      code = _run(args, cli_bindings, state)
   except Exception:  # pylint: disable=broad-except
     if not distributed:
       raise

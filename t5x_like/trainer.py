@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 from t5x_like import checkpointing
 from t5x_like import compilation_cache
 from t5x_like import data
+from t5x_like import interrupts
 from t5x_like import losses
 from t5x_like import metrics as metrics_lib
 from t5x_like import optimizers
@@ -478,6 +479,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
 
   try:
     while step < train_steps:
+      interrupts.raise_if_swallowed()
       try:
         batch = next(iterator)
       except StopIteration:

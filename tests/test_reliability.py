@@ -23,8 +23,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import steps_on_disk
-from t5x_like import checkpointing, data, exit_codes, losses, optimizers, partitioning, run_dir
-from t5x_like import train, trainer
+from t5x_like import checkpointing, data, exit_codes, interrupts, losses, optimizers, partitioning
+from t5x_like import run_dir, train, trainer
 from t5x_like.models import DecoderConfig, EncDecConfig, build_model
 from tasks import sources, vocab as vocab_lib
 
@@ -86,6 +86,46 @@ def test_ctrl_c_during_the_checks_before_a_save_still_saves_that_step(lm_task, t
     signal.signal(signal.SIGINT, previous)
   assert steps_on_disk(tmp_path / 'run') == [1, 4]
   assert sorted(p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir()) == ['1', '4']
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')  # (the swallowing)
+def test_a_ctrl_c_that_python_swallows_in_a_gc_callback_still_stops_the_run(lm_task, tmp_path,
+                                                                           monkeypatch):
+  # Python ignores a KeyboardInterrupt raised inside a garbage-collection callback (jax registers
+  # one): seen in CI, a trainer that got SIGINT there trained on until it was killed.
+  armed = []
+
+  def ctrl_c_in_a_gc_callback(phase, info):
+    del info
+    if phase == 'start' and armed:
+      armed.clear()
+      os.kill(os.getpid(), signal.SIGINT)
+      for _ in range(3):  # (its handler runs at the next check, still inside this callback)
+        pass
+
+  gc.callbacks.append(ctrl_c_in_a_gc_callback)
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    armed.append(1)
+    gc.collect()  # the premise: nothing reaches the caller
+    real_train = trainer.CompiledSteps.train
+    calls = []
+
+    def train_then_collect(self, *args):
+      out = real_train(self, *args)
+      calls.append(1)
+      if len(calls) == 3:
+        armed.append(1)
+        gc.collect()
+      return out
+
+    monkeypatch.setattr(trainer.CompiledSteps, 'train', train_then_collect)
+    with interrupts.noting_ctrl_c(), pytest.raises(KeyboardInterrupt):
+      _fit(tmp_path / 'run', 10, lm_task)
+  finally:
+    gc.callbacks.remove(ctrl_c_in_a_gc_callback)
+    signal.signal(signal.SIGINT, previous)
+  assert len(calls) == 3  # stopped at the next step boundary
 
 
 # --- preemption --------------------------------------------------------------------------------------

@@ -290,16 +290,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     with interrupts.noting_ctrl_c():
       code = _run(args, cli_bindings, state)
-  except Exception:  # pylint: disable=broad-except
+  except Exception as e:  # pylint: disable=broad-except
     if not distributed:
       raise
-    traceback.print_exc()
-    code = exit_codes.CRASHED
+    if _PEER_GONE.search(str(e)):
+      print(f'error: process {jax.process_index()}: a collective failed because another process of '
+            f'the job is gone ({_one_line(e)}); exiting with {exit_codes.PEER_LOST} (restartable)',
+            file=sys.stderr)
+      code = exit_codes.PEER_LOST
+    else:
+      traceback.print_exc()
+      code = exit_codes.CRASHED
   finally:
     if old_handler is not None:
       signal.signal(signal.SIGTERM, old_handler)
   if distributed and code in (exit_codes.CONFIG_ERROR, exit_codes.CRASHED, exit_codes.STORAGE_FULL,
-                              exit_codes.INTERRUPTED):
+                              exit_codes.INTERRUPTED, exit_codes.PEER_LOST):
     # An error on this process only leaves the others waiting in a collective for its devices, and
     # a normal exit would wait in jax.distributed's shutdown barrier for them (5 min, then an abort
     # that hides this message), while a peer's step watchdog exits first and is blamed. Exit now:
@@ -309,6 +315,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stderr.flush()
     os._exit(code)  # pylint: disable=protected-access
   return code
+
+
+# A collective that fails because another process of the job is gone (exited, crashed, killed), in
+# gloo's words (CPU collectives): said in one line, exit 4, as the step watchdog says a hang. Seen
+# when a peer stopped on a full disk while this process waited for it in Orbax's pre-save sync.
+_PEER_GONE = re.compile(r'Connection (?:closed|reset) by peer')
 
 
 def _is_distributed(args) -> bool:

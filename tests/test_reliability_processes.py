@@ -216,6 +216,9 @@ def test_a_dead_or_hung_peer_stops_the_job_with_a_clear_exit(how, small_text, tm
   assert time.monotonic() - t0 < 40, err
   if how == 'SIGKILL':  # the launcher sees it die and stops process 0
     assert code == 128 + signal.SIGKILL and 'process 1 failed first (exit -9' in err, err
+    # ... which, when its collective with the dead one fails first, says so in one line
+    log = (logs / 'process_0.log').read_text()
+    assert 'Traceback' not in log, log[-3000:]
   else:  # process 0 waits in a collective until its step watchdog gives up
     assert code == exit_codes.PEER_LOST and 'process 0 failed first (exit 4' in err, err
     assert 'no train step finished for' in (logs / 'process_0.log').read_text()

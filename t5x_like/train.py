@@ -320,7 +320,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # A collective that fails because another process of the job is gone (exited, crashed, killed), in
 # gloo's words (CPU collectives): said in one line, exit 4, as the step watchdog says a hang. Seen
 # when a peer stopped on a full disk while this process waited for it in Orbax's pre-save sync.
-_PEER_GONE = re.compile(r'Connection (?:closed|reset) by peer')
+# (Gloo's own: a storage server's reset connection during a save is not a lost peer.)
+_PEER_GONE = re.compile(r'Gloo .*Connection (?:closed|reset) by peer', re.S)
 
 
 def _is_distributed(args) -> bool:

@@ -265,8 +265,7 @@ def _train_all(children, runs, jobs, say):
         status[r['name']] = proc.returncode
         verdict = ('done' if proc.returncode == 0 else
                    f'stopped (exit {proc.returncode})' if children.stopping else
-                   f'FAILED (exit {proc.returncode}; train.log ends: '
-                   f'{_last_line(os.path.join(r["model_dir"], "train.log"), start)})')
+                   f'FAILED (exit {proc.returncode}; train.log ends: {_last_line(log.name, start)})')
         say(f'[sweep] {r["name"]}: {verdict} in {time.perf_counter() - t0:.0f}s')
   return status
 

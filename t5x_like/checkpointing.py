@@ -17,51 +17,22 @@ import contextlib
 import logging
 import os
 import re
-import signal
 import sys
-import threading
 import time
 import warnings
 from typing import Any, Callable, Optional, Sequence
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
+from t5x_like import interrupts
+from t5x_like import partitioning
 from t5x_like import state_checksums
 from t5x_like import storage_space
 from t5x_like import writer_lock
-
-
-@contextlib.contextmanager
-def ctrl_c_held():
-  """Holds a Ctrl-C that comes during a save, then lets it go; a second one goes through at once (a
-  save that hangs can still be abandoned). Landing while Orbax starts a save (the temporary folder,
-  the copies to host memory), a Ctrl-C left that save half begun, its temporary folder never
-  committed; landing in the trainer's checks before it, no save at all. Let go once the save is under
-  way, it finds that save whole, and the trainer finishes it (trainer.py)."""
-  if (threading.current_thread() is not threading.main_thread()
-      or getattr(signal.getsignal(signal.SIGINT), 'holds_ctrl_c', False)):  # (held already)
-    yield
-    return
-  held = []
-
-  def hold(signum, frame):
-    if held and callable(previous):
-      previous(signum, frame)
-    held.append(frame)
-
-  hold.holds_ctrl_c = True
-  previous = signal.signal(signal.SIGINT, hold)
-  try:
-    yield
-  finally:
-    signal.signal(signal.SIGINT, previous)
-  if held and callable(previous):
-    previous(signal.SIGINT, held[0])
 
 
 def checkpoint_dir(model_dir: str) -> epath.Path:
@@ -152,7 +123,7 @@ class Checkpointer:
     if data_checkpoint is not None:
       items['data'] = data_checkpoint.save_args()
     # (An asynchronous save's failure surfaces here at the next save, or in wait/check_for_errors.)
-    with self._storage_full_is_one_line(step), ctrl_c_held():
+    with self._storage_full_is_one_line(step), interrupts.ctrl_c_held():
       saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
     self._last_saved = step
     return saved
@@ -252,12 +223,9 @@ def _lock_model_dir(model_dir: str, log) -> Optional[writer_lock.WriterLock]:
       lock = writer_lock.acquire(model_dir, log)
     except writer_lock.ModelDirInUse as e:
       refused = e
-  if jax.process_count() > 1:
-    if not bool(multihost_utils.process_allgather(np.asarray(refused is None)).all()):
-      raise refused or writer_lock.ModelDirInUse(
-          f'MODEL_DIR={model_dir!r} is in use by another trainer (process 0 says which)')
-  elif refused is not None:
-    raise refused
+  if not partitioning.all_processes_have(refused is None):
+    raise refused or writer_lock.ModelDirInUse(
+        f'MODEL_DIR={model_dir!r} is in use by another trainer (process 0 says which)')
   return lock
 
 

@@ -19,6 +19,7 @@ import gin
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -133,3 +134,12 @@ def with_sharding(abstract_tree, shardings):
   """Attach shardings to ShapeDtypeStructs (the target of a sharded restore or of jit out_shardings)."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree,
                       shardings)
+
+
+def all_processes_have(flag: bool) -> bool:
+  """Whether `flag` holds on every process of the job (a collective when there are several): what
+  each process decides from its own view (a batch left, a checkpoint read, a lock taken) is decided
+  the same way everywhere, so that none is left waiting for the others in a collective."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))

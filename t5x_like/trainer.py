@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 
 from t5x_like import checkpointing
 from t5x_like import compilation_cache
@@ -461,7 +460,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     """Saves `step` (asynchronously); returns the seconds the loop waited."""
     nonlocal saved_step
     t_save = time.perf_counter()
-    with dog.paused(), checkpointing.ctrl_c_held():  # (a Ctrl-C here: after this save is under way)
+    with dog.paused(), interrupts.ctrl_c_held():  # (a Ctrl-C here: after this save is under way)
       # Nothing non-finite is ever written, so rotation can only drop finite checkpoints for newer
       # finite ones: the last good checkpoint always survives.
       g = jax.device_get(steps.guard)
@@ -610,10 +609,10 @@ def _restore(ckpt, cfg: TrainerConfig, abstract_state, data_checkpoint, say):
       error = ckpt.diagnose(s, abstract_state, e)
       if error is not e:
         error.__cause__ = e
-    if _all_hosts_have(error is None):
+    if partitioning.all_processes_have(error is None):
       # Arrays that read back without an error can still hold other bits than were saved.
       error = ckpt.verify(s, state)
-    if _all_hosts_have(error is None):
+    if partitioning.all_processes_have(error is None):
       newer = [x for x in available if x > s]
       if newer:
         dest = ckpt.set_aside(newer)
@@ -663,12 +662,6 @@ def run_evals(steps, params, evals, family, batch_sh, max_batches, logger, step)
   return out
 
 
-def _all_hosts_have(flag: bool) -> bool:
-  if jax.process_count() == 1:
-    return flag
-  return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
-
-
 def evaluate(steps: CompiledSteps, params, eval_data, family: str, batch_sh, max_batches: int) -> dict:
   it = data.open_iterator(eval_data, family, batch_sh)
   batches = it.local_batches()
@@ -676,7 +669,7 @@ def evaluate(steps: CompiledSteps, params, eval_data, family: str, batch_sh, max
   i = 0
   while max_batches < 0 or i < max_batches:
     local = next(batches, None)
-    if not _all_hosts_have(local is not None):
+    if not partitioning.all_processes_have(local is not None):
       break  # hosts' shards can differ by a batch: stop together, or the others wait forever
     s = steps.eval(params, it.to_global(local))
     i += 1

@@ -57,7 +57,7 @@ def acquire(model_dir: str, log=print) -> Optional[WriterLock]:
     holder = os.pread(fd, 4096, 0) if e.errno in (errno.EWOULDBLOCK, errno.EACCES) else None
     os.close(fd)
     if holder is not None:
-      raise ModelDirInUse(f'MODEL_DIR={model_dir!r} is in use by {_describe(holder)}see {path}): '
+      raise ModelDirInUse(f'MODEL_DIR={model_dir!r} is in use by {_describe(holder, path)}: '
                           'two trainers on one model dir would delete and overwrite each other\'s '
                           'checkpoints. Stop that one first (SIGTERM saves and stops it), or use '
                           'another MODEL_DIR') from None
@@ -73,9 +73,9 @@ def acquire(model_dir: str, log=print) -> Optional[WriterLock]:
   return WriterLock(path, fd)
 
 
-def _describe(holder: bytes) -> str:
+def _describe(holder: bytes, path: str) -> str:
   try:
     h = json.loads(holder.decode())
-    return f'another trainer (pid {h["pid"]} on {h["host"]}, started {h["started"]}; '
+    return f'another trainer (pid {h["pid"]} on {h["host"]}, started {h["started"]}; see {path})'
   except (ValueError, KeyError, TypeError):  # (written by nothing we know, or being written now)
-    return 'another process ('
+    return f'another process (see {path})'

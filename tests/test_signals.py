@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO, steps_on_disk
 from launch import child_processes
-from t5x_like import checkpointing, exit_codes
+from t5x_like import checkpointing, exit_codes, interrupts
 
 CHILD = ('import signal, sys, time\n'
          'signal.signal(signal.SIGTERM, lambda *a: sys.exit(75))\n'
@@ -147,8 +147,8 @@ def test_a_second_ctrl_c_during_a_held_save_goes_through_at_once():
   previous = signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
     with pytest.raises(KeyboardInterrupt):
-      with checkpointing.ctrl_c_held():
-        with checkpointing.ctrl_c_held():  # (nested: the trainer's save around Checkpointer.save)
+      with interrupts.ctrl_c_held():
+        with interrupts.ctrl_c_held():  # (nested: the trainer's save around Checkpointer.save)
           os.kill(os.getpid(), signal.SIGINT)
           done.append('held the first')
           os.kill(os.getpid(), signal.SIGINT)  # a save that hangs can still be abandoned

@@ -398,6 +398,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
       params, step = _load_params(args.model_dir, step,
                                   follow_latest=args.step is None and not args.all_steps)
+      step_cfg = run_dir.load_model_config(args.model_dir, step)
+      if step_cfg != cfg:  # (a run resumed with another rope_theta: each step with its own)
+        cfg, model = step_cfg, build_model(step_cfg)
     except checkpointing.CheckpointGone as e:
       if args.all_steps:  # (a run still training: its older steps go as it saves)
         print(f'step {step}: not evaluated: {e}', file=sys.stderr, flush=True)

@@ -19,19 +19,47 @@ from t5x_like.models import DecoderConfig, EncDecConfig, build_model
 _FAMILIES = {'decoder': DecoderConfig, 'encdec': EncDecConfig}
 
 
-def save_model_config(model_dir: str, cfg) -> None:
-  """MODEL_DIR/model.json: the family and the config's fields, what load_model_config reads."""
-  with open(os.path.join(model_dir, 'model.json'), 'w') as f:
-    json.dump({'family': cfg.family, 'config': dataclasses.asdict(cfg)}, f, indent=2)
+def save_model_config(model_dir: str, cfg, *, resumed_from: Optional[int] = None) -> None:
+  """MODEL_DIR/model.json: the family and the config's fields, what load_model_config reads.
+
+  `resumed_from`: a run resumed from that step with a config that differs from the file's, in
+  fields that change no shape (a larger rope_theta to extend the context, another param_dtype;
+  check_model_config refuses the others), makes it the file's `config`; the one before is kept
+  under `earlier` with the last step it made (`through_step`), so the checkpoints of each segment
+  are read with their own config. The same config: the file stays as it is.
+  """
+  path = os.path.join(model_dir, 'model.json')
+  meta = {'family': cfg.family, 'config': dataclasses.asdict(cfg)}
+  if resumed_from is not None:
+    with open(path) as f:
+      before = json.load(f)
+    if _as_json(before['config']) == _as_json(meta['config']):
+      return
+    meta['earlier'] = before.get('earlier', []) + [
+        {'through_step': resumed_from, 'config': before['config']}]
+  # Written whole or not at all: exporters and evaluators of the run read it.
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(meta, f, indent=2)
+  os.replace(tmp, path)
 
 
-def load_model_config(model_dir: str):
+def load_model_config(model_dir: str, step: Optional[int] = None):
+  """The model config of a run dir: the one its checkpoint at `step` was trained with (a run
+  resumed with another rope_theta or dtype has one per segment, save_model_config), or without a
+  step the latest, which the run resumes with."""
   path = os.path.join(model_dir, 'model.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: is {model_dir} a model dir written by t5x_like.train?')
   with open(path) as f:
     meta = json.load(f)
-  return _FAMILIES[meta['family']](**meta['config'])
+  fields = meta['config']
+  if step is not None:
+    # The first segment that reached `step` made it: a checkpoint at the step a segment resumed
+    # from belongs to the segment before.
+    fields = next((e['config'] for e in meta.get('earlier', []) if e['through_step'] >= step),
+                  fields)
+  return _FAMILIES[meta['family']](**fields)
 
 
 def load_vocabulary(model_dir: str):
@@ -52,7 +80,7 @@ def abstract_params(cfg):
 
 def load_params(model_dir: str, step: Optional[int] = None, mesh=None):
   """(params, step) of a run's checkpoint, sharded over `mesh` (default: all devices, data-parallel)."""
-  cfg = load_model_config(model_dir)
+  cfg = load_model_config(model_dir, step)
   mesh = mesh or partitioning.make_mesh(partitioning.MeshConfig())
   boxed = boxed_abstract_params(cfg)
   shardings = partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh)

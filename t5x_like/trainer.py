@@ -298,14 +298,17 @@ def mesh_context(mesh) -> contextlib.ExitStack:
 
 def _write_run_files(model_dir: str, resumed_from: Optional[int], model_config, train_data):
   """Next to the checkpoints: the operative gin config, headed by the source commit (a resumed run
-  never overwrites the first), model.json (family + config, for exporters and evaluators) and the
-  vocabulary."""
+  never overwrites the first), model.json (family + config, for exporters and evaluators; a resumed
+  run with another rope_theta or dtype adds its config, keeping the one before for the steps it
+  made) and the vocabulary."""
   if jax.process_index() != 0:
     return
   os.makedirs(model_dir, exist_ok=True)
   if resumed_from is None:
     run_dir.save_model_config(model_dir, model_config)
     data.save_vocabulary(train_data, os.path.join(model_dir, 'vocabulary'))
+  elif os.path.exists(os.path.join(model_dir, 'model.json')):
+    run_dir.save_model_config(model_dir, model_config, resumed_from=resumed_from)
   name = 'config.gin' if resumed_from is None else f'config_resumed_at_{resumed_from}.gin'
   path = os.path.join(model_dir, name)
   if resumed_from is None and os.path.exists(path):

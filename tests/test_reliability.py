@@ -6,6 +6,7 @@ that it ends in one line that says what happened, that nothing already saved is 
 checkpoint holds NaN or another vocabulary.
 """
 import gc
+import json
 import logging
 import os
 import re
@@ -269,6 +270,45 @@ def test_other_model_family_is_named_as_such(tmp_path):
   run_dir.check_model_config(str(tmp_path), DecoderConfig(**{**MODEL.__dict__, 'dtype': 'bfloat16'}),
                              'resuming', log=notes.append)
   assert notes and "dtype: 'float32' (run) vs 'bfloat16'" in notes[0]
+
+
+def test_a_run_resumed_with_another_rope_theta_is_evaluated_and_exported_per_segment(
+    lm_task, small_text, tmp_path, capsys):
+  # Continued pretraining to a longer context resumes with a larger rope_theta (a field that changes
+  # no shape: a note, not an error). model.json kept the first segment's value for every step, so
+  # the export and the evaluation of the new checkpoints rotated with the wrong theta, silently.
+  from t5x_like import eval as eval_lib
+  from t5x_like.convert import to_hf
+  run = tmp_path / 'run'
+  other = DecoderConfig(**{**MODEL.__dict__, 'rope_theta': 100.0})
+  _fit(run, 2, lm_task)
+  _fit(run, 4, lm_task, model=other)
+  assert run_dir.load_model_config(str(run), 2) == MODEL
+  assert run_dir.load_model_config(str(run), 4) == other == run_dir.load_model_config(str(run))
+  before = (run / 'model.json').read_text()
+  _fit(run, 6, lm_task, model=other)  # resumed again with the same config: nothing to record
+  assert (run / 'model.json').read_text() == before
+  assert [e['through_step'] for e in json.loads(before)['earlier']] == [2]
+
+  for step, theta in ((2, 10000.0), (4, 100.0)):
+    to_hf.export(str(run), str(tmp_path / f'hf{step}'), step=step, log=lambda *a: None)
+    hf = json.loads((tmp_path / f'hf{step}' / 'config.json').read_text())
+    assert hf.get('rope_parameters', hf).get('rope_theta') == theta, hf
+
+  # Step 4 evaluated with its own config: as a run dir that knows only that config evaluates it.
+  argv = ['--metrics', 'ppl', '--eval_files', small_text['validation'], '--window_mode', 'packed',
+          '--max_windows', '8']
+  alone = tmp_path / 'alone'
+  shutil.copytree(run, alone)
+  run_dir.save_model_config(str(alone), other)
+  assert eval_lib.main(['--model_dir', str(alone), '--step', '4'] + argv) == 0
+  assert eval_lib.main(['--model_dir', str(run), '--all_steps'] + argv) == 0
+  capsys.readouterr()
+  ppl = {d.name: json.loads((d / 'results.json').read_text())['perplexity']
+         for d in (run / 'eval').iterdir() if (d / 'results.json').exists()}
+  want = json.loads((alone / 'eval' / '4' / 'results.json').read_text())['perplexity']
+  assert ppl['4'] == want
+  assert ppl['2'] != ppl['4']
 
 
 def test_init_params_from_takes_the_params_not_the_optimizer_and_refuses_another_model_or_vocab(

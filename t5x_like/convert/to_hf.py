@@ -31,7 +31,8 @@ class CheckpointLeaves:
   host arrays (no device copy). Each is compared with the checksum saved with it, as every restore
   in training and evaluation is (CheckpointDamaged when its bits changed)."""
 
-  def __init__(self, model_dir: str, cfg, step: Optional[int] = None):
+  def __init__(self, model_dir: str, step: Optional[int] = None):
+    run_dir.load_model_config(model_dir)  # (no model.json: said before the checkpoints are listed)
     checkpointing.quiet_what_failed_reads_and_writes_leave_behind()
     self._mngr = checkpointing.open_reader(checkpointing.checkpoint_dir(model_dir))
     self._path, self._value = None, None
@@ -41,7 +42,9 @@ class CheckpointLeaves:
         raise ConversionError(f'no checkpoint {"" if step is None else f"at step {step} "}in '
                               f'{checkpointing.checkpoint_dir(model_dir)} '
                               f'(steps: {list(self._mngr.all_steps())})')
-      self._abstract = traverse_util.flatten_dict(run_dir.abstract_params(cfg))
+      # The config this step was trained with (a run resumed with another rope_theta has several).
+      self.cfg = run_dir.load_model_config(model_dir, self.step)
+      self._abstract = traverse_util.flatten_dict(run_dir.abstract_params(self.cfg))
       self._saved = checkpointing.saved_checksums(self._mngr, self.step)
     except BaseException:
       self._mngr.close()
@@ -151,15 +154,14 @@ def export(model_dir: str, out: str, *, step: Optional[int] = None, dtype: Optio
   """`python -m t5x_like.convert to-hf`: the whole export of a model dir."""
   if not os.path.isdir(model_dir):
     raise ConversionError(f'--model_dir {model_dir} does not exist')
+  if dtype is not None and dtype not in _TORCH_DTYPES:
+    raise ConversionError(f'--dtype {dtype!r}; choose one of {sorted(_TORCH_DTYPES)}')
   try:
-    cfg = run_dir.load_model_config(model_dir)
+    leaves = CheckpointLeaves(model_dir, step)  # refuses a missing step before anything is written
   except FileNotFoundError as e:
     raise ConversionError(str(e)) from e
+  cfg, step = leaves.cfg, leaves.step
   dtype = dtype or cfg.param_dtype
-  if dtype not in _TORCH_DTYPES:
-    raise ConversionError(f'--dtype {dtype!r}; choose one of {sorted(_TORCH_DTYPES)}')
-  leaves = CheckpointLeaves(model_dir, cfg, step)  # refuses a missing step before anything is written
-  step = leaves.step
   # Written beside `out` and moved into it once complete: an export that fails half-way (a damaged
   # checkpoint, a full disk) leaves `out` as it was, never a half-written model another tool loads.
   parent = os.path.dirname(os.path.abspath(out))

@@ -147,6 +147,10 @@ def _advice(run: RunSpec) -> str:
 
 def compile_step(run: RunSpec, devices, count_flops: bool = True) -> dict:
   """AOT-compiles the trainer's train step for `devices` with the run's mesh, shardings and batch."""
+  try:  # what the trainer would refuse at its start, refused here before the job is submitted
+    trainer_lib.check_trainer_config(run.trainer, run.train_steps, run.batch_size)
+  except ValueError as e:
+    raise Refusal(str(e)) from e
   try:
     mesh = partitioning.make_mesh(run.mesh, devices)
   except ValueError as e:

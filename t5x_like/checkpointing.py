@@ -28,6 +28,7 @@ from etils import epath
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
+from t5x_like import host_batches
 from t5x_like import interrupts
 from t5x_like import partitioning
 from t5x_like import state_checksums
@@ -165,13 +166,13 @@ class Checkpointer:
       # Restored on its own, so that a failure here is known to be the data position's.
       where = self.directory / str(step) / 'data'
       try:
-        restored = self._read(step, ocp.args.Composite(data=data_checkpoint.restore_args()))
+        data_checkpoint.restored(
+            self._read(step, ocp.args.Composite(data=data_checkpoint.restore_args()))['data'])
+      except host_batches.PositionMismatch as e:  # a whole checkpoint that this run differs from
+        raise CheckpointMismatch(f'checkpoint at step {step} in {self.directory} does not match '
+                                 f'this run: {str(e).strip()}') from e
       except Exception as e:  # (tf.errors.*, for a truncated or missing file, are not ValueErrors)
-        if isinstance(e, ValueError) and 'has no data-iterator state' in str(e):
-          raise CheckpointMismatch(f'checkpoint at step {step} in {self.directory} does not match '
-                                   f'this run: {_reason(e)}') from e
         raise damaged(self.directory, step, f'{_failed_file(e, where)}: {_reason(e)}') from e
-      data_checkpoint.restored(restored['data'])
     return state
 
   def counters(self, step: int) -> dict:

@@ -35,7 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from array_record.python import array_record_module
 
-from t5x_like.host_batches import HostBatchIterator
+from t5x_like.host_batches import HostBatchIterator, PositionMismatch
 
 FORMAT = 't5x_like.export/1'
 META = 'meta.json'
@@ -181,16 +181,19 @@ class ExportCheckpoint:
 
   def restored(self, value: dict) -> None:
     if not isinstance(value, dict) or 'content_sha256' not in value:
-      raise ValueError('its data state is not an export position (was it written by a run reading '
-                       'a seqio task?)')
+      raise PositionMismatch('its data state is not an export position (was it written by a run '
+                             'reading a seqio task?)')
     mine = self.state()
     if value['content_sha256'] != mine['content_sha256']:
-      raise ValueError(f'it was written reading export {value["export"]} (content sha256 '
-                       f'{value["content_sha256"][:12]}), this run reads {mine["export"]} '
-                       f'({mine["content_sha256"][:12]}): resume with the export it was trained on')
+      raise PositionMismatch(
+          f'it was written reading export {value["export"]} (content sha256 '
+          f'{value["content_sha256"][:12]}), this run reads {mine["export"]} '
+          f'({mine["content_sha256"][:12]}): resume with the export it was trained on')
     if value['batch_size'] != mine['batch_size']:
-      raise ValueError(f'it was written with global batch {value["batch_size"]}, this run has '
-                       f'{mine["batch_size"]}')
+      raise PositionMismatch(
+          f'its data position was saved with global batch {value["batch_size"]}, this run has '
+          f'{mine["batch_size"]}: resume with BATCH_SIZE={value["batch_size"]}, or start a new '
+          'MODEL_DIR from its parameters (train.init_params_from)')
     self._it.seek(int(value['next_batch']))
 
 

@@ -12,6 +12,7 @@ the same number of hosts sees exactly the batches it would have.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Optional
 
 import jax
@@ -22,7 +23,7 @@ import tensorflow as tf
 from etils import epath
 
 from t5x_like import vocabulary as vocabulary_lib
-from t5x_like.host_batches import HostBatchIterator
+from t5x_like.host_batches import HostBatchIterator, PositionMismatch
 
 # JAX owns the accelerators; tf.data runs on host CPUs only.
 tf.config.set_visible_devices([], 'GPU')
@@ -80,12 +81,13 @@ class TfIteratorCheckpoint:
 
   def __init__(self, iterator):
     self.checkpoint = tf.train.Checkpoint(iterator=iterator)
+    self.batch_shapes = {k: [list(v.shape), v.dtype.name] for k, v in iterator.element_spec.items()}
 
   def save_args(self) -> ocp.args.CheckpointArgs:
-    return DataIteratorSave(self.checkpoint)
+    return DataIteratorSave(self.checkpoint, self.batch_shapes)
 
   def restore_args(self) -> ocp.args.CheckpointArgs:
-    return DataIteratorRestore(self.checkpoint)
+    return DataIteratorRestore(self.checkpoint, self.batch_shapes)
 
   def restored(self, value) -> None:
     del value  # the handler read the position into the iterator in place
@@ -119,20 +121,41 @@ def abstract_batch(element_spec, global_batch: int) -> dict[str, jax.ShapeDtypeS
 
 
 class DataIteratorHandler(ocp.CheckpointHandler):
-  """Saves each host's tf.data iterator (blocking, so the position saved is the position now)."""
+  """Saves each host's tf.data iterator (blocking, so the position saved is the position now) and the
+  shapes of the batches it hands out: an iterator restored into a pipeline with another batch size
+  or feature lengths reads back without complaint, and fails at its first batch, after the compile."""
 
   def save(self, directory: epath.Path, args: 'DataIteratorSave'):
     path = directory / _host_dir()
     path.mkdir(parents=True, exist_ok=True)
     args.checkpoint.write(str(path / 'iterator'))
+    (path / _SHAPES_FILE).write_text(json.dumps(args.batch_shapes))
 
   def restore(self, directory: epath.Path, args: 'DataIteratorRestore'):
     path = directory / _host_dir()
     if not (path / 'iterator.index').exists():
       found = sorted(p.name for p in directory.iterdir())
-      raise ValueError(f'{directory} has no data-iterator state for {_host_dir()} (found {found}): '
-                       'resume with the number of hosts that wrote it')
+      raise PositionMismatch(f'{directory} has no data-iterator state for {_host_dir()} (found '
+                             f'{found}): resume with the number of hosts that wrote it')
+    if (path / _SHAPES_FILE).exists():  # (saved before it was written: not compared)
+      saved = json.loads((path / _SHAPES_FILE).read_text())
+      if saved != args.batch_shapes:
+        raise PositionMismatch(
+            f'its data position (a tf.data iterator) was saved for per-host batches of '
+            f'{_differing_shapes(saved, args.batch_shapes)}: it cannot be carried over to another '
+            'batch size or feature lengths; resume with the BATCH_SIZE and task_feature_lengths it '
+            'was saved with, or start a new MODEL_DIR from its parameters (train.init_params_from)')
     args.checkpoint.read(str(path / 'iterator')).assert_consumed()
+
+
+_SHAPES_FILE = 'batch_shapes.json'
+
+
+def _differing_shapes(saved: dict, mine: dict) -> str:
+  if set(saved) != set(mine):
+    return f'features {sorted(saved)}, this run\'s have {sorted(mine)}'
+  k = next(k for k in sorted(saved) if saved[k] != mine[k])
+  return f'{k} {tuple(saved[k][0])} {saved[k][1]}, this run\'s are {tuple(mine[k][0])} {mine[k][1]}'
 
 
 def _host_dir() -> str:
@@ -143,9 +166,11 @@ def _host_dir() -> str:
 @dataclasses.dataclass
 class DataIteratorSave(ocp.args.CheckpointArgs):
   checkpoint: tf.train.Checkpoint
+  batch_shapes: dict  # {feature: [per-host shape, dtype]}
 
 
 @ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
 @dataclasses.dataclass
 class DataIteratorRestore(ocp.args.CheckpointArgs):
   checkpoint: tf.train.Checkpoint
+  batch_shapes: dict

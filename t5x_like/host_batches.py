@@ -1,7 +1,8 @@
 """What both input paths share: this host's numpy batches -> global jax.Array batches.
 
 A subclass reads this host's rows in `next_local` (raising StopIteration at the end of a finite split)
-and sets `self._sharding` (None: hand out host-local numpy, e.g. for tools that never shard).
+and sets `self._sharding` (None: hand out host-local numpy, e.g. for tools that never shard). Its
+position, saved with each checkpoint, raises PositionMismatch when restored into a run it does not fit.
 """
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from typing import Any, Iterator, Optional
 
 import jax
 import numpy as np
+
+
+class PositionMismatch(ValueError):
+  """The data position saved with a checkpoint is one this run's data cannot take up (another
+  export, batch shape or number of hosts): the checkpoint is whole, the run differs from it."""
 
 
 class HostBatchIterator:

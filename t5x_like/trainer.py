@@ -296,6 +296,37 @@ def mesh_context(mesh) -> contextlib.ExitStack:
   return stack
 
 
+def check_trainer_config(cfg: TrainerConfig, train_steps: int, batch_size: int) -> None:
+  """ValueError naming the first TrainerConfig field (or TRAIN_STEPS) that cannot work, before any
+  compile: a zero period was a ZeroDivisionError traceback at the first step, eval_steps=0 one after
+  the whole run trained, and a negative period was taken silently (log_every=-1: every step)."""
+  def need(ok: bool, field: str, what: str):
+    if not ok:
+      raise ValueError(f'TrainerConfig.{field}={getattr(cfg, field)!r} {what}')
+  if train_steps < 1:
+    raise ValueError(f'TRAIN_STEPS={train_steps} must be >= 1')
+  need(cfg.nonfinite_policy in NONFINITE_POLICIES, 'nonfinite_policy',
+       f'is not one of {NONFINITE_POLICIES}')
+  for field in ('log_every', 'checkpoint_every'):
+    need(getattr(cfg, field) >= 1, field, 'must be >= 1 (a number of steps)')
+  need(cfg.eval_every >= 0, 'eval_every', 'must be >= 0 (0: evaluate at the end only)')
+  need(cfg.eval_steps >= 1 or cfg.eval_steps == -1, 'eval_steps',
+       'must be >= 1 batches, or -1 for the whole split')
+  need(cfg.keep_checkpoints is None or cfg.keep_checkpoints >= 1, 'keep_checkpoints',
+       'must be >= 1, or None to keep every checkpoint')
+  need(cfg.num_microbatches >= 1, 'num_microbatches', 'must be >= 1')
+  need(batch_size % cfg.num_microbatches == 0, 'num_microbatches',
+       f'does not divide the train batch of {batch_size}')
+  need(cfg.peak_flops_per_device is None or cfg.peak_flops_per_device > 0,
+       'peak_flops_per_device', 'must be > 0, or None (MFU from the device kind)')
+  for field in ('preemption_grace_secs', 'step_timeout_secs'):
+    need(getattr(cfg, field) >= 0, field, 'must be >= 0 seconds (0: off)')
+  need(cfg.profile_first_step >= 0, 'profile_first_step', 'must be >= 0 (0: no trace)')
+  need(cfg.profile_first_step <= train_steps, 'profile_first_step',
+       f'is past TRAIN_STEPS={train_steps}: nothing would be traced')
+  need(cfg.profile_num_steps >= 1, 'profile_num_steps', 'must be >= 1')
+
+
 def _write_run_files(model_dir: str, resumed_from: Optional[int], model_config, train_data):
   """Next to the checkpoints: the operative gin config, headed by the source commit (a resumed run
   never overwrites the first), model.json (family + config, for exporters and evaluators; a resumed
@@ -333,11 +364,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   cfg = trainer_config
   is_main = jax.process_index() == 0
   say = log if is_main else (lambda *a, **k: None)
-  if train_steps < 1:
-    raise ValueError(f'TRAIN_STEPS={train_steps} must be >= 1')
-  if cfg.nonfinite_policy not in NONFINITE_POLICIES:
-    raise ValueError(f'TrainerConfig.nonfinite_policy={cfg.nonfinite_policy!r}: expected one of '
-                     f'{NONFINITE_POLICIES}')
+  check_trainer_config(cfg, train_steps, train_data.batch_size)
 
   # --- set-up: everything here is validated before any compile -------------------------------------
   mesh = partitioning.make_mesh(mesh_config)
@@ -362,9 +389,6 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
       data.open_iterator(e, family, batch_sh, vocab_size=model_config.vocab_size)
   schedule = optimizers.make_schedule(optimizer_config, train_steps)
   tx = optimizers.make_optimizer(optimizer_config, train_steps)
-  if cfg.profile_first_step > train_steps:
-    raise ValueError(f'TrainerConfig.profile_first_step={cfg.profile_first_step} is past '
-                     f'TRAIN_STEPS={train_steps}: nothing would be traced')
   abstract_state, shardings = state_shardings(model, tx, abstract_batch, mesh)
   try:
     ckpt_dir = checkpointing.checkpoint_dir(model_dir)

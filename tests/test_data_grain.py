@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from t5x_like import data, data_grain, losses, optimizers, partitioning, trainer
+from t5x_like import checkpointing, data, data_grain, losses, optimizers, partitioning, trainer
 from t5x_like.models import DecoderConfig, EncDecConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def export_dir(lm_task, tmp_path_factory):
 
 
 def _cfg(export_dir, **kw):
-  return data.DataConfig(None, kw.pop('lengths', LENGTHS), batch_size=BATCH, seed=3,
+  return data.DataConfig(None, kw.pop('lengths', LENGTHS), batch_size=kw.pop('batch_size', BATCH), seed=3,
                          export_dir=export_dir, **kw)
 
 
@@ -111,8 +111,15 @@ def test_resume_from_an_export_is_exact_and_a_different_export_is_refused(export
   meta_path.write_text(json.dumps(meta))
   ckdir = tmp_path / 'b' / 'checkpoints'
   before = sorted(str(p.relative_to(ckdir)) for p in ckdir.rglob('*'))
-  with pytest.raises(ValueError, match='resume with the export it was trained on'):
+  # A whole checkpoint that this run differs from: a mismatch, not "damaged, resume from an earlier
+  # step" (which every earlier step would repeat).
+  with pytest.raises(checkpointing.CheckpointMismatch,
+                     match='does not match this run: .*resume with the export it was trained on'):
     _fit(tmp_path / 'b', 15, str(other))
+  with pytest.raises(checkpointing.CheckpointMismatch,
+                     match=r'data position was saved with global batch 8, this run has 4: resume '
+                           r'with BATCH_SIZE=8'):
+    _fit(tmp_path / 'b', 15, export_dir, batch_size=4)
   assert sorted(str(p.relative_to(ckdir)) for p in ckdir.rglob('*')) == before
 
 

@@ -65,6 +65,8 @@ def test_refusals_are_one_line(capsys):
   assert 'unknown topology' in refused(['--topology', 'v5p-6', TINY])
   assert 'mesh does not divide' in refused(['--topology', 'v5p-8', TINY, '--gin.MeshConfig.fsdp=3'])
   assert 'MeshConfig.dcn_data=2' in refused(['--topology', '2xv5p-8', TINY])
+  assert refused(['--topology', 'v5p-8', TINY, '--gin.TrainerConfig.checkpoint_every=0']) == (
+      'error: TrainerConfig.checkpoint_every=0 must be >= 1 (a number of steps)')
   # 262144 x 64 tokens of 2000-way fp32 logits on 4 v5e chips: far over their 16 GiB.
   err = refused(['--topology', 'v5e-4', TINY, '--gin.BATCH_SIZE=262144'])
   assert re.search(r'does not fit: XLA needs [\d.]+ GiB per device, [\d.]+ GiB over the 1[56]\.\d\d GiB '

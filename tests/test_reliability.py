@@ -35,13 +35,13 @@ MESH = partitioning.MeshConfig(data=2, fsdp=2, tensor=2)
 
 
 def _fit(model_dir, steps, task, *, lr=3e-3, model=MODEL, init_params_from=None, num_epochs=None,
-         **trainer_kw):
+         batch_size=8, **trainer_kw):
   kw = dict(log_every=1, checkpoint_every=2, async_checkpointing=True)
   kw.update(trainer_kw)
   return trainer.fit(
       model_dir=str(model_dir), train_steps=steps, model_config=model,
       init_params_from=None if init_params_from is None else str(init_params_from),
-      train_data=data.DataConfig(task, {'targets': 32}, batch_size=8, seed=3,
+      train_data=data.DataConfig(task, {'targets': 32}, batch_size=batch_size, seed=3,
                                  num_epochs=num_epochs), eval_data=None,
       optimizer_config=optimizers.OptimizerConfig(learning_rate=lr, warmup_steps=2, decay_steps=40),
       loss_config=losses.LossConfig(), mesh_config=MESH,
@@ -309,6 +309,23 @@ def test_a_run_resumed_with_another_rope_theta_is_evaluated_and_exported_per_seg
   want = json.loads((alone / 'eval' / '4' / 'results.json').read_text())['perplexity']
   assert ppl['4'] == want
   assert ppl['2'] != ppl['4']
+
+
+def test_a_resume_with_another_batch_size_is_refused_before_compiling(lm_task, tmp_path, monkeypatch):
+  # The tf.data iterator's position read back into a pipeline with another batch without complaint;
+  # the first batch then failed in TensorFlow ("Incompatible shapes"), a traceback after the compile.
+  run = tmp_path / 'run'
+  _fit(run, 2, lm_task)
+  ckdir = run / 'checkpoints'
+  before = sorted((str(p.relative_to(ckdir)), p.stat().st_mtime_ns) for p in ckdir.rglob('*'))
+  monkeypatch.setattr(trainer.CompiledSteps, '__init__', lambda *a, **k: pytest.fail('compiled'))
+  with pytest.raises(checkpointing.CheckpointMismatch,
+                     match=r"checkpoint at step 2 in .* does not match this run: its data position "
+                           r"\(a tf.data iterator\) was saved for per-host batches of decoder_\w+ "
+                           r"\(8, 32\) int32, this run's are \(16, 32\) int32: .*resume with the "
+                           r"BATCH_SIZE and task_feature_lengths it was saved with"):
+    _fit(run, 4, lm_task, batch_size=16)
+  assert sorted((str(p.relative_to(ckdir)), p.stat().st_mtime_ns) for p in ckdir.rglob('*')) == before
 
 
 def test_init_params_from_takes_the_params_not_the_optimizer_and_refuses_another_model_or_vocab(
@@ -657,3 +674,25 @@ def test_entry_point_refuses_an_empty_training_file_before_compiling(tmp_path, s
   err = capsys.readouterr().err.strip().splitlines()
   assert code == exit_codes.CONFIG_ERROR and err[-1].startswith(f'error: {empty}: empty file ('), err
   assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize('binding,expected', [
+    ('checkpoint_every=0', 'TrainerConfig.checkpoint_every=0 must be >= 1 (a number of steps)'),
+    ('log_every=-1', 'TrainerConfig.log_every=-1 must be >= 1 (a number of steps)'),
+    ('eval_steps=0', 'TrainerConfig.eval_steps=0 must be >= 1 batches, or -1 for the whole split'),
+    ('num_microbatches=3', 'TrainerConfig.num_microbatches=3 does not divide the train batch of 16'),
+    ('keep_checkpoints=0',
+     'TrainerConfig.keep_checkpoints=0 must be >= 1, or None to keep every checkpoint'),
+])
+def test_entry_point_refuses_a_trainer_setting_that_cannot_work_before_compiling(
+    binding, expected, tmp_path, small_vocab, clean_gin, capsys, monkeypatch):
+  # A zero period was a ZeroDivisionError traceback at the first step, eval_steps=0 a traceback once
+  # the whole run had trained, num_microbatches a reshape error from inside the traced step.
+  compiled = []
+  monkeypatch.setattr(trainer.CompiledSteps, '__init__', lambda *a, **k: compiled.append(1))
+  code = train.main(['--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin',
+                     f"--gin.MODEL_DIR='{tmp_path / 'run'}'", '--gin.TRAIN_STEPS=5',
+                     f'--gin.TrainerConfig.{binding}'])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == exit_codes.CONFIG_ERROR and err == [f'error: {expected}'], err
+  assert not compiled and not (tmp_path / 'run' / 'checkpoints').exists()

@@ -45,6 +45,7 @@ from launch import child_processes
 from t5x_like import eval as eval_lib
 from t5x_like import report
 from t5x_like import train
+from t5x_like import writer_lock
 from t5x_like.evaluation.results import checkpoint_steps
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +53,14 @@ SHORT = {'P_CLONE': 'p', 'SCHEDULE': 'sched', 'SEED': 'seed', 'FRAC_CLONE': 'fra
 
 
 # --- the grid ----------------------------------------------------------------------------------------
+
+# A second sweep on one dir rewrote the first one's sweep.json and exports under its running
+# trainers, saw its runs refused by their writer locks, and evaluated the first one's runs again.
+SWEEP = writer_lock.Writer(
+    'SWEEP_DIR', 'sweep', 'two sweeps on one dir would export, train and evaluate the same runs '
+    'over each other. Stop that one first (Ctrl-C or SIGTERM; the same command then goes on from '
+    'where it stopped), or use another SWEEP_DIR')
+
 
 def _value(v):
   """'0.1' -> 0.1, '3' -> 3, 'none' -> None, anything else stays a string."""
@@ -417,6 +426,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except Exception as e:  # gin's errors are long; the first line says which binding
     print(f'error: {str(e).strip().splitlines()[0]}', file=sys.stderr)
     return 2
+  lock = None
+  if not (args.dry_run or args.launcher == 'print'):  # (those only read)
+    try:
+      lock = writer_lock.acquire(args.sweep_dir, writer=SWEEP)  # (makes the folder)
+    except writer_lock.ModelDirInUse as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
+  try:
+    return _run(args, argv, runs)
+  finally:
+    if lock is not None:
+      lock.close()
+
+
+def _run(args, argv: list, runs: list[dict]) -> int:
+  """The sweep itself, under the sweep dir's lock: run files, exports, training, evaluation, report."""
   todo = []
   for r in runs:
     done = is_finished(r['model_dir'], args.train_steps)
@@ -429,7 +454,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       todo.append(r)
   if args.dry_run or args.launcher == 'print':
     return 0
-  os.makedirs(args.sweep_dir, exist_ok=True)
   for r in runs:
     write_run_info(r['model_dir'], r['info'])
   with open(os.path.join(args.sweep_dir, 'sweep.json'), 'w') as f:

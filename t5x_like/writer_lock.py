@@ -13,6 +13,7 @@ is no lock: one job per MODEL_DIR is then the scheduler's to ensure (a JobSet, a
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -27,7 +28,21 @@ _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 class ModelDirInUse(ValueError):
-  """Another live process holds MODEL_DIR's writer lock."""
+  """Another live process holds the directory's writer lock."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Writer:
+  """Who locks a directory, as the refusal says it: the setting that names the directory, the kind
+  of process, and what two of them on one directory would do."""
+  setting: str
+  kind: str
+  harm: str
+
+
+TRAINER = Writer('MODEL_DIR', 'trainer',
+                 "two trainers on one model dir would delete and overwrite each other's checkpoints. "
+                 'Stop that one first (SIGTERM saves and stops it), or use another MODEL_DIR')
 
 
 class WriterLock:
@@ -43,7 +58,7 @@ class WriterLock:
       self._fd = None
 
 
-def acquire(model_dir: str, log=print) -> Optional[WriterLock]:
+def acquire(model_dir: str, log=print, writer: Writer = TRAINER) -> Optional[WriterLock]:
   """Locks MODEL_DIR (made if missing) for this process, or raises ModelDirInUse naming the process
   that holds it. None where no lock can be taken (a URL; a file system without locks: `log` says so)."""
   if '://' in str(model_dir):
@@ -57,13 +72,11 @@ def acquire(model_dir: str, log=print) -> Optional[WriterLock]:
     holder = os.pread(fd, 4096, 0) if e.errno in (errno.EWOULDBLOCK, errno.EACCES) else None
     os.close(fd)
     if holder is not None:
-      raise ModelDirInUse(f'MODEL_DIR={model_dir!r} is in use by {_describe(holder, path)}: '
-                          'two trainers on one model dir would delete and overwrite each other\'s '
-                          'checkpoints. Stop that one first (SIGTERM saves and stops it), or use '
-                          'another MODEL_DIR') from None
+      raise ModelDirInUse(f'{writer.setting}={model_dir!r} is in use by '
+                          f'{_describe(holder, path, writer)}: {writer.harm}') from None
     if e.errno in _NO_LOCKS:
       log(f'WARNING: {path}: this file system takes no locks ({os.strerror(e.errno)}); nothing stops '
-          'a second trainer on this MODEL_DIR')
+          f'a second {writer.kind} on this {writer.setting}')
       return None
     raise
   os.ftruncate(fd, 0)
@@ -73,9 +86,9 @@ def acquire(model_dir: str, log=print) -> Optional[WriterLock]:
   return WriterLock(path, fd)
 
 
-def _describe(holder: bytes, path: str) -> str:
+def _describe(holder: bytes, path: str, writer: Writer) -> str:
   try:
     h = json.loads(holder.decode())
-    return f'another trainer (pid {h["pid"]} on {h["host"]}, started {h["started"]}; see {path})'
+    return f'another {writer.kind} (pid {h["pid"]} on {h["host"]}, started {h["started"]}; see {path})'
   except (ValueError, KeyError, TypeError):  # (written by nothing we know, or being written now)
     return f'another process (see {path})'

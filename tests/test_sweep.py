@@ -6,6 +6,7 @@ import re
 import sys
 
 from launch import sweep
+from t5x_like import writer_lock
 
 
 def test_grid_product_and_extra_runs():
@@ -134,3 +135,23 @@ def test_a_failed_run_is_reported_with_the_last_line_of_its_log(tmp_path):
   assert status == {'r': 2}
   assert re.fullmatch(r'\[sweep\] r: FAILED \(exit 2; train.log ends: error: MODEL_DIR is in use\) '
                       r'in \d+s', said[-1]), said
+
+
+def test_a_second_sweep_on_one_dir_is_refused_before_it_writes_anything(tmp_path, capsys):
+  # It rewrote the first one's sweep.json and exports under its trainers, had its runs refused by
+  # their writer locks, then evaluated the first one's runs a second time.
+  sw = tmp_path / 'sw'
+  first = writer_lock.acquire(str(sw), writer=sweep.SWEEP)  # stands for a sweep still running
+  argv = [str(sw), '--gin_file=gin_configs/experiments/clone_ablation_cpu.gin', '--train_steps=20',
+          '--grid', 'p_clone=0.5,0.1']
+  try:
+    assert sweep.main(argv + ['--dry_run']) == 0  # (reads only: no lock needed)
+    capsys.readouterr()
+    assert sweep.main(argv) == 2
+  finally:
+    first.close()
+  out, err = capsys.readouterr()
+  assert re.fullmatch(rf"error: SWEEP_DIR='{re.escape(str(sw))}' is in use by another sweep \(pid "
+                      rf"{os.getpid()} on .*\): two sweeps on one dir would export, train and "
+                      r"evaluate the same runs over each other\. .*", err.strip()), err
+  assert not out and os.listdir(sw) == [writer_lock.LOCK_NAME]

@@ -11,6 +11,7 @@ sizes are `data x fsdp x tensor`; one of them may be -1 to take all remaining de
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from typing import Any, Optional, Sequence
 
@@ -134,6 +135,16 @@ def with_sharding(abstract_tree, shardings):
   """Attach shardings to ShapeDtypeStructs (the target of a sharded restore or of jit out_shardings)."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree,
                       shardings)
+
+
+def processes_differing_from_first(value: str) -> list[int]:
+  """The processes whose `value` differs from process 0's (a collective when there are several):
+  each process compares a digest of its own, and every one gets the same answer."""
+  if jax.process_count() == 1:
+    return []
+  digest = np.frombuffer(hashlib.sha256(value.encode()).digest()[:8], np.int32)
+  every = np.asarray(multihost_utils.process_allgather(digest)).reshape(jax.process_count(), -1)
+  return [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
 
 
 def all_processes_have(flag: bool) -> bool:

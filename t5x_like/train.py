@@ -42,6 +42,7 @@ from t5x_like import models  # noqa: F401
 from t5x_like import optimizers
 from t5x_like import partitioning
 from t5x_like import preemption
+from t5x_like import provenance
 from t5x_like import storage_space
 from t5x_like import trainer as trainer_lib
 
@@ -324,6 +325,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 _PEER_GONE = re.compile(r'Gloo .*Connection (?:closed|reset) by peer', re.S)
 
 
+def check_processes_agree() -> None:
+  """ValueError, on every process, when some process of the job runs other code, another jax or
+  another gin config than process 0: a pod whose hosts have different checkouts (one host's `git
+  pull` failed) or were given different flags builds different programs, which then wait for each
+  other in collectives that never match, or train on silently wrong."""
+  for what, value in (('code', provenance.source_commit() or 'unknown'),
+                      ('jax', jax.__version__), ('gin config', gin.config_str())):
+    differ = partitioning.processes_differing_from_first(value)
+    if differ:
+      mine = '' if what == 'gin config' else f' (here: {value})'
+      raise ValueError(f'process(es) {differ} of {jax.process_count()} run another {what} than '
+                       f'process 0{mine}: every process of a job must run the same code, jax and '
+                       'config (the same checkout and command on every host)')
+
+
 def _is_distributed(args) -> bool:
   return bool(args.coordinator_address or args.distributed)
 
@@ -338,6 +354,8 @@ def _run(args, cli_bindings, state) -> int:
     parse_gin_importing_tasks_if_named(
         args.gin_file, args.gin_bindings + cli_bindings + _reliability_bindings(args),
         args.gin_search_paths)
+    if _is_distributed(args):
+      check_processes_agree()
     train(on_setup_done=lambda: state.update(in_setup=False))
   except storage_space.StorageFull as e:  # before the compile, or a save that found the store full
     print(f'error: {_one_line(e)}', file=sys.stderr)

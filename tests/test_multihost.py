@@ -46,3 +46,26 @@ def test_an_error_on_one_process_ends_the_job_at_once_naming_that_process(tmp_pa
   assert (info.value.process, info.value.returncode) == (1, exit_codes.CRASHED), str(info.value)
   assert 'RuntimeError: injected failure on process 1' in str(info.value)
   assert 'no train step finished' not in (tmp_path / 'process_0.log').read_text()
+
+
+# Process 1 is given one more gin binding, as a host whose command or checkout differs.
+_DIFFERENT_WORKER = local.WORKER.replace(
+    'sys.exit(train.main(sys.argv[1:]))',
+    "sys.exit(train.main(sys.argv[1:] + (['--gin.TrainerConfig.log_every=3'] "
+    "if '--process_id=1' in sys.argv else [])))")
+
+
+def test_processes_given_different_configs_are_refused_before_training(tmp_path, small_text,
+                                                                        monkeypatch):
+  """Before, each host trained the program its own config built: here only the logging differed and
+  the job ran on; another batch or model would wait in collectives that never match."""
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(local, 'WORKER', _DIFFERENT_WORKER)
+  with pytest.raises(local.ProcessesFailed) as info:
+    _train(tmp_path / 'run', 10, small_text, tmp_path)
+  assert info.value.returncode == exit_codes.CONFIG_ERROR, str(info.value)
+  for p in (0, 1):
+    log = (tmp_path / f'process_{p}.log').read_text()
+    assert ('error: process(es) [1] of 2 run another gin config than process 0: every process of a '
+            'job must run the same code, jax and config') in log, log[-2000:]
+  assert not (tmp_path / 'run' / 'checkpoints').exists()

@@ -105,13 +105,18 @@ def load_run(gin_files: Sequence[str], bindings: Sequence[str], search_paths=())
     gin.bind_parameter(f'{selector}.mixture_or_task', 'preflight')
   with gin.config_scope(scope or None):
     data = DataConfig()
-  return RunSpec(
+  run = RunSpec(
       model=_build('model'), batch_size=data.batch_size,
       feature_lengths=dict(data.task_feature_lengths), pack=data.pack,
       optimizer=_build('optimizer', optimizers.OptimizerConfig()),
       loss=_build('loss', losses.LossConfig()), mesh=_build('mesh', partitioning.MeshConfig()),
       trainer=_build('trainer', trainer_lib.TrainerConfig()),
       train_steps=int(_build('train_steps')))
+  try:  # what the trainer would refuse at its start, refused before any job is submitted
+    trainer_lib.check_trainer_config(run.trainer, run.train_steps, run.batch_size)
+  except ValueError as e:
+    raise Refusal(str(e)) from e
+  return run
 
 
 def _with_sharding(abstract: dict, sharding) -> dict:
@@ -147,10 +152,6 @@ def _advice(run: RunSpec) -> str:
 
 def compile_step(run: RunSpec, devices, count_flops: bool = True) -> dict:
   """AOT-compiles the trainer's train step for `devices` with the run's mesh, shardings and batch."""
-  try:  # what the trainer would refuse at its start, refused here before the job is submitted
-    trainer_lib.check_trainer_config(run.trainer, run.train_steps, run.batch_size)
-  except ValueError as e:
-    raise Refusal(str(e)) from e
   try:
     mesh = partitioning.make_mesh(run.mesh, devices)
   except ValueError as e:

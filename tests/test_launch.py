@@ -189,7 +189,9 @@ def test_a_config_that_does_not_parse_is_refused_before_anything_is_launched(bac
       ([tiny, run, '--gin.TRAIN_STEP=2'],
        'gin macro TRAIN_STEP is set on the command line but no gin file uses %TRAIN_STEP (misspelt?)'),
       (['--gin_file=gin_configs/examples/tiny_decoder_pretrian.gin', run],
-       'gin file not found: gin_configs/examples/tiny_decoder_pretrian.gin')):
+       'gin file not found: gin_configs/examples/tiny_decoder_pretrian.gin'),
+      ([tiny, run, '--gin.TrainerConfig.checkpoint_every=0'],  # (the trainer's own start checks)
+       'TrainerConfig.checkpoint_every=0 must be >= 1 (a number of steps)')):
     out = io.StringIO()
     assert cli.main([*backend, '--', *train_args], out=out) == exit_codes.CONFIG_ERROR
     assert capsys.readouterr().err == (f'error: {problem} (checked before launching: nothing '

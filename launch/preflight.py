@@ -113,7 +113,7 @@ def load_run(gin_files: Sequence[str], bindings: Sequence[str], search_paths=())
       trainer=_build('trainer', trainer_lib.TrainerConfig()),
       train_steps=int(_build('train_steps')))
   try:  # what the trainer would refuse at its start, refused before any job is submitted
-    trainer_lib.check_trainer_config(run.trainer, run.train_steps, run.batch_size)
+    run.trainer.check_run(run.train_steps, run.batch_size)
   except ValueError as e:
     raise Refusal(str(e)) from e
   return run

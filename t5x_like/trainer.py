@@ -41,6 +41,9 @@ from t5x_like.models import build_model
 State = dict
 
 
+NONFINITE_POLICIES = ('stop', 'skip')
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class TrainerConfig:
@@ -64,8 +67,39 @@ class TrainerConfig:
   profile_first_step: int = 0
   profile_num_steps: int = 3
 
+  def __post_init__(self):
+    # Before any compile: a zero period was a ZeroDivisionError traceback at the first step,
+    # eval_steps=0 a traceback once the whole run had trained, and a negative period was taken
+    # silently (log_every=-1: every step).
+    if self.nonfinite_policy not in NONFINITE_POLICIES:
+      raise ValueError(f'TrainerConfig.nonfinite_policy={self.nonfinite_policy!r} must be one of '
+                       f'{NONFINITE_POLICIES}')
+    for name, ok, rule in (
+        ('log_every', self.log_every >= 1, '>= 1 (a number of steps)'),
+        ('checkpoint_every', self.checkpoint_every >= 1, '>= 1 (a number of steps)'),
+        ('eval_every', self.eval_every >= 0, '>= 0 (0: evaluate at the end only)'),
+        ('eval_steps', self.eval_steps >= 1 or self.eval_steps == -1,
+         '>= 1 batches, or -1 for the whole split'),
+        ('keep_checkpoints', self.keep_checkpoints is None or self.keep_checkpoints >= 1,
+         '>= 1, or None to keep every checkpoint'),
+        ('num_microbatches', self.num_microbatches >= 1, '>= 1'),
+        ('peak_flops_per_device', self.peak_flops_per_device is None or
+         self.peak_flops_per_device > 0, '> 0, or None (MFU from the device kind)'),
+        ('preemption_grace_secs', self.preemption_grace_secs >= 0, '>= 0 seconds (0: off)'),
+        ('step_timeout_secs', self.step_timeout_secs >= 0, '>= 0 seconds (0: off)'),
+        ('profile_first_step', self.profile_first_step >= 0, '>= 0 (0: no trace)'),
+        ('profile_num_steps', self.profile_num_steps >= 1, '>= 1')):
+      if not ok:
+        raise ValueError(f'TrainerConfig.{name}={getattr(self, name)!r} must be {rule}')
 
-NONFINITE_POLICIES = ('stop', 'skip')
+  def check_run(self, train_steps: int, batch_size: int) -> None:
+    """ValueError when a setting does not fit the run's TRAIN_STEPS or train batch."""
+    if self.num_microbatches > 1 and batch_size % self.num_microbatches:
+      raise ValueError(f'TrainerConfig.num_microbatches={self.num_microbatches} does not divide the '
+                       f'train batch of {batch_size}')
+    if self.profile_first_step > train_steps:
+      raise ValueError(f'TrainerConfig.profile_first_step={self.profile_first_step} is past '
+                       f'TRAIN_STEPS={train_steps}: nothing would be traced')
 
 
 class Diverged(FloatingPointError):
@@ -296,37 +330,6 @@ def mesh_context(mesh) -> contextlib.ExitStack:
   return stack
 
 
-def check_trainer_config(cfg: TrainerConfig, train_steps: int, batch_size: int) -> None:
-  """ValueError naming the first TrainerConfig field (or TRAIN_STEPS) that cannot work, before any
-  compile: a zero period was a ZeroDivisionError traceback at the first step, eval_steps=0 one after
-  the whole run trained, and a negative period was taken silently (log_every=-1: every step)."""
-  def need(ok: bool, field: str, what: str):
-    if not ok:
-      raise ValueError(f'TrainerConfig.{field}={getattr(cfg, field)!r} {what}')
-  if train_steps < 1:
-    raise ValueError(f'TRAIN_STEPS={train_steps} must be >= 1')
-  need(cfg.nonfinite_policy in NONFINITE_POLICIES, 'nonfinite_policy',
-       f'is not one of {NONFINITE_POLICIES}')
-  for field in ('log_every', 'checkpoint_every'):
-    need(getattr(cfg, field) >= 1, field, 'must be >= 1 (a number of steps)')
-  need(cfg.eval_every >= 0, 'eval_every', 'must be >= 0 (0: evaluate at the end only)')
-  need(cfg.eval_steps >= 1 or cfg.eval_steps == -1, 'eval_steps',
-       'must be >= 1 batches, or -1 for the whole split')
-  need(cfg.keep_checkpoints is None or cfg.keep_checkpoints >= 1, 'keep_checkpoints',
-       'must be >= 1, or None to keep every checkpoint')
-  need(cfg.num_microbatches >= 1, 'num_microbatches', 'must be >= 1')
-  need(batch_size % cfg.num_microbatches == 0, 'num_microbatches',
-       f'does not divide the train batch of {batch_size}')
-  need(cfg.peak_flops_per_device is None or cfg.peak_flops_per_device > 0,
-       'peak_flops_per_device', 'must be > 0, or None (MFU from the device kind)')
-  for field in ('preemption_grace_secs', 'step_timeout_secs'):
-    need(getattr(cfg, field) >= 0, field, 'must be >= 0 seconds (0: off)')
-  need(cfg.profile_first_step >= 0, 'profile_first_step', 'must be >= 0 (0: no trace)')
-  need(cfg.profile_first_step <= train_steps, 'profile_first_step',
-       f'is past TRAIN_STEPS={train_steps}: nothing would be traced')
-  need(cfg.profile_num_steps >= 1, 'profile_num_steps', 'must be >= 1')
-
-
 def _write_run_files(model_dir: str, resumed_from: Optional[int], model_config, train_data):
   """Next to the checkpoints: the operative gin config, headed by the source commit (a resumed run
   never overwrites the first), model.json (family + config, for exporters and evaluators; a resumed
@@ -364,7 +367,9 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
   cfg = trainer_config
   is_main = jax.process_index() == 0
   say = log if is_main else (lambda *a, **k: None)
-  check_trainer_config(cfg, train_steps, train_data.batch_size)
+  if train_steps < 1:
+    raise ValueError(f'TRAIN_STEPS={train_steps} must be >= 1')
+  cfg.check_run(train_steps, train_data.batch_size)
 
   # --- set-up: everything here is validated before any compile -------------------------------------
   mesh = partitioning.make_mesh(mesh_config)

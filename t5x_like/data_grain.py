@@ -188,12 +188,11 @@ class ExportCheckpoint:
       raise PositionMismatch(
           f'it was written reading export {value["export"]} (content sha256 '
           f'{value["content_sha256"][:12]}), this run reads {mine["export"]} '
-          f'({mine["content_sha256"][:12]}): resume with the export it was trained on')
+          f'({mine["content_sha256"][:12]})')
     if value['batch_size'] != mine['batch_size']:
       raise PositionMismatch(
           f'its data position was saved with global batch {value["batch_size"]}, this run has '
-          f'{mine["batch_size"]}: resume with BATCH_SIZE={value["batch_size"]}, or start a new '
-          'MODEL_DIR from its parameters (train.init_params_from)')
+          f'{mine["batch_size"]}')
     self._it.seek(int(value['next_batch']))
 
 

@@ -136,15 +136,14 @@ class DataIteratorHandler(ocp.CheckpointHandler):
     if not (path / 'iterator.index').exists():
       found = sorted(p.name for p in directory.iterdir())
       raise PositionMismatch(f'{directory} has no data-iterator state for {_host_dir()} (found '
-                             f'{found}): resume with the number of hosts that wrote it')
+                             f'{found}): it was saved by another number of hosts')
     if (path / _SHAPES_FILE).exists():  # (saved before it was written: not compared)
       saved = json.loads((path / _SHAPES_FILE).read_text())
       if saved != args.batch_shapes:
         raise PositionMismatch(
             f'its data position (a tf.data iterator) was saved for per-host batches of '
             f'{_differing_shapes(saved, args.batch_shapes)}: it cannot be carried over to another '
-            'batch size or feature lengths; resume with the BATCH_SIZE and task_feature_lengths it '
-            'was saved with, or start a new MODEL_DIR from its parameters (train.init_params_from)')
+            'batch size or feature lengths')
     args.checkpoint.read(str(path / 'iterator')).assert_consumed()
 
 

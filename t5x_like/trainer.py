@@ -24,6 +24,7 @@ import optax
 from t5x_like import checkpointing
 from t5x_like import compilation_cache
 from t5x_like import data
+from t5x_like import host_batches
 from t5x_like import interrupts
 from t5x_like import losses
 from t5x_like import metrics as metrics_lib
@@ -62,6 +63,10 @@ class TrainerConfig:
   step_timeout_secs: float = 60.0     # no step finished this long (after the first): exit 4; 0: off
   restore_step: Optional[int] = None  # resume from this step instead of the latest
   restore_fallback: bool = False      # latest checkpoint damaged: resume from the newest readable one
+  # False: resume the model and optimizer, and read the data from its start, not from the position
+  # saved with them (as T5X's restore_dataset=False): for another batch size, feature lengths,
+  # mixture or export, or (seqio path) another number of hosts. The resume is then not exact.
+  restore_data: bool = True
   # Profile (t5x_like/profiling.py): trace steps profile_first_step.. (profile_num_steps of them) on
   # process 0 into MODEL_DIR/train/plugins/profile (TensorBoard's Profile tab); 0: no trace.
   profile_first_step: int = 0
@@ -425,7 +430,10 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
       run_dir.check_model_config(model_dir, model_config, f'resuming {model_dir}', log=say)
       run_dir.check_vocabulary(model_dir, write_vocab, vocab_source, f'resuming {model_dir}')
       state, latest = _restore(ckpt, cfg, partitioning.with_sharding(abstract_state, shardings),
-                               iterator.checkpoint, say)
+                               iterator.checkpoint if cfg.restore_data else None, say)
+      if not cfg.restore_data:
+        say(f'data: read from its start, not from the position saved at step {latest} '
+            '(TrainerConfig.restore_data=False)')
     else:
       latest = None
       state = create_state(model, tx, abstract_batch, mesh, shardings, rng)
@@ -663,6 +671,10 @@ def _restore(ckpt, cfg: TrainerConfig, abstract_state, data_checkpoint, say):
         hint = (f'; resume from an earlier step with --restore_step={others[-1]} (or set '
                 f'TrainerConfig.restore_fallback=True / --restore_fallback)' if others else
                 '; no earlier checkpoint to fall back to')
+      elif isinstance(error.__cause__, host_batches.PositionMismatch):
+        hint = ('; resume with the data settings it was saved with, or set '
+                'TrainerConfig.restore_data=False to take the model and optimizer from it and read '
+                'the data from its start')
       raise type(error)(str(error) + hint) from error.__cause__
     say(f'WARNING: {error}; falling back to step {candidates[i + 1]} '
         '(TrainerConfig.restore_fallback=True)')

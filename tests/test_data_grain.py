@@ -114,11 +114,13 @@ def test_resume_from_an_export_is_exact_and_a_different_export_is_refused(export
   # A whole checkpoint that this run differs from: a mismatch, not "damaged, resume from an earlier
   # step" (which every earlier step would repeat).
   with pytest.raises(checkpointing.CheckpointMismatch,
-                     match='does not match this run: .*resume with the export it was trained on'):
+                     match=r'does not match this run: it was written reading export .*, this run '
+                           r'reads .*; resume with the data settings it was saved with, or set '
+                           r'TrainerConfig.restore_data=False'):
     _fit(tmp_path / 'b', 15, str(other))
   with pytest.raises(checkpointing.CheckpointMismatch,
-                     match=r'data position was saved with global batch 8, this run has 4: resume '
-                           r'with BATCH_SIZE=8'):
+                     match=r'data position was saved with global batch 8, this run has 4; resume '
+                           r'with the data settings it was saved with'):
     _fit(tmp_path / 'b', 15, export_dir, batch_size=4)
   assert sorted(str(p.relative_to(ckdir)) for p in ckdir.rglob('*')) == before
 

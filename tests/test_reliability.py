@@ -311,21 +311,30 @@ def test_a_run_resumed_with_another_rope_theta_is_evaluated_and_exported_per_seg
   assert ppl['2'] != ppl['4']
 
 
-def test_a_resume_with_another_batch_size_is_refused_before_compiling(lm_task, tmp_path, monkeypatch):
+def test_a_resume_with_another_batch_size_is_refused_before_compiling_or_restarts_the_data(
+    lm_task, tmp_path, monkeypatch):
   # The tf.data iterator's position read back into a pipeline with another batch without complaint;
   # the first batch then failed in TensorFlow ("Incompatible shapes"), a traceback after the compile.
   run = tmp_path / 'run'
   _fit(run, 2, lm_task)
   ckdir = run / 'checkpoints'
   before = sorted((str(p.relative_to(ckdir)), p.stat().st_mtime_ns) for p in ckdir.rglob('*'))
-  monkeypatch.setattr(trainer.CompiledSteps, '__init__', lambda *a, **k: pytest.fail('compiled'))
-  with pytest.raises(checkpointing.CheckpointMismatch,
-                     match=r"checkpoint at step 2 in .* does not match this run: its data position "
-                           r"\(a tf.data iterator\) was saved for per-host batches of decoder_\w+ "
-                           r"\(8, 32\) int32, this run's are \(16, 32\) int32: .*resume with the "
-                           r"BATCH_SIZE and task_feature_lengths it was saved with"):
-    _fit(run, 4, lm_task, batch_size=16)
+  with monkeypatch.context() as m:
+    m.setattr(trainer.CompiledSteps, '__init__', lambda *a, **k: pytest.fail('compiled'))
+    with pytest.raises(checkpointing.CheckpointMismatch,
+                       match=r"checkpoint at step 2 in .* does not match this run: its data position "
+                             r"\(a tf.data iterator\) was saved for per-host batches of decoder_\w+ "
+                             r"\(8, 32\) int32, this run's are \(16, 32\) int32: it cannot be carried "
+                             r"over to another batch size or feature lengths; resume with the data "
+                             r"settings it was saved with, or set TrainerConfig.restore_data=False"):
+      _fit(run, 4, lm_task, batch_size=16)
   assert sorted((str(p.relative_to(ckdir)), p.stat().st_mtime_ns) for p in ckdir.rglob('*')) == before
+
+  # As T5X's restore_dataset=False: the model and optimizer from step 2, the data from its start.
+  out = _fit(run, 4, lm_task, batch_size=16, restore_data=False)
+  assert [s for s, _ in out['history']] == [3, 4]
+  shapes = json.loads((ckdir / '4' / 'data' / 'host_0_of_1' / 'batch_shapes.json').read_text())
+  assert {tuple(v[0]) for v in shapes.values()} == {(16, 32)}
 
 
 def test_init_params_from_takes_the_params_not_the_optimizer_and_refuses_another_model_or_vocab(

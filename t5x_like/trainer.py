@@ -473,6 +473,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
           'count of skipped non-finite steps starts again at 0')
       counters = {}
     steps.start_guard(nonfinite_steps=int(counters.get('nonfinite_steps', 0)))
+    _say_if_the_schedule_changed(counters, schedule, latest, say)
   abstract_in = partitioning.with_sharding(abstract_state, shardings)
   abstract_b = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
                 for k, v in abstract_batch.items()}
@@ -509,7 +510,8 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
         raise Diverged(_diverged_message(f'the state after step {step} holds NaN or Inf '
                                          '(loss and gradients were finite)', ckpt, model_dir))
       ckpt.save(step, state, iterator.checkpoint, force=True,
-                counters={'nonfinite_steps': int(g['nonfinite_steps'])},
+                counters={'nonfinite_steps': int(g['nonfinite_steps']),
+                          'next_learning_rate': float(schedule(step))},
                 checksums=state_checksums.checksums(state))
     saved_step = step
     # What an asynchronous save costs the loop: the finiteness checks (a device sync) and Orbax's
@@ -679,6 +681,19 @@ def _restore(ckpt, cfg: TrainerConfig, abstract_state, data_checkpoint, say):
     say(f'WARNING: {error}; falling back to step {candidates[i + 1]} '
         '(TrainerConfig.restore_fallback=True)')
   raise AssertionError('unreachable')
+
+
+def _say_if_the_schedule_changed(counters: dict, schedule, latest: int, say) -> None:
+  """A note when the step after the checkpoint gets another learning rate than the run would have
+  given it: a resume with another TRAIN_STEPS (which the decay follows while decay_steps is None),
+  learning rate or warmup bends the curve there, which is easy to miss in a plot."""
+  before = counters.get('next_learning_rate')
+  now = float(schedule(latest))
+  if before is None or abs(now - before) <= 1e-6 * max(abs(before), 1e-12):
+    return
+  say(f'note: step {latest + 1} trains with learning rate {now:.4g} under this config; the run was '
+      f'going on with {before:.4g} (OptimizerConfig or TRAIN_STEPS changed; the decay follows '
+      'TRAIN_STEPS unless OptimizerConfig.decay_steps is set)')
 
 
 def _diverged_message(what: str, ckpt, model_dir: str) -> str:

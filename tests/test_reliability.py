@@ -35,7 +35,7 @@ MESH = partitioning.MeshConfig(data=2, fsdp=2, tensor=2)
 
 
 def _fit(model_dir, steps, task, *, lr=3e-3, model=MODEL, init_params_from=None, num_epochs=None,
-         batch_size=8, **trainer_kw):
+         batch_size=8, log=lambda *a, **k: None, **trainer_kw):
   kw = dict(log_every=1, checkpoint_every=2, async_checkpointing=True)
   kw.update(trainer_kw)
   return trainer.fit(
@@ -45,7 +45,7 @@ def _fit(model_dir, steps, task, *, lr=3e-3, model=MODEL, init_params_from=None,
                                  num_epochs=num_epochs), eval_data=None,
       optimizer_config=optimizers.OptimizerConfig(learning_rate=lr, warmup_steps=2, decay_steps=40),
       loss_config=losses.LossConfig(), mesh_config=MESH,
-      trainer_config=trainer.TrainerConfig(**kw), log=lambda *a, **k: None)
+      trainer_config=trainer.TrainerConfig(**kw), log=log)
 
 
 def _restore_all(model_dir, model=MODEL):
@@ -335,6 +335,19 @@ def test_a_resume_with_another_batch_size_is_refused_before_compiling_or_restart
   assert [s for s, _ in out['history']] == [3, 4]
   shapes = json.loads((ckdir / '4' / 'data' / 'host_0_of_1' / 'batch_shapes.json').read_text())
   assert {tuple(v[0]) for v in shapes.values()} == {(16, 32)}
+
+
+def test_a_resume_that_changes_the_learning_rate_of_the_next_step_says_so(lm_task, tmp_path):
+  # A resume with another TRAIN_STEPS (the decay follows it), rate or warmup bends the schedule at
+  # the resumed step, silently; the run now says which rate it had and which it gets.
+  run = tmp_path / 'run'
+  _fit(run, 2, lm_task)
+  said = []
+  _fit(run, 4, lm_task, log=said.append)  # the same schedule: nothing to say
+  assert not [line for line in said if 'learning rate' in line], said
+  _fit(run, 6, lm_task, lr=1e-3, log=said.append)
+  notes = [line for line in said if line.startswith('note: step 5 trains with learning rate')]
+  assert notes and 'the run was going on with 0.002' in notes[0], said
 
 
 def test_init_params_from_takes_the_params_not_the_optimizer_and_refuses_another_model_or_vocab(

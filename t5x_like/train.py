@@ -326,18 +326,32 @@ _PEER_GONE = re.compile(r'Gloo .*Connection (?:closed|reset) by peer', re.S)
 
 
 def check_processes_agree() -> None:
-  """ValueError, on every process, when some process of the job runs other code, another jax or
-  another gin config than process 0: a pod whose hosts have different checkouts (one host's `git
-  pull` failed) or were given different flags builds different programs, which then wait for each
-  other in collectives that never match, or train on silently wrong."""
-  for what, value in (('code', provenance.source_commit() or 'unknown'),
-                      ('jax', jax.__version__), ('gin config', gin.config_str())):
+  """ValueError, on every process, when some process of the job has other devices, runs other code
+  or another jax, or has another gin config than process 0. A host that lost an accelerator makes a
+  mesh that does not divide, which reads as a config error; hosts with different checkouts (one
+  host's `git pull` failed) or flags build different programs, which then wait for each other in
+  collectives that never match, or train on silently wrong."""
+  rule = ('every process of a job must run the same code, jax and config on the same number and '
+          'kind of devices (the same checkout and command on every host)')
+  # Every process sees every device of the job, so the devices are compared without a collective
+  # (which itself needs as many devices on every process).
+  devices: dict = {}
+  for d in jax.devices():
+    devices.setdefault(d.process_index, []).append(d.device_kind)
+  has = {p: f'{len(kinds)} x {", ".join(sorted(set(kinds)))}' for p, kinds in devices.items()}
+  differ = [p for p in sorted(has) if has[p] != has[0]]
+  if differ:
+    raise ValueError(f'process(es) {differ} of {jax.process_count()} have other devices than '
+                     f'process 0 ({", ".join(f"process {p}: {has[p]}" for p in [0] + differ)}): '
+                     f'a host that lost an accelerator? {rule}')
+  for differs, value, shown in (
+      ('run other code', provenance.source_commit() or 'unknown', True),
+      ('run another jax', jax.__version__, True),
+      ('have another gin config', gin.config_str(), False)):
     differ = partitioning.processes_differing_from_first(value)
     if differ:
-      mine = '' if what == 'gin config' else f' (here: {value})'
-      raise ValueError(f'process(es) {differ} of {jax.process_count()} run another {what} than '
-                       f'process 0{mine}: every process of a job must run the same code, jax and '
-                       'config (the same checkout and command on every host)')
+      raise ValueError(f'process(es) {differ} of {jax.process_count()} {differs} than process 0'
+                       f'{f" (here: {value})" if shown else ""}: {rule}')
 
 
 def _is_distributed(args) -> bool:

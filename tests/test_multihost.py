@@ -55,38 +55,30 @@ _DIFFERENT_WORKER = local.WORKER.replace(
     "if '--process_id=1' in sys.argv else [])))")
 
 
-def test_processes_given_different_configs_are_refused_before_training(tmp_path, small_text,
-                                                                        monkeypatch):
-  """Before, each host trained the program its own config built: here only the logging differed and
-  the job ran on; another batch or model would wait in collectives that never match."""
-  monkeypatch.chdir(REPO)
-  monkeypatch.setattr(local, 'WORKER', _DIFFERENT_WORKER)
-  with pytest.raises(local.ProcessesFailed) as info:
-    _train(tmp_path / 'run', 10, small_text, tmp_path)
-  assert info.value.returncode == exit_codes.CONFIG_ERROR, str(info.value)
-  for p in (0, 1):
-    log = (tmp_path / f'process_{p}.log').read_text()
-    assert ('error: process(es) [1] of 2 have another gin config than process 0: every process of '
-            'a job must run the same code, jax and config') in log, log[-2000:]
-  assert not (tmp_path / 'run' / 'checkpoints').exists()
-
-
 # Process 1 has 3 devices, not 4: a GPU node with a failed GPU.
 _DEVICE_LOST_WORKER = ("import os, sys; os.environ['XLA_FLAGS'] = ("
                        "'--xla_force_host_platform_device_count=3' if '--process_id=1' in sys.argv "
                        "else os.environ['XLA_FLAGS']); " + local.WORKER)
 
 
-def test_a_host_with_a_device_fewer_is_named_not_taken_for_a_mesh_error(tmp_path, small_text,
-                                                                       monkeypatch):
-  """Before, the 7 devices made `MeshConfig {...} does not divide the 7 devices`: a config error to
-  the reader, who would change the mesh instead of the host."""
+@pytest.mark.parametrize('worker, message', [
+    # Before, each host trained the program its own config built: here only the logging differed
+    # and the job ran on; another batch or model would wait in collectives that never match.
+    (_DIFFERENT_WORKER, 'have another gin config than process 0: every process of a job must run '
+                        'the same code, jax and config'),
+    # Before, the 7 devices made `MeshConfig {...} does not divide the 7 devices`: a config error to
+    # the reader, who would change the mesh instead of the host.
+    (_DEVICE_LOST_WORKER, 'have other devices than process 0 (process 0: 4 x cpu, process 1: 3 x '
+                          'cpu): a host that lost an accelerator?'),
+], ids=['config', 'devices'])
+def test_processes_that_differ_are_named_on_every_process_before_training(
+    worker, message, tmp_path, small_text, monkeypatch):
   monkeypatch.chdir(REPO)
-  monkeypatch.setattr(local, 'WORKER', _DEVICE_LOST_WORKER)
+  monkeypatch.setattr(local, 'WORKER', worker)
   with pytest.raises(local.ProcessesFailed) as info:
     _train(tmp_path / 'run', 10, small_text, tmp_path)
   assert info.value.returncode == exit_codes.CONFIG_ERROR, str(info.value)
   for p in (0, 1):
     log = (tmp_path / f'process_{p}.log').read_text()
-    assert ('error: process(es) [1] of 2 have other devices than process 0 (process 0: 4 x cpu, '
-            'process 1: 3 x cpu): a host that lost an accelerator?') in log, log[-2000:]
+    assert f'error: process(es) [1] of 2 {message}' in log, log[-2000:]
+  assert not (tmp_path / 'run' / 'checkpoints').exists()

@@ -249,6 +249,13 @@ class ExportIterator(HostBatchIterator):
     self.next_batch = next_batch
     self._iter = None
 
+  def skip(self, n: int) -> None:
+    """The next `n` global batches, passed over without reading them."""
+    if self.num_batches is not None and self.next_batch + n > self.num_batches:
+      raise ValueError(f'the data ended after {self.num_batches - self.next_batch} of the {n} '
+                       'batches to skip')
+    self.seek(self.next_batch + n)
+
   def _host_rows(self) -> Iterator[dict[str, np.ndarray]]:
     stop = None if self.num_batches is None else self.num_batches * self._n_hosts
     rows = self._rows[self.next_batch * self._n_hosts + self._host:stop:self._n_hosts]

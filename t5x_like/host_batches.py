@@ -29,6 +29,14 @@ class HostBatchIterator:
   def __next__(self) -> dict[str, Any]:
     return self.to_global(self.next_local())
 
+  def skip(self, n: int) -> None:
+    """Reads and drops this host's next `n` batches (TrainerConfig.skip_data)."""
+    for i in range(n):
+      try:
+        self.next_local()
+      except StopIteration:
+        raise ValueError(f'the data ended after {i} of the {n} batches to skip') from None
+
   def local_batches(self) -> Iterator[dict[str, np.ndarray]]:
     while True:
       try:

@@ -67,6 +67,10 @@ class TrainerConfig:
   # saved with them (as T5X's restore_dataset=False): for another batch size, feature lengths,
   # mixture or export, or (seqio path) another number of hosts. The resume is then not exact.
   restore_data: bool = True
+  # (S, K): when the run starts from step S, read and drop the K batches that follow it, once:
+  # PaLM's remedy for a loss spike (resume ~100 steps before it, skip the 200-500 batches around it).
+  # A later restart from another step skips nothing, so the setting can stay in the command.
+  skip_data: Optional[tuple] = None
   # Profile (t5x_like/profiling.py): trace steps profile_first_step.. (profile_num_steps of them) on
   # process 0 into MODEL_DIR/train/plugins/profile (TensorBoard's Profile tab); 0: no trace.
   profile_first_step: int = 0
@@ -76,6 +80,12 @@ class TrainerConfig:
     # Before any compile: a zero period was a ZeroDivisionError traceback at the first step,
     # eval_steps=0 a traceback once the whole run had trained, and a negative period was taken
     # silently (log_every=-1: every step).
+    if self.skip_data is not None and not (
+        len(self.skip_data) == 2 and all(isinstance(x, int) for x in self.skip_data) and
+        self.skip_data[0] >= 0 and self.skip_data[1] >= 1):
+      raise ValueError(f'TrainerConfig.skip_data={self.skip_data!r} must be None or (step, '
+                       'batches): the step the run resumes from (>= 0) and how many batches to skip '
+                       'after it (>= 1)')
     if self.nonfinite_policy not in NONFINITE_POLICIES:
       raise ValueError(f'TrainerConfig.nonfinite_policy={self.nonfinite_policy!r} must be one of '
                        f'{NONFINITE_POLICIES}')
@@ -454,6 +464,18 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     ckpt.close()
     raise
   start = int(jax.device_get(state['step']))
+  if cfg.skip_data is not None:
+    at, n = cfg.skip_data
+    if start == at:
+      try:
+        iterator.skip(n)
+      except ValueError as e:
+        ckpt.close()
+        raise ValueError(f'TrainerConfig.skip_data={tuple(cfg.skip_data)}: {e}') from e
+      say(f'data: skipped the {n} batches after step {at} (TrainerConfig.skip_data)')
+    else:
+      say(f'note: TrainerConfig.skip_data={tuple(cfg.skip_data)} not applied: the run starts from '
+          f'step {start}, not {at}')
   _write_run_files(model_dir, latest, model_config, train_data)
   if on_setup_done:
     on_setup_done()
@@ -702,8 +724,12 @@ def _diverged_message(what: str, ckpt, model_dir: str) -> str:
   last = (f'last good checkpoint: step {good} in {checkpointing.checkpoint_dir(model_dir)} (no '
           'checkpoint holding NaN/Inf was written)' if good is not None else
           'no checkpoint was written')
+  earlier = ''
+  if good is not None:
+    earlier = (', or resume from an earlier step S and skip the batches after it (PaLM\'s remedy '
+               'for a loss spike): --restore_step=S --gin.TrainerConfig.skip_data="(S, 200)"')
   return (f'{what}; {last}. Lower the learning rate or set TrainerConfig.nonfinite_policy="skip", '
-          'then run again to resume from it')
+          f'then run again to resume from it{earlier}')
 
 
 def _check_finite(cfg: TrainerConfig, guard: dict, ckpt, model_dir: str) -> None:

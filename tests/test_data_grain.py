@@ -89,6 +89,18 @@ def _fit(model_dir, steps, export_dir, *, model=MODEL, **data_kw):
       log=lambda *a, **k: None)
 
 
+def test_skipping_batches_of_an_export_seeks_past_them_as_reading_would(export_dir):
+  # (TrainerConfig.skip_data; the seqio path reads and drops, tests/test_reliability.py)
+  read = list(data.open_iterator(_cfg(export_dir), 'decoder', None).local_batches())
+  it = data.open_iterator(_cfg(export_dir), 'decoder', None)
+  it.next_local()
+  it.skip(3)
+  for k, v in it.next_local().items():
+    np.testing.assert_array_equal(v, read[4][k])
+  with pytest.raises(ValueError, match='the data ended after 15 of the 16 batches to skip'):
+    it.skip(16)
+
+
 def test_resume_from_an_export_is_exact_and_a_different_export_is_refused(export_dir, tmp_path):
   straight = dict(_fit(tmp_path / 'a', 12, export_dir)['history'])
   first = dict(_fit(tmp_path / 'b', 7, export_dir)['history'])

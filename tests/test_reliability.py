@@ -183,8 +183,28 @@ def test_divergence_stops_at_the_exact_step_and_no_checkpoint_holds_nan(lm_task,
   on_disk = steps_on_disk(tmp_path / 'run')
   assert on_disk and max(on_disk) < first, (on_disk, msg)
   assert f'last good checkpoint: step {max(on_disk)}' in msg
+  assert '--restore_step=S --gin.TrainerConfig.skip_data="(S, 200)"' in msg
   for s, state in _restore_all(tmp_path / 'run').items():
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state['params'])), s
+
+
+def test_skip_data_drops_the_batches_after_its_step_once(lm_task, tmp_path):
+  # PaLM's loss-spike remedy: resume before the spike and skip the batches around it. Learning rate
+  # 0: each step's loss depends on its batch alone, so the losses say which batches were read.
+  straight = dict(_fit(tmp_path / 'straight', 8, lm_task, lr=0.0)['history'])
+  run = tmp_path / 'run'
+  _fit(run, 2, lm_task, lr=0.0)
+  said = []
+  resumed = dict(_fit(run, 4, lm_task, lr=0.0, skip_data=(2, 2), log=said.append)['history'])
+  assert resumed == {3: straight[5], 4: straight[6]}
+  assert 'data: skipped the 2 batches after step 2 (TrainerConfig.skip_data)' in said
+  # Restarted later with the setting still in the command: from step 4 it skips nothing.
+  said.clear()
+  again = dict(_fit(run, 6, lm_task, lr=0.0, skip_data=(2, 2), log=said.append)['history'])
+  assert again == {5: straight[7], 6: straight[8]}
+  assert 'note: TrainerConfig.skip_data=(2, 2) not applied: the run starts from step 4, not 2' in said
+  with pytest.raises(ValueError, match=r'TrainerConfig.skip_data=\(2, 0\) must be None or \(step, '):
+    trainer.TrainerConfig(skip_data=(2, 0))
 
 
 def test_skip_policy_trains_on_counts_skipped_steps_and_saves_only_finite_state(lm_task, tmp_path):

@@ -80,12 +80,6 @@ class TrainerConfig:
     # Before any compile: a zero period was a ZeroDivisionError traceback at the first step,
     # eval_steps=0 a traceback once the whole run had trained, and a negative period was taken
     # silently (log_every=-1: every step).
-    if self.skip_data is not None and not (
-        len(self.skip_data) == 2 and all(isinstance(x, int) for x in self.skip_data) and
-        self.skip_data[0] >= 0 and self.skip_data[1] >= 1):
-      raise ValueError(f'TrainerConfig.skip_data={self.skip_data!r} must be None or (step, '
-                       'batches): the step the run resumes from (>= 0) and how many batches to skip '
-                       'after it (>= 1)')
     if self.nonfinite_policy not in NONFINITE_POLICIES:
       raise ValueError(f'TrainerConfig.nonfinite_policy={self.nonfinite_policy!r} must be one of '
                        f'{NONFINITE_POLICIES}')
@@ -106,6 +100,13 @@ class TrainerConfig:
         ('profile_num_steps', self.profile_num_steps >= 1, '>= 1')):
       if not ok:
         raise ValueError(f'TrainerConfig.{name}={getattr(self, name)!r} must be {rule}')
+    if self.skip_data is not None and not (
+        isinstance(self.skip_data, (tuple, list)) and len(self.skip_data) == 2 and
+        all(isinstance(x, int) for x in self.skip_data) and
+        self.skip_data[0] >= 0 and self.skip_data[1] >= 1):
+      raise ValueError(f'TrainerConfig.skip_data={self.skip_data!r} must be None or (step, '
+                       'batches): the step the run resumes from (>= 0) and how many batches to skip '
+                       'after it (>= 1)')
 
   def check_run(self, train_steps: int, batch_size: int) -> None:
     """ValueError when a setting does not fit the run's TRAIN_STEPS or train batch."""

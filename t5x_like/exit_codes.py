@@ -5,8 +5,9 @@
 | 0    | FINISHED    | reached TRAIN_STEPS (or nothing left to train)                  | no       |
 | 1    | CRASHED     | an unexpected error; everything up to the last checkpoint is safe | yes      |
 | 2    | CONFIG_ERROR| bad gin, data, vocabulary or run dir (or one that a live trainer | no       |
-|      |             | holds), or training data that ran out (its step saved first): a |          |
-|      |             | restart would fail again                                        |          |
+|      |             | holds), processes of one job that differ (devices, code, jax,   |          |
+|      |             | gin config), or training data that ran out (its step saved      |          |
+|      |             | first): a restart would fail again                              |          |
 | 3    | DIVERGED    | non-finite loss under the `stop` policy: a restart would diverge again | no |
 | 4    | PEER_LOST   | another process died or hung, or no step finished in time      | yes      |
 | 5    | STORAGE_FULL| no room for a checkpoint (disk full, quota): refused before the | no       |

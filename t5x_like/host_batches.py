@@ -6,6 +6,7 @@ position, saved with each checkpoint, raises PositionMismatch when restored into
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterator, Optional
 
 import jax
@@ -31,11 +32,9 @@ class HostBatchIterator:
 
   def skip(self, n: int) -> None:
     """Reads and drops this host's next `n` batches (TrainerConfig.skip_data)."""
-    for i in range(n):
-      try:
-        self.next_local()
-      except StopIteration:
-        raise ValueError(f'the data ended after {i} of the {n} batches to skip') from None
+    read = sum(1 for _ in itertools.islice(self.local_batches(), n))
+    if read < n:
+      raise ValueError(f'the data ended after {read} of the {n} batches to skip')
 
   def local_batches(self) -> Iterator[dict[str, np.ndarray]]:
     while True:

@@ -137,14 +137,18 @@ def with_sharding(abstract_tree, shardings):
                       shardings)
 
 
-def processes_differing_from_first(value: str) -> list[int]:
-  """The processes whose `value` differs from process 0's (a collective when there are several):
-  each process compares a digest of its own, and every one gets the same answer."""
+def processes_differing_from_first(*values: str) -> list[list[int]]:
+  """For each value, the processes whose own differs from process 0's: one collective for all of
+  them when there are several processes (a digest of each value is gathered), and every process gets
+  the same answer."""
   if jax.process_count() == 1:
-    return []
-  digest = np.frombuffer(hashlib.sha256(value.encode()).digest()[:8], np.int32)
-  every = np.asarray(multihost_utils.process_allgather(digest)).reshape(jax.process_count(), -1)
-  return [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+    return [[] for _ in values]
+  digests = np.stack([np.frombuffer(hashlib.sha256(v.encode()).digest()[:8], np.int32)
+                      for v in values])
+  every = np.asarray(multihost_utils.process_allgather(digests)).reshape(
+      jax.process_count(), len(values), -1)
+  return [[p for p in range(len(every)) if not np.array_equal(every[p, i], every[0, i])]
+          for i in range(len(values))]
 
 
 def all_processes_have(flag: bool) -> bool:

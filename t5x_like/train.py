@@ -344,11 +344,11 @@ def check_processes_agree() -> None:
     raise ValueError(f'process(es) {differ} of {jax.process_count()} have other devices than '
                      f'process 0 ({", ".join(f"process {p}: {has[p]}" for p in [0] + differ)}): '
                      f'a host that lost an accelerator? {rule}')
-  for differs, value, shown in (
-      ('run other code', provenance.source_commit() or 'unknown', True),
-      ('run another jax', jax.__version__, True),
-      ('have another gin config', gin.config_str(), False)):
-    differ = partitioning.processes_differing_from_first(value)
+  checks = (('run other code', provenance.source_commit() or 'unknown', True),
+            ('run another jax', jax.__version__, True),
+            ('have another gin config', gin.config_str(), False))
+  differing = partitioning.processes_differing_from_first(*(value for _, value, _ in checks))
+  for (differs, value, shown), differ in zip(checks, differing):
     if differ:
       raise ValueError(f'process(es) {differ} of {jax.process_count()} {differs} than process 0'
                        f'{f" (here: {value})" if shown else ""}: {rule}')

@@ -42,6 +42,7 @@ from typing import Optional, Sequence
 import gin
 
 from launch import child_processes
+from t5x_like import compilation_cache
 from t5x_like import eval as eval_lib
 from t5x_like import report
 from t5x_like import train
@@ -354,7 +355,7 @@ def make_parser() -> argparse.ArgumentParser:
 def compilation_cache_dir(args) -> Optional[str]:
   if args.compilation_cache_dir is None:
     return os.path.join(os.path.abspath(args.sweep_dir), 'compilation_cache')
-  if args.compilation_cache_dir.lower() in ('', 'none'):
+  if not args.compilation_cache_dir or compilation_cache.is_off(args.compilation_cache_dir):
     return None
   return args.compilation_cache_dir
 

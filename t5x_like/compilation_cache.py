@@ -31,10 +31,17 @@ LOCAL_MAX_BYTES = 16 * 2**30  # a local cache's size limit, unless jax_compilati
 
 
 def use(directory: Optional[str], flag: str = '--compilation_cache_dir') -> None:
-  """Points jax's persistent cache at `directory` (None or '': leave jax's setting as it is). A local
-  directory is created and must be writable, else ValueError naming `flag`, before anything compiles;
-  a remote one (gs://...) is jax's to open."""
+  """Points jax's persistent cache at `directory` (None or '': leave jax's setting as it is; 'none':
+  no cache, even one JAX_COMPILATION_CACHE_DIR names, as launch.sweep takes it). A local directory is
+  created and must be writable, else ValueError naming `flag`, before anything compiles; a remote one
+  (gs://...) is jax's to open."""
   if not directory:
+    return
+  if is_off(directory):
+    # (Taken as a path, it made a folder named "none" in the working directory.)
+    if jax.config.jax_compilation_cache_dir is not None:
+      jax.config.update('jax_compilation_cache_dir', None)
+      jax_cache.reset_cache()
     return
   if '://' not in directory:
     directory = os.path.abspath(os.path.expanduser(directory))
@@ -55,6 +62,11 @@ def use(directory: Optional[str], flag: str = '--compilation_cache_dir') -> None
   # jax opens its cache once, at the first compile: a process that compiled already (a sweep that
   # evaluates several runs in-process) reopens it at the new directory.
   jax_cache.reset_cache()
+
+
+def is_off(directory: Optional[str]) -> bool:
+  """'none' (any case) in a --compilation_cache_dir flag: no cache."""
+  return directory is not None and directory.strip().lower() == 'none'
 
 
 @contextlib.contextmanager

@@ -334,7 +334,8 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument('--max_decode_length', type=int, default=128)
   p.add_argument('--compilation_cache_dir',
                  help="jax's persistent compilation cache: runs of one model shape, and the steps "
-                 'of one run, load what another compiled (t5x_like/compilation_cache.py)')
+                 "of one run, load what another compiled (t5x_like/compilation_cache.py); 'none': "
+                 'no cache')
   return p
 
 

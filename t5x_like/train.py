@@ -232,7 +232,7 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument('--compilation_cache_dir',
                  help="jax's persistent compilation cache (a local path, or gs://... shared by every "
                  'host): a restarted or resumed run loads its compiled steps instead of compiling '
-                 'again (t5x_like/compilation_cache.py)')
+                 "again (t5x_like/compilation_cache.py); 'none': no cache")
   p.add_argument('--traceback', action='store_true', help='show full tracebacks for set-up errors')
   return p
 

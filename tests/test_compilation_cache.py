@@ -62,3 +62,13 @@ def test_a_preflight_for_a_tpu_topology_neither_reads_nor_writes_the_cache(tmp_p
   entries = [p.name for p in cache.iterdir()]
   assert not any('train_step' in e for e in entries), entries
   assert jax.config.jax_enable_compilation_cache  # back on after the preflight
+
+
+def test_none_turns_the_cache_off_instead_of_naming_a_folder(tmp_path, monkeypatch):
+  # launch.sweep took --compilation_cache_dir=none as "no cache"; train and eval took it as a path
+  # and made a folder named "none" in the working directory.
+  monkeypatch.chdir(tmp_path)
+  compilation_cache.use(str(tmp_path / 'cache'))  # (conftest puts the suite's back after)
+  assert compilation_cache.current_dir() == str(tmp_path / 'cache')
+  compilation_cache.use('None')
+  assert compilation_cache.current_dir() is None and not (tmp_path / 'None').exists()

@@ -613,6 +613,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     # exits (and Orbax reports that at length): it is finished first, unless Ctrl-C comes again. (One
     # process only: a save's commit waits for every process, and they may have stopped at different
     # steps, so with several it could wait forever.)
+    abandoned = False
     if jax.process_count() == 1 and ckpt.manager.is_saving_in_progress():
       say(f'interrupted after step {step}: finishing the checkpoint being written (Ctrl-C again to '
           'abandon it)')
@@ -620,8 +621,14 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
         try:
           ckpt.wait()
         except KeyboardInterrupt:
-          pass
+          abandoned = True
     latest = ckpt.latest_step()
+    if jax.process_count() == 1 and not abandoned:
+      # Closed as after a finished run or a preemption. Left open, Orbax's manager (its threads, the
+      # arrays of its last save) was freed by the interpreter's shutdown, after jax's runtime: the
+      # one difference from those exits when CI saw an interrupted run abort (SIGABRT) on its way out.
+      with contextlib.suppress(KeyboardInterrupt):
+        ckpt.close()
     say(f'interrupted after step {step}; the last checkpoint is ' +
         (f'step {latest} in {checkpointing.checkpoint_dir(model_dir)}' if latest is not None
          else 'none'))

@@ -79,12 +79,21 @@ def test_ctrl_c_during_the_checks_before_a_save_still_saves_that_step(lm_task, t
       os.kill(os.getpid(), signal.SIGINT)
     return real_checksums(state)
   monkeypatch.setattr(trainer.state_checksums, 'checksums', checksums_with_ctrl_c)
+  closed = []
+  real_close = trainer.checkpointing.Checkpointer.close
+  def close(self):
+    closed.append(self.manager.is_saving_in_progress())
+    real_close(self)
+  monkeypatch.setattr(trainer.checkpointing.Checkpointer, 'close', close)
   previous = signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
     with pytest.raises(KeyboardInterrupt):
       _fit(tmp_path / 'run', 10, lm_task, checkpoint_every=4)
   finally:
     signal.signal(signal.SIGINT, previous)
+  # ... and closes the checkpoint manager, as a finished run does, rather than leave it (its threads,
+  # the arrays of its last save) to the interpreter's shutdown.
+  assert closed == [False]
   assert steps_on_disk(tmp_path / 'run') == [1, 4]
   assert sorted(p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir()) == ['1', '4']
 

@@ -201,6 +201,7 @@ def test_sigint_to_the_sweep_alone_stops_its_run_in_one_line(small_text, tmp_pat
   assert code == exit_codes.INTERRUPTED and 'Traceback' not in err, err[-3000:]
   assert err.strip().splitlines()[-1].startswith('[sweep] stopped by SIGINT; the same command goes on '
                                                  'from there'), err[-3000:]
-  assert 'interrupted after step' in train_log.read_text().strip().splitlines()[-1]
+  log = train_log.read_text().strip().splitlines()
+  assert 'interrupted after step' in log[-1], '\n'.join(log[-60:])
   with pytest.raises(ProcessLookupError):
     os.kill(run_pid, 0)

@@ -143,3 +143,16 @@ def test_parse_gin_starts_from_an_empty_config(clean_gin):
   assert gin.query_parameter('TrainerConfig.log_every') == 3
   with pytest.raises(ValueError):  # the leftover binding is gone, not merely overridden
     gin.query_parameter('TrainerConfig.num_microbatches')
+
+
+@pytest.mark.parametrize('gin_file', sorted(str(p.relative_to(REPO)) for p in REPO.glob('gin_configs/*/*.gin')
+                                            if "include '" in p.read_text()))
+def test_a_gin_file_and_its_includes_parse_from_any_directory(gin_file, clean_gin, tmp_path,
+                                                              monkeypatch):
+  # gin looks `include 'gin_configs/...'` up in the working directory, then as a Python package
+  # resource; gin_configs/ is on sys.path (the editable install), and without __init__.py files gin
+  # raised TypeError on the namespace package ("expected str ... not NoneType", In file ..., line 7).
+  import tasks  # noqa: F401  (the files name seqio tasks)
+  monkeypatch.chdir(tmp_path)
+  train.parse_gin([str(REPO / gin_file)], [], [])
+  assert 'train.model_dir = %MODEL_DIR' in gin.config_str()  # from the run file it includes

@@ -395,4 +395,8 @@ def _run(args, cli_bindings, state) -> int:
 
 
 if __name__ == '__main__':
+  # Into a launcher's log file each line goes as it is printed, not when a block buffer fills or the
+  # process exits: one that then died (killed, or aborted on its way out) lost its last lines, among
+  # them 'interrupted after step ...'.
+  sys.stdout.reconfigure(line_buffering=True)
   sys.exit(main())

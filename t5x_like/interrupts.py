@@ -1,16 +1,27 @@
-"""Ctrl-C during a run: held while a save starts (`ctrl_c_held`), and never lost (`noting_ctrl_c`).
+"""Ctrl-C during a run: asked of the train loop, which stops at a step boundary (`StopAtStepBoundary`),
+and never lost (`noting_ctrl_c`); outside the loop, held while a save starts (`ctrl_c_held`).
 
-Python raises KeyboardInterrupt wherever the main thread is when SIGINT's handler runs. Inside a
-garbage-collection callback or a `__del__` (jax registers one, `_xla_gc_callback`), it prints
-"Exception ignored in ..." and goes on: the run trained on as if no Ctrl-C had come (seen in CI, a
-trainer that its launcher passed SIGINT to trained until it was killed). Under the entry point's
-handler (`noting_ctrl_c`) each Ctrl-C is also noted, and the train loop raises KeyboardInterrupt itself
-at the next step boundary when one was (`raise_if_swallowed`); one that was not swallowed has left
-the loop before. A Ctrl-C held during a save is handed to that handler when the hold ends.
+Python raises KeyboardInterrupt wherever the main thread is when SIGINT's handler runs, between any two
+bytecodes, also inside Python that jax's, TensorFlow's or Orbax's C++ called. Raised there, it can
+leave their native state half changed: with a SIGINT every millisecond and each KeyboardInterrupt
+caught, a loop of tf.data reads, jit calls and async Orbax saves aborted within a minute ("corrupted
+size vs. prev_size", glibc's heap check); with handlers that only note the signal, ~36,000 of them did
+nothing. Once in ~60 runs here, and once in CI, a trainer that its sweep passed one Ctrl-C to died so
+(SIGSEGV in a tf.data read, SIGABRT) instead of stopping. And inside a garbage-collection callback or a
+`__del__` (jax registers one), Python prints "Exception ignored in ..." and goes on: the run trained on
+as if no Ctrl-C had come (seen in CI).
+
+So while the train loop of a single process runs, the first Ctrl-C only asks: the loop stops at the next step boundary
+(`raise_if_ctrl_c`, also checked between eval batches), where the trainer finishes a save in flight and
+says where the run stands. A second Ctrl-C raises at once, for a loop that hangs (a stalled input
+pipeline, a save that never ends). Before the loop (set-up, the compile), Ctrl-C raises as usual; under
+the entry point's `noting_ctrl_c` one that Python swallowed there is still noted, and stops the loop at
+its first step boundary.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -20,6 +31,14 @@ _noted = {'ctrl_c': False}
 def _on_sigint(signum, frame):
   _noted['ctrl_c'] = True
   signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as without this module
+
+
+def _ask_to_stop(signum, frame):
+  if _noted['ctrl_c']:
+    signal.default_int_handler(signum, frame)  # the second: at once
+  _noted['ctrl_c'] = True
+  # (os.write: a print here could land inside a print of the main thread's and fail as reentrant.)
+  os.write(2, b'\nCtrl-C: stopping after this step (Ctrl-C again to stop at once)\n')
 
 
 @contextlib.contextmanager
@@ -38,21 +57,42 @@ def noting_ctrl_c():
     _noted['ctrl_c'] = False
 
 
-def raise_if_swallowed() -> None:
-  """Called by the train loop at each step boundary."""
+class StopAtStepBoundary:
+  """From construction to close(), on the main thread, the first Ctrl-C asks the loop to stop (see
+  above) and a second raises KeyboardInterrupt. A process that ignores SIGINT (started in the
+  background by a shell) goes on ignoring it; active=False changes nothing."""
+
+  def __init__(self, active: bool = True):
+    self._previous = None
+    if (active and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
+      self._previous = signal.signal(signal.SIGINT, _ask_to_stop)
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+      self._previous = None
+      _noted['ctrl_c'] = False  # (acted on: the loop has stopped)
+
+
+def raise_if_ctrl_c() -> None:
+  """KeyboardInterrupt if a Ctrl-C was asked or swallowed; the train loop calls it at each step
+  boundary."""
   if _noted['ctrl_c']:
     raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def ctrl_c_held():
-  """Holds a Ctrl-C that comes during a save, then lets it go; a second one goes through at once (a
-  save that hangs can still be abandoned). Landing while Orbax starts a save (the temporary folder,
-  the copies to host memory), a Ctrl-C left that save half begun, its temporary folder never
-  committed; landing in the trainer's checks before it, no save at all. Let go once the save is under
-  way, it finds that save whole, and the trainer finishes it (trainer.py)."""
+  """Checkpointer.save's: holds a Ctrl-C that comes during a save, then lets it go; a second one goes
+  through at once (a save that hangs can still be abandoned). Landing while Orbax starts a save (the
+  temporary folder, the copies to host memory), a Ctrl-C left that save half begun, its temporary
+  folder never committed. Let go once the save is under way, it finds that save whole, and the caller
+  can finish it. (In the train loop a first Ctrl-C raises nothing, and there is nothing to hold.)"""
+  handler = signal.getsignal(signal.SIGINT)
   if (threading.current_thread() is not threading.main_thread()
-      or getattr(signal.getsignal(signal.SIGINT), 'holds_ctrl_c', False)):  # (held already)
+      or getattr(handler, 'holds_ctrl_c', False)  # (held already)
+      or handler is _ask_to_stop):  # (the train loop's: a first Ctrl-C raises nothing anyway)
     yield
     return
   held = []

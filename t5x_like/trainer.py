@@ -524,7 +524,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     """Saves `step` (asynchronously); returns the seconds the loop waited."""
     nonlocal saved_step
     t_save = time.perf_counter()
-    with dog.paused(), interrupts.ctrl_c_held():  # (a Ctrl-C here: after this save is under way)
+    with dog.paused():  # (a Ctrl-C here stops the loop after this save: interrupts.py)
       # Nothing non-finite is ever written, so rotation can only drop finite checkpoints for newer
       # finite ones: the last good checkpoint always survives.
       g = jax.device_get(steps.guard)
@@ -541,9 +541,12 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     # copy of the state to host memory; the writing happens in the background.
     return time.perf_counter() - t_save
 
+  # A Ctrl-C from here on stops the loop at a step boundary. (Not with several processes: each would
+  # stop at its own, and one a step ahead waits in that step's collectives for one that left.)
+  ctrl_c = interrupts.StopAtStepBoundary(active=jax.process_count() == 1)
   try:
     while step < train_steps:
-      interrupts.raise_if_swallowed()
+      interrupts.raise_if_ctrl_c()
       try:
         batch = next(iterator)
       except StopIteration:
@@ -609,10 +612,11 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     with dog.paused():
       ckpt.wait()
   except KeyboardInterrupt:
-    # Ctrl-C. A save still being written in the background would be cut off when the interpreter
-    # exits (and Orbax reports that at length): it is finished first, unless Ctrl-C comes again. (One
-    # process only: a save's commit waits for every process, and they may have stopped at different
-    # steps, so with several it could wait forever.)
+    # Ctrl-C (the first stops the loop at a step boundary: interrupts.py). A save still being written
+    # in the background would be cut off when the interpreter exits (and Orbax reports that at
+    # length): it is finished first, unless Ctrl-C comes again. (One process only: a save's commit
+    # waits for every process, and they may have stopped at different steps, so with several it could
+    # wait forever.)
     abandoned = False
     if jax.process_count() == 1 and ckpt.manager.is_saving_in_progress():
       say(f'interrupted after step {step}: finishing the checkpoint being written (Ctrl-C again to '
@@ -634,6 +638,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
          else 'none'))
     raise
   finally:
+    ctrl_c.close()
     dog.close()
     preemption.close()
     if profiler.active:  # stopped inside the traced steps: keep what was traced
@@ -761,6 +766,7 @@ def evaluate(steps: CompiledSteps, params, eval_data, family: str, batch_sh, max
   total = None
   i = 0
   while max_batches < 0 or i < max_batches:
+    interrupts.raise_if_ctrl_c()  # (an eval can take minutes: a Ctrl-C asked during one stops it)
     local = next(batches, None)
     if not partitioning.all_processes_have(local is not None):
       break  # hosts' shards can differ by a batch: stop together, or the others wait forever

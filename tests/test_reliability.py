@@ -98,6 +98,42 @@ def test_ctrl_c_during_the_checks_before_a_save_still_saves_that_step(lm_task, t
   assert sorted(p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir()) == ['1', '4']
 
 
+@pytest.mark.parametrize('handler, signals, steps_run', [
+    (signal.default_int_handler, 1, 3),  # the step it came in ends, then the loop stops
+    (signal.default_int_handler, 2, 2),  # the second goes through at once
+    (signal.SIG_IGN, 1, 10)])  # a process that ignores SIGINT (started in the background) trains on
+def test_the_first_ctrl_c_stops_the_loop_at_a_step_boundary(handler, signals, steps_run, lm_task,
+                                                            tmp_path, monkeypatch):
+  # Raised wherever the main thread was, KeyboardInterrupt could land in Python that jax's, TF's or
+  # Orbax's C++ had called and leave native state corrupt (interrupts.py): a sweep run that was passed
+  # one Ctrl-C died of SIGSEGV or SIGABRT instead of stopping. The first Ctrl-C now only asks.
+  real_train = trainer.CompiledSteps.train
+  calls, said = [], []
+
+  def train_with_ctrl_c(self, *args):
+    if len(calls) == 2:
+      for _ in range(signals):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(3):  # (its handler runs here, inside the step)
+          pass
+    calls.append(1)
+    return real_train(self, *args)
+
+  monkeypatch.setattr(trainer.CompiledSteps, 'train', train_with_ctrl_c)
+  previous = signal.signal(signal.SIGINT, handler)
+  try:
+    if steps_run == 10:
+      _fit(tmp_path / 'run', 10, lm_task)
+    else:
+      with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path / 'run', 10, lm_task, log=said.append)
+      assert said[-1].startswith(f'interrupted after step {steps_run}; the last checkpoint is step 2')
+    assert signal.getsignal(signal.SIGINT) is handler  # (the trainer's own is gone)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  assert len(calls) == steps_run
+
+
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')  # (the swallowing)
 def test_a_ctrl_c_that_python_swallows_in_a_gc_callback_still_stops_the_run(lm_task, tmp_path,
                                                                            monkeypatch):

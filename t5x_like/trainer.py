@@ -628,9 +628,8 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
           abandoned = True
     latest = ckpt.latest_step()
     if jax.process_count() == 1 and not abandoned:
-      # Closed as after a finished run or a preemption. Left open, Orbax's manager (its threads, the
-      # arrays of its last save) was freed by the interpreter's shutdown, after jax's runtime: the
-      # one difference from those exits when CI saw an interrupted run abort (SIGABRT) on its way out.
+      # Closed as after a finished run or a preemption: left open, Orbax's manager (its threads, the
+      # arrays of its last save) was only freed by the interpreter's shutdown, after jax's runtime.
       with contextlib.suppress(KeyboardInterrupt):
         ckpt.close()
     say(f'interrupted after step {step}; the last checkpoint is ' +

@@ -11,12 +11,14 @@ nothing. Once in ~60 runs here, and once in CI, a trainer that its sweep passed 
 `__del__` (jax registers one), Python prints "Exception ignored in ..." and goes on: the run trained on
 as if no Ctrl-C had come (seen in CI).
 
-So while the train loop of a single process runs, the first Ctrl-C only asks: the loop stops at the next step boundary
-(`raise_if_ctrl_c`, also checked between eval batches), where the trainer finishes a save in flight and
-says where the run stands. A second Ctrl-C raises at once, for a loop that hangs (a stalled input
-pipeline, a save that never ends). Before the loop (set-up, the compile), Ctrl-C raises as usual; under
-the entry point's `noting_ctrl_c` one that Python swallowed there is still noted, and stops the loop at
-its first step boundary.
+So while the train loop of a single process runs, the first Ctrl-C only asks: the loop stops at the
+next step boundary (`raise_if_ctrl_c`, also checked between eval batches), where the trainer finishes
+a save in flight and says where the run stands. A second Ctrl-C raises at once, for a loop that hangs
+(a stalled input pipeline, a save that never ends). Before the loop (set-up, the compile), Ctrl-C
+raises as usual; under the entry point's `noting_ctrl_c` one that Python swallowed there is still
+noted, and stops the loop at its first step boundary. (With several processes each stops at once, as
+before: each would stop at its own step boundary, and one a step ahead would wait in that step's
+collectives for one that left.)
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ bytecodes, also inside Python that jax's, TensorFlow's or Orbax's C++ called. Ra
 leave their native state half changed: with a SIGINT every millisecond and each KeyboardInterrupt
 caught, a loop of tf.data reads, jit calls and async Orbax saves aborted within a minute ("corrupted
 size vs. prev_size", glibc's heap check); with handlers that only note the signal, ~37,000 of them did
-nothing. Once in ~60 runs here, and once in CI, a trainer that its sweep passed one Ctrl-C to died so
+nothing. Twice in ~140 runs here, and once in CI, a trainer that its sweep passed one Ctrl-C to died so
 (SIGSEGV in a tf.data read, SIGABRT) instead of stopping. And inside a garbage-collection callback or a
 `__del__` (jax registers one), Python prints "Exception ignored in ..." and goes on: the run trained on
 as if no Ctrl-C had come (seen in CI).

@@ -91,10 +91,8 @@ def ctrl_c_held():
   temporary folder, the copies to host memory), a Ctrl-C left that save half begun, its temporary
   folder never committed. Let go once the save is under way, it finds that save whole, and the caller
   can finish it. (In the train loop a first Ctrl-C raises nothing, and there is nothing to hold.)"""
-  handler = signal.getsignal(signal.SIGINT)
   if (threading.current_thread() is not threading.main_thread()
-      or getattr(handler, 'holds_ctrl_c', False)  # (held already)
-      or handler is _ask_to_stop):  # (the train loop's: a first Ctrl-C raises nothing anyway)
+      or signal.getsignal(signal.SIGINT) is _ask_to_stop):  # (a first Ctrl-C raises nothing anyway)
     yield
     return
   held = []
@@ -104,7 +102,6 @@ def ctrl_c_held():
       previous(signum, frame)
     held.append(frame)
 
-  hold.holds_ctrl_c = True
   previous = signal.signal(signal.SIGINT, hold)
   try:
     yield

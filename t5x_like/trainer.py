@@ -541,9 +541,10 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     # copy of the state to host memory; the writing happens in the background.
     return time.perf_counter() - t_save
 
+  one_process = jax.process_count() == 1
   # A Ctrl-C from here on stops the loop at a step boundary. (Not with several processes: each would
   # stop at its own, and one a step ahead waits in that step's collectives for one that left.)
-  ctrl_c = interrupts.StopAtStepBoundary(active=jax.process_count() == 1)
+  ctrl_c = interrupts.StopAtStepBoundary(active=one_process)
   try:
     while step < train_steps:
       interrupts.raise_if_ctrl_c()
@@ -553,7 +554,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
         # One process keeps the steps trained since the last checkpoint. Processes may run out at
         # different steps (seqio reads a shard per host) and a save is collective: with several,
         # the one that ran out stops alone and the last checkpoint stands.
-        if jax.process_count() == 1 and saved_step != step:
+        if one_process and saved_step != step:
           save()
         with dog.paused():
           ckpt.wait()
@@ -618,7 +619,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     # waits for every process, and they may have stopped at different steps, so with several it could
     # wait forever.)
     abandoned = False
-    if jax.process_count() == 1 and ckpt.manager.is_saving_in_progress():
+    if one_process and ckpt.manager.is_saving_in_progress():
       say(f'interrupted after step {step}: finishing the checkpoint being written (Ctrl-C again to '
           'abandon it)')
       with dog.paused():
@@ -627,7 +628,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
         except KeyboardInterrupt:
           abandoned = True
     latest = ckpt.latest_step()
-    if jax.process_count() == 1 and not abandoned:
+    if one_process and not abandoned:
       # Closed as after a finished run or a preemption: left open, Orbax's manager (its threads, the
       # arrays of its last save) was only freed by the interpreter's shutdown, after jax's runtime.
       with contextlib.suppress(KeyboardInterrupt):

@@ -11,7 +11,8 @@ When any process fails, the others are stopped (SIGTERM, then SIGKILL after 10 s
 exits with the first failure's status (t5x_like/exit_codes.py). The processes run in sessions of their
 own, and a signal to the launcher is passed on to every process (launch/child_processes.py): SIGTERM
 or SIGHUP (preemption: each saves the same step and exits 75, as does the launcher) and SIGINT
-(Ctrl-C: each stops where it is; the launcher exits 130).
+(Ctrl-C: all stop together at the next log step and exit 130, as does the launcher; a Ctrl-C that
+reached one process alone stops them so too).
 
 On real clusters the same `python -m t5x_like.train` command runs once per host: on TPU VMs with
 `gcloud compute tpus tpu-vm ssh NAME --worker=all --command="... --distributed"`, under SLURM with
@@ -78,11 +79,13 @@ def _exit_queue(procs) -> queue.Queue:
 
 def _wait_all(procs, timeout, say=lambda msg: None, stopping=lambda: False, grace: float = 60.0):
   """Waits for every process; when one fails (or the timeout passes), stops the others, which would
-  otherwise wait on it inside a collective. Once `stopping()` (the launcher passed a signal on), any
-  exit is expected, and those still running after `grace` seconds are stopped. Returns (codes, index
-  of the first to fail or None)."""
+  otherwise wait on it inside a collective. Once `stopping()` (the launcher passed a signal on), or
+  once a process exited interrupted (130: the others stop with it), any exit is expected, and those
+  still running after `grace` seconds are stopped. Returns (codes, index of the first to fail or
+  None)."""
   deadline = None if timeout is None else time.monotonic() + timeout
   exits, running, first_failed, stop_by = _exit_queue(procs), len(procs), None, None
+  interrupted_first = None
   while running:
     if stop_by is None and stopping():
       stop_by = time.monotonic() + grace
@@ -92,7 +95,8 @@ def _wait_all(procs, timeout, say=lambda msg: None, stopping=lambda: False, grac
     except queue.Empty:
       now = time.monotonic()
       if stop_by is not None and now > stop_by:
-        say(f'{grace:g} s after the signal, {running} process(es) still run: stopping them')
+        said = 'the signal' if interrupted_first is None else f'process {interrupted_first} was interrupted'
+        say(f'{grace:g} s after {said}, {running} process(es) still run: stopping them')
         _stop(procs)
         break
       if deadline is not None and now > deadline:
@@ -101,14 +105,22 @@ def _wait_all(procs, timeout, say=lambda msg: None, stopping=lambda: False, grac
         break
       continue
     running -= 1
-    # A preempted process (75) is not a failure: the others stop at the same step and commit it.
-    # Nor is any exit once the job was told to stop (a peer of the first to leave may abort).
-    if code not in (0, exit_codes.PREEMPTED) and not stopping():
+    # A preempted process (75) is not a failure: the others stop at the same step and commit it. Nor
+    # is an interrupted one (130): a Ctrl-C to any process stops all at one step (t5x_like/interrupts.py),
+    # and those that have not after `grace` are stopped. Nor is any exit once the job was told to
+    # stop (a peer of the first to leave may abort).
+    if code == exit_codes.INTERRUPTED and stop_by is None:
+      stop_by, interrupted_first = time.monotonic() + grace, i
+    elif code not in (0, exit_codes.PREEMPTED) and not stopping() and stop_by is None:
       first_failed = i
       say(f'process {i} exited with {code}: stopping the others')
       _stop(procs)
       break
-  return [p.wait() for p in procs], first_failed
+  codes = [p.wait() for p in procs]
+  if first_failed is None and interrupted_first is not None and not stopping() and any(
+      c != exit_codes.INTERRUPTED for c in codes):
+    first_failed = interrupted_first  # (the others did not stop with it: it left alone)
+  return codes, first_failed
 
 
 def launch(train_args, num_processes: int, devices_per_process: int, log_dir: str | None = None,
@@ -146,6 +158,8 @@ def launch(train_args, num_processes: int, devices_per_process: int, log_dir: st
     # After SIGTERM: 75, unless a process could not save (e.g. 5, a full disk: no restart then).
     children.raise_if_stopped(next((c for c in codes if c not in (0, exit_codes.PREEMPTED)),
                                    exit_codes.PREEMPTED))
+  if first is None and set(codes) == {exit_codes.INTERRUPTED}:  # a Ctrl-C that reached a process only
+    raise child_processes.Stopped(signal.SIGINT)
   if first is None and any(codes):
     first = next(i for i, c in enumerate(codes) if c)
   if first is not None:

@@ -11,14 +11,16 @@ nothing. Twice in ~140 runs here, and once in CI, a trainer that its sweep passe
 `__del__` (jax registers one), Python prints "Exception ignored in ..." and goes on: the run trained on
 as if no Ctrl-C had come (seen in CI).
 
-So while the train loop of a single process runs, the first Ctrl-C only asks: the loop stops at the
-next step boundary (`raise_if_ctrl_c`, also checked between eval batches), where the trainer finishes
-a save in flight and says where the run stands. A second Ctrl-C raises at once, for a loop that hangs
-(a stalled input pipeline, a save that never ends). Before the loop (set-up, the compile), Ctrl-C
-raises as usual; under the entry point's `noting_ctrl_c` one that Python swallowed there is still
-noted, and stops the loop at its first step boundary. (With several processes each stops at once, as
-before: each would stop at its own step boundary, and one a step ahead would wait in that step's
-collectives for one that left.)
+So while the train loop runs, the first Ctrl-C only asks (`asked`). One process stops at the next
+step boundary or between two eval batches (`StoppedTogether`, raised by the trainer), where it
+finishes a save in flight and says where the run stands. Several processes must stop at the same
+step (one a step ahead would wait in that step's collectives for one that left, and a save commits
+only once every process wrote its part), so they agree: at each log step, where the loop syncs with
+the host anyway, and between eval batches, one all-gather tells every process whether any was
+asked, and all stop there together if one was. A second Ctrl-C raises at once, for a loop that hangs
+(a stalled input pipeline, a save that never ends, a peer that is gone). Before the loop (set-up, the
+compile), Ctrl-C raises as usual; under the entry point's `noting_ctrl_c` one that Python swallowed
+there is still noted, and stops the loop at its first chance.
 """
 from __future__ import annotations
 
@@ -27,7 +29,12 @@ import os
 import signal
 import threading
 
-_noted = {'ctrl_c': False}
+_noted = {'ctrl_c': False, 'where': b'after this step'}
+
+
+class StoppedTogether(KeyboardInterrupt):
+  """Raised on every process of a job at the same point, when they agreed to stop there: each
+  finishes a save in flight, which the others are finishing too."""
 
 
 def _on_sigint(signum, frame):
@@ -40,7 +47,7 @@ def _ask_to_stop(signum, frame):
     signal.default_int_handler(signum, frame)  # the second: at once
   _noted['ctrl_c'] = True
   # (os.write: a print here could land inside a print of the main thread's and fail as reentrant.)
-  os.write(2, b'\nCtrl-C: stopping after this step (Ctrl-C again to stop at once)\n')
+  os.write(2, b'\nCtrl-C: stopping ' + _noted['where'] + b' (Ctrl-C again to stop at once)\n')
 
 
 @contextlib.contextmanager
@@ -61,13 +68,15 @@ def noting_ctrl_c():
 
 class StopAtStepBoundary:
   """From construction to close(), on the main thread, the first Ctrl-C asks the loop to stop (see
-  above) and a second raises KeyboardInterrupt. A process that ignores SIGINT (started in the
-  background by a shell) goes on ignoring it; active=False changes nothing."""
+  above; `where` is what the loop then says: when it will stop) and a second raises
+  KeyboardInterrupt. A process that ignores SIGINT (started in the background by a shell) goes on
+  ignoring it."""
 
-  def __init__(self, active: bool = True):
+  def __init__(self, where: str = 'after this step'):
     self._previous = None
-    if (active and threading.current_thread() is threading.main_thread()
+    if (threading.current_thread() is threading.main_thread()
         and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
+      _noted['where'] = where.encode()
       self._previous = signal.signal(signal.SIGINT, _ask_to_stop)
 
   def close(self) -> None:
@@ -77,11 +86,9 @@ class StopAtStepBoundary:
       _noted['ctrl_c'] = False  # (acted on: the loop has stopped)
 
 
-def raise_if_ctrl_c() -> None:
-  """KeyboardInterrupt if a Ctrl-C was asked or swallowed; the train loop calls it at each step
-  boundary."""
-  if _noted['ctrl_c']:
-    raise KeyboardInterrupt
+def asked() -> bool:
+  """Whether a Ctrl-C was asked (or swallowed) in this process and not yet acted on."""
+  return _noted['ctrl_c']
 
 
 @contextlib.contextmanager

@@ -155,6 +155,13 @@ def all_processes_have(flag: bool) -> bool:
   """Whether `flag` holds on every process of the job (a collective when there are several): what
   each process decides from its own view (a batch left, a checkpoint read, a lock taken) is decided
   the same way everywhere, so that none is left waiting for the others in a collective."""
+  return on_every_process(flag)[0]
+
+
+def on_every_process(*flags: bool) -> list[bool]:
+  """For each flag, whether it holds on every process: all_processes_have for several flags, in one
+  collective."""
   if jax.process_count() == 1:
-    return flag
-  return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
+    return [bool(f) for f in flags]
+  every = np.asarray(multihost_utils.process_allgather(np.asarray(flags, bool)))
+  return [bool(v) for v in np.all(every.reshape(jax.process_count(), len(flags)), axis=0)]

@@ -542,12 +542,15 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
     return time.perf_counter() - t_save
 
   one_process = jax.process_count() == 1
-  # A Ctrl-C from here on stops the loop at a step boundary. (Not with several processes: each would
-  # stop at its own, and one a step ahead waits in that step's collectives for one that left.)
-  ctrl_c = interrupts.StopAtStepBoundary(active=one_process)
+  # A Ctrl-C from here on stops the loop at a step boundary: with several processes, at a log step,
+  # where they agree on it (interrupts.py).
+  ctrl_c = interrupts.StopAtStepBoundary(
+      'after this step' if one_process else
+      f'with the other processes at the next log step (every {cfg.log_every} steps)')
   try:
     while step < train_steps:
-      interrupts.raise_if_ctrl_c()
+      if one_process or step == start or step % cfg.log_every == 0:
+        _stop_together_if_asked()
       try:
         batch = next(iterator)
       except StopIteration:
@@ -612,14 +615,15 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
                                  logger, step)
     with dog.paused():
       ckpt.wait()
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as e:
     # Ctrl-C (the first stops the loop at a step boundary: interrupts.py). A save still being written
     # in the background would be cut off when the interpreter exits (and Orbax reports that at
-    # length): it is finished first, unless Ctrl-C comes again. (One process only: a save's commit
-    # waits for every process, and they may have stopped at different steps, so with several it could
-    # wait forever.)
+    # length): it is finished first, unless Ctrl-C comes again. (With several processes, only when
+    # they stopped together: a save's commit waits for every process, and after a second Ctrl-C they
+    # may have stopped at different steps, so it could wait forever.)
+    together = one_process or isinstance(e, interrupts.StoppedTogether)
     abandoned = False
-    if one_process and ckpt.manager.is_saving_in_progress():
+    if together and ckpt.manager.is_saving_in_progress():
       say(f'interrupted after step {step}: finishing the checkpoint being written (Ctrl-C again to '
           'abandon it)')
       with dog.paused():
@@ -628,7 +632,7 @@ def fit(*, model_dir: str, train_steps: int, model_config, train_data, eval_data
         except KeyboardInterrupt:
           abandoned = True
     latest = ckpt.latest_step()
-    if one_process and not abandoned:
+    if together and not abandoned:
       # Closed as after a finished run or a preemption: left open, Orbax's manager (its threads, the
       # arrays of its last save) was only freed by the interpreter's shutdown, after jax's runtime.
       with contextlib.suppress(KeyboardInterrupt):
@@ -752,6 +756,13 @@ def _check_finite(cfg: TrainerConfig, guard: dict, ckpt, model_dir: str) -> None
                                      ckpt, model_dir))
 
 
+def _stop_together_if_asked() -> None:
+  """StoppedTogether on every process if a Ctrl-C was asked of any (one all-gather when there are
+  several)."""
+  if not partitioning.all_processes_have(not interrupts.asked()):
+    raise interrupts.StoppedTogether
+
+
 def run_evals(steps, params, evals, family, batch_sh, max_batches, logger, step) -> dict:
   out = {}
   for e in evals:
@@ -766,10 +777,14 @@ def evaluate(steps: CompiledSteps, params, eval_data, family: str, batch_sh, max
   total = None
   i = 0
   while max_batches < 0 or i < max_batches:
-    interrupts.raise_if_ctrl_c()  # (an eval can take minutes: a Ctrl-C asked during one stops it)
     local = next(batches, None)
-    if not partitioning.all_processes_have(local is not None):
-      break  # hosts' shards can differ by a batch: stop together, or the others wait forever
+    # Hosts' shards can differ by a batch: they stop together, or the others wait forever. And an
+    # eval can take minutes: a Ctrl-C asked during one stops it (on every process at this batch).
+    have, none_asked = partitioning.on_every_process(local is not None, not interrupts.asked())
+    if not none_asked:
+      raise interrupts.StoppedTogether
+    if not have:
+      break
     s = steps.eval(params, it.to_global(local))
     i += 1
     total = s if total is None else jax.tree.map(jnp.add, total, s)

@@ -243,6 +243,35 @@ def test_ctrl_c_in_a_terminal_stops_the_launcher_and_both_processes_in_one_line(
       os.kill(pid, 0)
 
 
+def test_ctrl_c_to_one_of_two_processes_stops_both_at_the_same_log_step_with_its_save(small_text,
+                                                                                      tmp_path):
+  # Each process raised KeyboardInterrupt wherever it was: the one signalled left the job, its peer
+  # waited in a collective, and the save in flight was never committed. Now the processes agree at a
+  # log step (interrupts.py) and stop there together, finishing the save they were writing.
+  run = tmp_path / 'run'
+  with _launcher(_train_args(run, 1000, small_text, '--gin.TrainerConfig.log_every=5',
+                             '--gin.TrainerConfig.checkpoint_every=1')) as (launcher, logs):
+    _wait_for(logs / 'process_0.log', 'step    5/1000', launcher)
+    os.kill(_worker_pid(launcher, 1), signal.SIGINT)  # (process 0 hears of it only from process 1)
+    code = launcher.wait(timeout=120)
+    err = launcher.stderr.read()
+  for i in (0, 1):
+    assert 'Traceback' not in (logs / f'process_{i}.log').read_text()
+  log0 = (logs / 'process_0.log').read_text()  # (process 0 speaks for the job)
+  stop = re.search(r'interrupted after step (\d+); the last checkpoint is step (\d+) in ', log0)
+  assert stop, log0[-3000:]
+  # ... the same step on both, a log step, whose save both finished: its commit waits for every process
+  assert stop.group(1) == stop.group(2) and int(stop.group(1)) % 5 == 0, stop.group(0)
+  assert steps_on_disk(run)[-1] == int(stop.group(1))
+  assert not [p.name for p in (run / 'checkpoints').iterdir() if not p.name.isdigit()]  # all committed
+  # ... and both exited 130 by themselves, which the launcher reports as a Ctrl-C, not a failure
+  assert code == exit_codes.INTERRUPTED and 'stopping the others' not in err, err
+  assert err.strip().splitlines()[-1] == ('launch.local: interrupted (Ctrl-C); where each process '
+                                          'stopped is at the end of its log'), err
+  assert ('Ctrl-C: stopping with the other processes at the next log step (every 5 steps) (Ctrl-C '
+          'again to stop at once)') in (logs / 'process_1.log').read_text()
+
+
 def test_sigint_to_launch_local_alone_reaches_both_processes_at_once(small_text, tmp_path):
   # (kill -INT <launcher>, a supervisor: the workers run in sessions of their own and hear it from the
   # launcher. Before, it never reached them: the launcher waited a minute, then stopped them.)

@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -155,21 +156,38 @@ def train_command(model_dir: str, gin_files: Sequence[str], settings: dict, trai
   return cmd
 
 
-def query_macros(gin_files: Sequence[str], bindings: Sequence[str], names: Sequence[str]) -> dict:
-  """Values of gin macros after parsing the run's files and bindings (None where undefined)."""
+@contextlib.contextmanager
+def _parsed(gin_files: Sequence[str], bindings: Sequence[str]):
   gin.clear_config()
   try:
     # A run that reads an export leaves the task configurables unread: no seqio/TensorFlow here.
     train.parse_gin_importing_tasks_if_named(gin_files, bindings, [])
-    out = {}
-    for n in names:
-      try:
-        out[n] = gin.query_parameter(f'%{n}')
-      except (ValueError, KeyError):
-        out[n] = None
-    return out
+    yield
   finally:
     gin.clear_config()
+
+
+def _query(selector: str):
+  """A bound value (a macro's own value for a binding to one), or None where nothing is bound."""
+  try:
+    value = gin.query_parameter(selector)
+  except (ValueError, KeyError):
+    return None
+  if isinstance(value, gin.config.ConfigurableReference) and str(value).startswith('%'):
+    return _query(str(value))
+  return value
+
+
+def _validation_files() -> list:
+  """The text the run is evaluated on (in a parsed config): the VALIDATION_FILES macro, or else the
+  validation_files of the task builder its training data names (cloned_captions.gin binds them so)."""
+  files = _query('%VALIDATION_FILES')
+  if files is None:
+    task = _query('train/DataConfig.mixture_or_task') or _query('DataConfig.mixture_or_task')
+    if isinstance(task, gin.config.ConfigurableReference):
+      files = _query(f'{task.selector}.validation_files')
+  return [os.path.abspath(os.path.join(REPO_ROOT, f)) if not os.path.isabs(f) else f
+          for f in files or []]
 
 
 def run_info(model_dir: str, name: str, settings: dict, train_steps: int,
@@ -179,13 +197,14 @@ def run_info(model_dir: str, name: str, settings: dict, train_steps: int,
   bindings = [o[len('--gin.'):].replace('=', ' = ', 1) for o in overrides if o.startswith('--gin.')]
   bindings += [f'{k} = {gin_literal(v)}' for k, v in settings.items()]
   bindings += [f'MODEL_DIR = {gin_literal(model_dir)}', f'TRAIN_STEPS = {train_steps}']
-  macros = query_macros(gin_files, bindings, ['BATCH_SIZE', 'SEQUENCE_LENGTH', 'VALIDATION_FILES',
-                                             'P_CLONE', 'SCHEDULE', 'SEED', 'NUM_LANGUAGES'])
+  with _parsed(gin_files, bindings):
+    macros = {n: _query(f'%{n}') for n in ('BATCH_SIZE', 'SEQUENCE_LENGTH', 'P_CLONE', 'SCHEDULE',
+                                            'SEED', 'NUM_LANGUAGES')}
+    validation_files = _validation_files()
   info = {'name': name, 'setting': setting_name(settings), 'settings': settings,
           'train_steps': train_steps, 'gin_files': list(gin_files), 'overrides': list(overrides),
           'batch_size': macros['BATCH_SIZE'], 'sequence_length': macros['SEQUENCE_LENGTH'],
-          'validation_files': [os.path.abspath(os.path.join(REPO_ROOT, f)) if not os.path.isabs(f)
-                               else f for f in (macros['VALIDATION_FILES'] or [])],
+          'validation_files': validation_files,
           'p_clone': macros['P_CLONE'] or 0.0, 'schedule': macros['SCHEDULE'],
           'seed': macros['SEED'], 'num_languages': macros['NUM_LANGUAGES'],
           'monolingual': not (macros['P_CLONE'] or 0.0) and not macros['SCHEDULE']}
@@ -426,6 +445,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            args.gin_file, r['run_overrides'])
   except Exception as e:  # gin's errors are long; the first line says which binding
     print(f'error: {str(e).strip().splitlines()[0]}', file=sys.stderr)
+    return 2
+  eval_files_given = any(f == '--eval_files' or f.startswith('--eval_files=')
+                         for f in shlex.split(args.eval_flags))
+  no_text = [r['name'] for r in runs if not r['info']['validation_files']]
+  if args.eval and no_text and not eval_files_given:  # (found before training, not after it)
+    print(f'error: --eval: no evaluation text for {", ".join(no_text)}: the gin config defines no '
+          'VALIDATION_FILES macro and its training task binds no validation_files; define one, or '
+          "pass --eval_flags='--eval_files FILE ...'", file=sys.stderr)
     return 2
   lock = None
   if not (args.dry_run or args.launcher == 'print'):  # (those only read)

@@ -5,6 +5,7 @@ import os
 import re
 import sys
 
+from conftest import REPO
 from launch import sweep
 from t5x_like import writer_lock
 
@@ -155,3 +156,28 @@ def test_a_second_sweep_on_one_dir_is_refused_before_it_writes_anything(tmp_path
                       rf"{os.getpid()} on .*\): two sweeps on one dir would export, train and "
                       r"evaluate the same runs over each other\. .*", err.strip()), err
   assert not out and os.listdir(sw) == [writer_lock.LOCK_NAME]
+
+
+def test_every_run_knows_its_evaluation_text_or_an_evaluating_sweep_stops_before_it_trains(
+    tmp_path, capsys):
+  # cloned_captions.gin binds its validation files to its task builder, not through a VALIDATION_FILES
+  # macro: the sweep recorded none in run.json, trained every run, and then each evaluation failed
+  # ("no evaluation text").
+  val = os.path.abspath(os.path.join(REPO, '..', 'shared', 'data', 'parallel', 'multi30k', 'val.en'))
+  for gin_file in ('cloned_captions.gin', 'clone_ablation_cpu.gin'):  # (the task's, the macro's)
+    info = sweep.run_info(str(tmp_path / 'r'), 'r', {'P_CLONE': 0.1}, 20,
+                          [f'gin_configs/experiments/{gin_file}'], [])
+    assert info['validation_files'] == [val], gin_file
+  # A config with neither: an evaluating sweep says so before it writes or trains anything.
+  gin_file = tmp_path / 'no_validation.gin'
+  gin_file.write_text("include 'gin_configs/examples/tiny_decoder_pretrain.gin'\n"
+                      'VALIDATION_FILES = None\n')
+  argv = [str(tmp_path / 'sw'), f'--gin_file={gin_file}', '--train_steps=20', '--grid', 'SEED=0,1']
+  assert sweep.main(argv + ['--eval']) == 2
+  assert capsys.readouterr().err.strip() == (
+      'error: --eval: no evaluation text for seed0, seed1: the gin config defines no VALIDATION_FILES '
+      "macro and its training task binds no validation_files; define one, or pass --eval_flags='"
+      "--eval_files FILE ...'")
+  assert not (tmp_path / 'sw').exists()
+  assert sweep.main(argv + ['--eval', f'--eval_flags=--eval_files {val}', '--dry_run']) == 0
+  assert sweep.main(argv + ['--dry_run']) == 0  # (no --eval: nothing to evaluate on is fine)

@@ -46,8 +46,10 @@ def _ask_to_stop(signum, frame):
   if _noted['ctrl_c']:
     signal.default_int_handler(signum, frame)  # the second: at once
   _noted['ctrl_c'] = True
-  # (os.write: a print here could land inside a print of the main thread's and fail as reentrant.)
-  os.write(2, b'\nCtrl-C: stopping ' + _noted['where'] + b' (Ctrl-C again to stop at once)\n')
+  # (os.write: a print here could land inside a print of the main thread's and fail as reentrant. The
+  # newline first ends the line a terminal's echoed ^C began; a log file gets no blank line.)
+  os.write(2, (b'\n' if os.isatty(2) else b'') + b'Ctrl-C: stopping ' + _noted['where'] +
+           b' (Ctrl-C again to stop at once)\n')
 
 
 @contextlib.contextmanager

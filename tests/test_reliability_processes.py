@@ -105,6 +105,8 @@ def test_ctrl_c_finishes_the_save_in_flight_and_exits_130_without_a_traceback(sm
         proc.kill()
   assert proc.returncode == exit_codes.INTERRUPTED, out[-3000:]
   assert 'Traceback' not in out, out[-3000:]
+  # (a newline before it ends a terminal's echoed ^C; in a log it was a blank line)
+  assert re.search(r'[^\n]\nCtrl-C: stopping after this step \(Ctrl-C again to stop at once\)\n', out)
   last = out.strip().splitlines()[-1]
   match = re.fullmatch(rf'interrupted after step (\d+); the last checkpoint is step (\d+) in '
                        rf'{re.escape(str(run))}/checkpoints', last)

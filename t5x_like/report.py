@@ -128,6 +128,7 @@ def run_row(run: dict) -> dict:
     row['align_gap_mean'] = _mean(al['centred_gap'])
     row['align_gap_max'] = max(al['centred_gap'])
     row['align_evidence_layers'] = evidence_layers(r)
+    row['align_untrained_control'] = bool(r.get('init_control', {}).get('alignment', {}).get('lang1'))
   g = r.get('gradient_alignment', {}).get('lang1')
   if g:
     row['grad_cos'] = g['non_vocab']
@@ -141,6 +142,7 @@ def run_row(run: dict) -> dict:
     if mi:
       row['mexa_init_max'] = mi['weighted']['max']
     row['mexa_evidence_layers'] = mexa_evidence_layers(r)
+    row['mexa_chance'] = 1.0 / r['mexa']['n']
   return row
 
 
@@ -148,6 +150,9 @@ def _first_target(mexa: Optional[dict]) -> Optional[dict]:
   if not mexa or not mexa.get('targets'):
     return None
   return next(iter(mexa['targets'].values()))
+
+
+NO_INIT_CONTROL = 'no untrained-model control: evaluate with t5x_like.eval --init_control'
 
 
 def evidence_layers(r: dict, lang: str = 'lang1') -> list[str]:
@@ -278,13 +283,17 @@ def _verdicts(groups, rows) -> list[str]:
     if any('align_gap_mean' in r for r in rs):
       per_seed = [set(r.get('align_evidence_layers', [])) for r in rs]
       common = sorted(set.intersection(*per_seed), key=_layer_key) if per_seed else []
+      # (evidence_layers compares with 0 where a run has no untrained-model control: say so)
+      untrained = all(r.get('align_untrained_control') for r in rs)
+      control = 'the untrained-model control' if untrained else 'zero'
+      missing = '' if untrained else f' ({NO_INIT_CONTROL})'
       if common:
-        bits.append(f'hidden states aligned beyond the untrained-model control at {", ".join(common)}'
-                    f'{" in every seed" if len(rs) > 1 else ""}')
+        bits.append(f'hidden states aligned beyond {control} at {", ".join(common)}'
+                    f'{" in every seed" if len(rs) > 1 else ""}{missing}')
       else:
         bits.append('hidden-state alignment at chance: the matched-minus-mismatched gap does not beat '
-                    'the untrained model by 3 standard errors at any layer' +
-                    (' in every seed' if len(rs) > 1 else ''))
+                    f'{"the untrained model" if untrained else "zero"} by 3 standard errors at any '
+                    'layer' + (' in every seed' if len(rs) > 1 else '') + missing)
     if any('grad_cos' in r for r in rs):
       g, c = _mean([r.get('grad_cos') for r in rs]), _mean([r.get('grad_cos_control') for r in rs])
       bits.append(f'gradient cosine {g:.3f} vs {c:.3f} for mismatched batches')
@@ -293,10 +302,15 @@ def _verdicts(groups, rows) -> list[str]:
       common = sorted(set.intersection(*per_seed), key=_layer_key)
       mx = _mean([r.get('mexa_max') for r in rs])
       mi = _mean([r.get('mexa_init_max') for r in rs])
+      if all(r.get('mexa_init_max') is not None for r in rs if 'mexa_mean' in r):
+        control = f'the untrained model ({_f(mi, 2)})'
+      else:  # (mexa_evidence_layers compares with chance, 1/n, without the control)
+        control = (f'chance ({_f(_mean([r.get("mexa_chance") for r in rs]), 3)}; '
+                   f'{NO_INIT_CONTROL})')
       if common:
-        bits.append(f'MEXA (max {mx:.2f}) beats the untrained model ({_f(mi, 2)}) at {", ".join(common)}')
+        bits.append(f'MEXA (max {mx:.2f}) beats {control} at {", ".join(common)}')
       else:
-        bits.append(f'MEXA at chance: max {mx:.2f} vs {_f(mi, 2)} for the untrained model')
+        bits.append(f'MEXA at chance: max {mx:.2f} does not beat {control} at any layer')
     out.append(f'- **{name}**: ' + '; '.join(bits) + '.')
   return out
 
@@ -347,7 +361,9 @@ def _definitions() -> str:
       'same config -- what length and position alone give.',
       f'- Evidence means beating the untrained model by more than {Z:.0f} standard errors (for the '
       'gap clustered by token type, since the same token pairs recur in every sequence; binomial '
-      'for MEXA), in every seed; anything else is called chance.'])
+      'for MEXA), in every seed; anything else is called chance. A run evaluated without the '
+      'untrained model (no `--init_control`) is compared with zero (the gap) or 1/n (MEXA) '
+      'instead, and its verdict says so.'])
 
 
 # --- plots ----------------------------------------------------------------------------------------
@@ -436,6 +452,10 @@ def make_plots(groups, out_dir: str) -> dict[str, str]:
     axes[0].set_ylabel('cosine, original vs clone')
     axes[1].set_title('centred, matched - mismatched\n(± se clustered by token type)')
     axes[1].axhline(0, color='grey', lw=0.6)
+    if not any('gradient_alignment' in (final(r) or {}) for rs in have.values() for r in rs):
+      axes[2].text(0.5, 0.5, 'not evaluated\n(t5x_like.eval --metrics grad)', ha='center',
+                   va='center', color='grey', transform=axes[2].transAxes)
+      axes[2].set_yticks([])
     axes[2].set_title('gradient cosine by block\n(dashed: mismatched control)')
     axes[2].set_xlabel('block')
     axes[2].xaxis.get_major_locator().set_params(integer=True)

@@ -148,3 +148,24 @@ def test_the_report_names_the_code_and_says_when_runs_differ_in_it(tmp_path):
   report.write_report(d)
   assert f'Code: trained with {a[:10]}; evaluated with {a[:10]}.\n' in pathlib.Path(
       os.path.join(d, 'report.md')).read_text()
+
+
+def test_without_the_untrained_model_the_verdicts_name_what_they_compared_with(tmp_path):
+  # Evaluated without --init_control, the evidence is judged against zero (the gap) and 1/n (MEXA),
+  # but the verdict said "beyond the untrained-model control" (and "vs n/a for the untrained model").
+  d = str(tmp_path)
+  for name, p, gap, mexa in (('p0.1-seed0', 0.1, [0.0, 0.01, 0.2], [0.0, 0.05, 0.6]),
+                             ('p0.5-seed0', 0.5, [0.001, -0.002, 0.003], [0.01, 0.0, 0.02])):
+    r = _results(20, 20.0, 40.0, gap, 0.01, mexa)
+    del r['init_control']
+    _run(d, name, p, 0, r)
+  text = pathlib.Path(report.write_report(d)).read_text()
+  verdict_9010 = re.search(r'\*\*90/10\*\*: (.*)', text).group(1)
+  verdict_5050 = re.search(r'\*\*50/50\*\*: (.*)', text).group(1)
+  missing = '(no untrained-model control: evaluate with t5x_like.eval --init_control)'
+  assert f'hidden states aligned beyond zero at block_1 {missing}' in verdict_9010
+  assert 'MEXA (max 0.60) beats chance (0.010; no untrained-model control' in verdict_9010
+  assert ('hidden-state alignment at chance: the matched-minus-mismatched gap does not beat zero by 3 '
+          f'standard errors at any layer {missing}') in verdict_5050
+  assert 'MEXA at chance: max 0.02 does not beat chance (0.010;' in verdict_5050
+  assert 'untrained-model control at' not in text and 'for the untrained model' not in text

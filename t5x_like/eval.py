@@ -232,15 +232,24 @@ def evaluate(model, params, vocab, step: int, opts: EvalOptions, run_info: dict,
   if 'teff' in opts.metrics:
     res['token_efficiency'] = _teff(res, opts)
   if 'bleu' in opts.metrics:
-    if not (opts.src_file and opts.ref_file):
-      raise ValueError('bleu needs --src_file and --ref_file')
-    src = text_sources.read_lines(opts.src_file, opts.flores_tar)
-    ref = text_sources.read_lines(opts.ref_file, opts.flores_tar)
+    src, ref = translation_pairs(opts)
     decode = make_decoder(model, params, vocab, batch_size=opts.batch_size,
                           beam_size=opts.beam_size, max_new_tokens=opts.max_decode_length)
     res['translation'] = translation.translate_and_score(decode, src, ref, prompt=opts.prompt)
     res['translation']['beam_size'] = opts.beam_size
   return res
+
+
+def translation_pairs(opts: EvalOptions) -> tuple[list[str], list[str]]:
+  """The sources and references of `bleu`, one reference per source line."""
+  if not (opts.src_file and opts.ref_file):
+    raise ValueError('bleu needs --src_file and --ref_file')
+  src = text_sources.read_lines(opts.src_file, opts.flores_tar)
+  ref = text_sources.read_lines(opts.ref_file, opts.flores_tar)
+  if len(src) != len(ref):
+    raise ValueError(f'bleu needs one reference per source line: --src_file {opts.src_file} has '
+                     f'{len(src)} lines, --ref_file {opts.ref_file} has {len(ref)}')
+  return src, ref
 
 
 def _init_params(model, params):
@@ -368,6 +377,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     opts = options_from_args(args, run_info)
     if 'teff' in opts.metrics:
       teff_fit(opts.baseline_dirs)  # (baselines it cannot use: said before any checkpoint is read)
+    if 'bleu' in opts.metrics:
+      translation_pairs(opts)  # (files missing or unpaired: said before hours of decoding)
     cfg = run_dir.load_model_config(args.model_dir)
     if 'grad' in opts.metrics and cfg.family != 'decoder':
       raise ValueError(f'--metrics grad: gradient alignment is implemented for decoder-only models; '
@@ -468,6 +479,10 @@ def summary_line(res: dict) -> str:
   for lang, r in res.get('token_efficiency', {}).get('languages', {}).items():
     if r.get('teff') is not None:
       parts.append(f'teff {lang} {r["teff"]:.2f}')
+  tr = res.get('translation')
+  if tr:
+    parts.append(f'bleu {tr["bleu"]:.2f} chrF {tr["chrf"]:.2f} ({tr["num_sentences"]} sentences, '
+                 f'beam {tr["beam_size"]})')
   return ' | '.join(parts)
 
 

@@ -171,3 +171,26 @@ def test_teff_with_a_baseline_of_too_few_steps_is_one_line_before_any_checkpoint
   assert rc == 2 and len(err) == 1, err
   assert err[0].startswith(f'error: teff: the monolingual baseline(s) {base} have perplexities at 2 '
                            'evaluated step(s)'), err
+
+
+def test_bleu_files_that_do_not_pair_up_are_one_line_before_any_checkpoint_is_read(tmp_path, capsys):
+  # Found only after every source had been decoded ("50 hypotheses for 40 references"): minutes of
+  # a large model's decoding, at every step of --all_steps.
+  src, ref = tmp_path / 'src.en', tmp_path / 'ref.de'
+  src.write_text('a dog\na cat\na house\n')
+  ref.write_text('ein Hund\neine Katze\n')
+  empty = tmp_path / 'run'  # (no checkpoint, no model: the error comes first)
+  empty.mkdir()
+  for files, want in (
+      (['--src_file', str(src), '--ref_file', str(ref)],
+       f'error: bleu needs one reference per source line: --src_file {src} has 3 lines, --ref_file '
+       f'{ref} has 2'),
+      (['--src_file', str(src)], 'error: bleu needs --src_file and --ref_file')):
+    assert eval_lib.main(['--model_dir', str(empty), '--metrics', 'bleu', *files]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [want]
+
+
+def test_the_step_line_shows_bleu_and_chrf():
+  line = eval_lib.summary_line({'translation': {'bleu': 12.345, 'chrf': 40.0, 'num_sentences': 3,
+                                                'beam_size': 2, 'examples': []}})
+  assert line == 'bleu 12.35 chrF 40.00 (3 sentences, beam 2)'  # (it printed nothing for bleu)

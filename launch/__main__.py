@@ -122,4 +122,5 @@ def check_config(train_args: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  sys.stdout.reconfigure(line_buffering=True)  # (to a log file too, each line as printed)
   sys.exit(main())

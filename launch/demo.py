@@ -103,4 +103,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+  sys.stdout.reconfigure(line_buffering=True)  # (to a log file too, each line as printed)
   sys.exit(main())

@@ -95,8 +95,9 @@ def _wait_all(procs, timeout, say=lambda msg: None, stopping=lambda: False, grac
     except queue.Empty:
       now = time.monotonic()
       if stop_by is not None and now > stop_by:
-        said = 'the signal' if interrupted_first is None else f'process {interrupted_first} was interrupted'
-        say(f'{grace:g} s after {said}, {running} process(es) still run: stopping them')
+        after = ('the signal' if interrupted_first is None else
+                 f'process {interrupted_first} was interrupted')
+        say(f'{grace:g} s after {after}, {running} process(es) still run: stopping them')
         _stop(procs)
         break
       if deadline is not None and now > deadline:
@@ -106,9 +107,9 @@ def _wait_all(procs, timeout, say=lambda msg: None, stopping=lambda: False, grac
       continue
     running -= 1
     # A preempted process (75) is not a failure: the others stop at the same step and commit it. Nor
-    # is an interrupted one (130): a Ctrl-C to any process stops all at one step (t5x_like/interrupts.py),
-    # and those that have not after `grace` are stopped. Nor is any exit once the job was told to
-    # stop (a peer of the first to leave may abort).
+    # is an interrupted one (130): a Ctrl-C to any process stops all at one step
+    # (t5x_like/interrupts.py), and those that have not after `grace` are stopped. Nor is any exit
+    # once the job was told to stop (a peer of the first to leave may abort).
     if code == exit_codes.INTERRUPTED and stop_by is None:
       stop_by, interrupted_first = time.monotonic() + grace, i
     elif code not in (0, exit_codes.PREEMPTED) and not stopping() and stop_by is None:
@@ -158,7 +159,7 @@ def launch(train_args, num_processes: int, devices_per_process: int, log_dir: st
     # After SIGTERM: 75, unless a process could not save (e.g. 5, a full disk: no restart then).
     children.raise_if_stopped(next((c for c in codes if c not in (0, exit_codes.PREEMPTED)),
                                    exit_codes.PREEMPTED))
-  if first is None and set(codes) == {exit_codes.INTERRUPTED}:  # a Ctrl-C that reached a process only
+  if first is None and set(codes) == {exit_codes.INTERRUPTED}:  # (a Ctrl-C to one process)
     raise child_processes.Stopped(signal.SIGINT)
   if first is None and any(codes):
     first = next(i for i, c in enumerate(codes) if c)
@@ -195,4 +196,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+  sys.stdout.reconfigure(line_buffering=True)  # (to a log file too, each line as printed)
   sys.exit(main())

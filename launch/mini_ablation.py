@@ -105,4 +105,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+  sys.stdout.reconfigure(line_buffering=True)  # (to a log file too, each line as printed)
   sys.exit(main())

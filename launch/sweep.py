@@ -180,7 +180,8 @@ def _query(selector: str):
 
 def _validation_files() -> list:
   """The text the run is evaluated on (in a parsed config): the VALIDATION_FILES macro, or else the
-  validation_files of the task builder its training data names (cloned_captions.gin binds them so)."""
+  validation_files of the task builder its training data names (as cloned_captions.gin binds
+  them)."""
   files = _query('%VALIDATION_FILES')
   if files is None:
     task = _query('train/DataConfig.mixture_or_task') or _query('DataConfig.mixture_or_task')
@@ -518,4 +519,5 @@ def _run(args, argv: list, runs: list[dict]) -> int:
 
 
 if __name__ == '__main__':
+  sys.stdout.reconfigure(line_buffering=True)  # (to a log file too, each line as printed)
   sys.exit(main())

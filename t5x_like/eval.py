@@ -487,4 +487,5 @@ def summary_line(res: dict) -> str:
 
 
 if __name__ == '__main__':
+  sys.stdout.reconfigure(line_buffering=True)  # (to a log file too, each line as printed)
   sys.exit(main())

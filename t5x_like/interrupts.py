@@ -17,10 +17,11 @@ finishes a save in flight and says where the run stands. Several processes must 
 step (one a step ahead would wait in that step's collectives for one that left, and a save commits
 only once every process wrote its part), so they agree: at each log step, where the loop syncs with
 the host anyway, and between eval batches, one all-gather tells every process whether any was
-asked, and all stop there together if one was. A second Ctrl-C raises at once, for a loop that hangs
-(a stalled input pipeline, a save that never ends, a peer that is gone). Before the loop (set-up, the
-compile), Ctrl-C raises as usual; under the entry point's `noting_ctrl_c` one that Python swallowed
-there is still noted, and stops the loop at its first chance.
+asked, and all stop there together if one was. A second Ctrl-C raises at once, for a loop that
+hangs (a stalled input pipeline, a save that never ends, a peer that is gone). Before the loop
+(set-up, the compile), Ctrl-C raises as usual; under the entry point's `noting_ctrl_c` one that
+Python swallowed there is still noted, and stops the loop at its first chance. Processes that
+stopped together also exit together (the entry point).
 """
 from __future__ import annotations
 
@@ -46,8 +47,9 @@ def _ask_to_stop(signum, frame):
   if _noted['ctrl_c']:
     signal.default_int_handler(signum, frame)  # the second: at once
   _noted['ctrl_c'] = True
-  # (os.write: a print here could land inside a print of the main thread's and fail as reentrant. The
-  # newline first ends the line a terminal's echoed ^C began; a log file gets no blank line.)
+  # (os.write: a print here could land inside a print of the main thread's and fail as
+  # reentrant. The newline first ends the line a terminal's echoed ^C began; a log file gets no
+  # blank line.)
   os.write(2, (b'\n' if os.isatty(2) else b'') + b'Ctrl-C: stopping ' + _noted['where'] +
            b' (Ctrl-C again to stop at once)\n')
 

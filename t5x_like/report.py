@@ -128,7 +128,8 @@ def run_row(run: dict) -> dict:
     row['align_gap_mean'] = _mean(al['centred_gap'])
     row['align_gap_max'] = max(al['centred_gap'])
     row['align_evidence_layers'] = evidence_layers(r)
-    row['align_untrained_control'] = bool(r.get('init_control', {}).get('alignment', {}).get('lang1'))
+    init = r.get('init_control', {}).get('alignment', {})
+    row['align_untrained_control'] = bool(init.get('lang1'))
   g = r.get('gradient_alignment', {}).get('lang1')
   if g:
     row['grad_cos'] = g['non_vocab']
@@ -521,4 +522,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+  sys.stdout.reconfigure(line_buffering=True)  # (to a log file too, each line as printed)
   sys.exit(main())

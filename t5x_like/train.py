@@ -306,12 +306,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if old_handler is not None:
       signal.signal(signal.SIGTERM, old_handler)
   if distributed and code in (exit_codes.CONFIG_ERROR, exit_codes.CRASHED, exit_codes.STORAGE_FULL,
-                              exit_codes.INTERRUPTED, exit_codes.PEER_LOST):
+                              exit_codes.INTERRUPTED, exit_codes.PEER_LOST) and not state.get(
+                                  'stopped_together'):
     # An error on this process only leaves the others waiting in a collective for its devices, and
     # a normal exit would wait in jax.distributed's shutdown barrier for them (5 min, then an abort
     # that hides this message), while a peer's step watchdog exits first and is blamed. Exit now:
     # the launcher reports this process first, with its message. (Nothing is lost: a save in
-    # flight is written into a temporary folder that only a completed save renames.)
+    # flight is written into a temporary folder that only a completed save renames.) Processes
+    # that stopped together (a Ctrl-C, as a preemption) leave through that barrier instead: had
+    # process 0, which hosts the coordination service, left at once, a peer a moment behind it
+    # aborted ("the JAX distributed service detected fatal errors").
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # pylint: disable=protected-access
@@ -387,7 +391,8 @@ def _run(args, cli_bindings, state) -> int:
     return exit_codes.DIVERGED
   except trainer_lib.Preempted:
     return exit_codes.PREEMPTED
-  except KeyboardInterrupt:  # Ctrl-C: no traceback; once training began, the trainer said where it stands
+  except KeyboardInterrupt as e:  # Ctrl-C: no traceback; once training began, the trainer said
+    state['stopped_together'] = isinstance(e, interrupts.StoppedTogether)  # where it stands
     if state['in_setup']:
       print('interrupted during set-up, before training began', file=sys.stderr)
     return exit_codes.INTERRUPTED

@@ -158,17 +158,27 @@ def test_a_gin_file_and_its_includes_parse_from_any_directory(gin_file, clean_gi
   assert 'train.model_dir = %MODEL_DIR' in gin.config_str()  # from the run file it includes
 
 
-def test_the_entry_point_writes_each_line_through_to_a_log_file(tmp_path):
+ENTRY_POINTS = ['t5x_like.train', 't5x_like.eval', 't5x_like.report', 'launch', 'launch.local',
+                'launch.sweep', 'launch.mini_ablation', 'launch.demo', 'launch.clone_suite',
+                'launch.preflight', 'tasks']
+
+
+def test_every_entry_point_writes_each_line_through_to_a_log_file(tmp_path):
   # A launcher sends the trainer's output to a file, where Python buffers stdout in blocks: a trainer
   # that died before its exit flushed them lost its last lines (seen in CI: 'interrupted after step
-  # ...' missing from a sweep run's train.log, which ended in an abort message from stderr).
+  # ...' missing from a sweep run's train.log, which ended in an abort message from stderr). And a
+  # sweep under nohup showed none of its '[sweep] ...' progress until kilobytes of it had piled up.
   script = ('import runpy, sys\n'
-            "sys.argv = ['t5x_like.train', '--gin_file=no_such.gin']\n"
-            'try:\n'
-            "  runpy.run_module('t5x_like.train', run_name='__main__')\n"
-            'except SystemExit:\n'
-            '  print(sys.stdout.line_buffering, file=sys.stderr)\n')
+            f'for module in {ENTRY_POINTS!r}:\n'
+            '  sys.stdout.reconfigure(line_buffering=False)\n'
+            "  sys.argv = [module, '--no_such_flag']\n"
+            '  try:\n'
+            "    runpy.run_module(module, run_name='__main__', alter_sys=True)\n"
+            '  except SystemExit:\n'
+            '    pass\n'
+            "  print(module, sys.stdout.line_buffering, file=sys.stderr)\n")
   with open(tmp_path / 'out', 'w') as out:
     p = subprocess.run([sys.executable, '-c', script], cwd=REPO, stdout=out, stderr=subprocess.PIPE,
                        text=True, timeout=300)
-  assert p.stderr.strip().splitlines()[-1] == 'True', p.stderr[-2000:]
+  said = [l for l in p.stderr.splitlines() if l.split(' ')[0] in ENTRY_POINTS]
+  assert said == [f'{m} True' for m in ENTRY_POINTS], p.stderr[-3000:]

@@ -192,18 +192,26 @@ def _validation_files() -> list:
 
 
 def run_info(model_dir: str, name: str, settings: dict, train_steps: int,
-             gin_files: Sequence[str], overrides: Sequence[str]) -> dict:
+             gin_files: Sequence[str], overrides: Sequence[str],
+             data_overrides: Sequence[str] = ()) -> dict:
   """What the evaluator and the report need to know about the run (MODEL_DIR/run.json), read from
-  its gin config: parsing it here is what refuses a misspelt key or file before anything runs."""
-  bindings = [o[len('--gin.'):].replace('=', ' = ', 1) for o in overrides if o.startswith('--gin.')]
-  bindings += [f'{k} = {gin_literal(v)}' for k, v in settings.items()]
-  bindings += [f'MODEL_DIR = {gin_literal(model_dir)}', f'TRAIN_STEPS = {train_steps}']
-  with _parsed(gin_files, bindings):
+  its gin config: parsing it here is what refuses a misspelt key or file before anything runs.
+  `data_overrides` point the run at an export (`--export`)."""
+  def bindings(flags):
+    out = [o[len('--gin.'):].replace('=', ' = ', 1) for o in flags if o.startswith('--gin.')]
+    out += [f'{k} = {gin_literal(v)}' for k, v in settings.items()]
+    return out + [f'MODEL_DIR = {gin_literal(model_dir)}', f'TRAIN_STEPS = {train_steps}']
+  with _parsed(gin_files, bindings([*overrides, *data_overrides])):
     macros = {n: _query(f'%{n}') for n in ('BATCH_SIZE', 'SEQUENCE_LENGTH', 'P_CLONE', 'SCHEDULE',
                                             'SEED', 'NUM_LANGUAGES')}
     validation_files = _validation_files()
+  if not validation_files and data_overrides:
+    # A run that reads an export leaves its task unread, and with it the files the task names: they
+    # are read where the task is (with seqio, as for the export itself; without it, none are found).
+    with contextlib.suppress(ImportError), _parsed(gin_files, bindings(overrides)):
+      validation_files = _validation_files()
   info = {'name': name, 'setting': setting_name(settings), 'settings': settings,
-          'train_steps': train_steps, 'gin_files': list(gin_files), 'overrides': list(overrides),
+          'train_steps': train_steps, 'gin_files': list(gin_files), 'overrides': [*overrides, *data_overrides],
           'batch_size': macros['BATCH_SIZE'], 'sequence_length': macros['SEQUENCE_LENGTH'],
           'validation_files': validation_files,
           'p_clone': macros['P_CLONE'] or 0.0, 'schedule': macros['SCHEDULE'],
@@ -398,17 +406,22 @@ def plan(args, overrides: Sequence[str]) -> list[dict]:
   for settings in expand(grid, extra):
     name = run_name(settings)
     model_dir = os.path.join(os.path.abspath(args.sweep_dir), name)
-    run_overrides = list(overrides)
+    run_overrides, data_overrides = list(overrides), []
     export_dir = None
     if getattr(args, 'export', False):
       export_dir = os.path.join(os.path.abspath(args.sweep_dir), 'exports', name)
-      run_overrides += ['--gin.DataConfig.mixture_or_task=None',
-                        f'--gin.DataConfig.export_dir={gin_literal(export_dir)}']
+      # (the scoped ones too: a file that names its train or eval task in a scope, as
+      # cloned_captions.gin does, would otherwise keep it over the unscoped None)
+      data_overrides = [f'--gin.{scope}DataConfig.mixture_or_task=None'
+                        for scope in ('', 'train/', 'eval/')]
+      data_overrides.append(f'--gin.DataConfig.export_dir={gin_literal(export_dir)}')
+      run_overrides += data_overrides
     cmd = train_command(model_dir, args.gin_file, settings, args.train_steps, run_overrides)
     if cache:
       cmd.append(f'--compilation_cache_dir={cache}')
     runs.append({'name': name, 'settings': settings, 'model_dir': model_dir,
                  'export_dir': export_dir, 'overrides': overrides, 'run_overrides': run_overrides,
+                 'data_overrides': data_overrides,
                  'cmd': cmd})
   return runs
 
@@ -443,7 +456,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for r in runs:  # before anything is written or trained, dry runs included: a misspelt key or
       # gin file fails here, for every run at once
       r['info'] = run_info(r['model_dir'], r['name'], r['settings'], args.train_steps,
-                           args.gin_file, r['run_overrides'])
+                           args.gin_file, r['overrides'], r['data_overrides'])
   except Exception as e:  # gin's errors are long; the first line says which binding
     print(f'error: {str(e).strip().splitlines()[0]}', file=sys.stderr)
     return 2

@@ -90,6 +90,35 @@ def test_export_option_points_every_run_at_its_own_export(tmp_path):
   assert runs[0]['export_dir'] != runs[1]['export_dir']
 
 
+def test_a_run_from_an_export_reads_it_in_every_scope_of_the_experiment_file(tmp_path):
+  # cloned_captions.gin names its train and eval tasks in the train/ and eval/ scopes, which an
+  # unscoped DataConfig.mixture_or_task=None does not override: every `sweep --export` run of it
+  # failed after the export ("No configurable matching reference '@tasks.cloned.cloned_lm_task()'").
+  import gin
+  from t5x_like import train
+  args = sweep.make_parser().parse_args([str(tmp_path), '--train_steps=20', '--grid', 'p_clone=0.5',
+                                         '--gin_file=gin_configs/experiments/cloned_captions.gin',
+                                         '--export'])
+  cmd = sweep.plan(args, [])[0]['cmd']
+  bindings = [a[len('--gin.'):].replace('=', ' = ', 1) for a in cmd if a.startswith('--gin.')]
+  gin.clear_config()
+  try:
+    train.parse_gin_importing_tasks_if_named(['gin_configs/experiments/cloned_captions.gin'],
+                                             bindings, [])
+    for scope in ('train/', 'eval/'):
+      assert gin.query_parameter(f'{scope}DataConfig.mixture_or_task') is None, scope
+    assert gin.query_parameter('DataConfig.export_dir') == str(tmp_path / 'exports' / 'p0.5')
+  finally:
+    gin.clear_config()
+  # ... and its run.json still names the text its task reads (which the export leaves unread), for
+  # the evaluation after it.
+  r = sweep.plan(args, [])[0]
+  info = sweep.run_info(r['model_dir'], r['name'], r['settings'], 20,
+                        ['gin_configs/experiments/cloned_captions.gin'], r['overrides'],
+                        r['data_overrides'])
+  assert [os.path.basename(f) for f in info['validation_files']] == ['val.en']
+
+
 def _baseline_with_steps(d, steps):
   """A monolingual run's evaluated perplexities (power-law-like) at `steps`."""
   from t5x_like.evaluation import results as results_lib

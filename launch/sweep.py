@@ -211,7 +211,8 @@ def run_info(model_dir: str, name: str, settings: dict, train_steps: int,
     with contextlib.suppress(ImportError), _parsed(gin_files, bindings(overrides)):
       validation_files = _validation_files()
   info = {'name': name, 'setting': setting_name(settings), 'settings': settings,
-          'train_steps': train_steps, 'gin_files': list(gin_files), 'overrides': [*overrides, *data_overrides],
+          'train_steps': train_steps, 'gin_files': list(gin_files),
+          'overrides': [*overrides, *data_overrides],
           'batch_size': macros['BATCH_SIZE'], 'sequence_length': macros['SEQUENCE_LENGTH'],
           'validation_files': validation_files,
           'p_clone': macros['P_CLONE'] or 0.0, 'schedule': macros['SCHEDULE'],

@@ -125,21 +125,31 @@ def _mexa_sets(opts: EvalOptions, num_langs: int) -> tuple[tuple, list]:
   return pivot, targets
 
 
-def _mexa(model, params, vocab, opts: EvalOptions, num_langs: int) -> dict:
+def mexa_texts(opts: EvalOptions, num_langs: int) -> tuple[str, list[str], dict[str, list[str]]]:
+  """The MEXA pivot, its targets and {spec: lines} of each: line-aligned texts."""
   pivot, targets = _mexa_sets(opts, num_langs)
+  texts = {spec: text_sources.read_lines(text_sources.parse_spec(spec)[0], opts.flores_tar,
+                                         limit=opts.mexa_n) for spec in [pivot, *targets]}
+  n = len(texts[pivot])
+  for t in targets:
+    if len(texts[t]) != n:
+      raise ValueError(f'mexa: {t} has {len(texts[t])} lines, the pivot {pivot} has {n}: files must '
+                       'be line-aligned')
+  return pivot, targets, texts
+
+
+def _mexa(model, params, vocab, opts: EvalOptions, num_langs: int) -> dict:
+  pivot, targets, texts = mexa_texts(opts, num_langs)
   def embed(spec):
-    src, lang = text_sources.parse_spec(spec)
-    lines = text_sources.read_lines(src, opts.flores_tar, limit=opts.mexa_n)
-    return mexa.sentence_embeddings(model, params, vocab, lines, lang,
-                                    batch_size=min(opts.batch_size * 2, 64)), len(lines)
-  e_pivot, n = embed(pivot)
+    return mexa.sentence_embeddings(model, params, vocab, texts[spec],
+                                    text_sources.parse_spec(spec)[1],
+                                    batch_size=min(opts.batch_size * 2, 64))
+  e_pivot, n = embed(pivot), len(texts[pivot])
   # 'cut': sentences longer than the model's own limit, per text (cisnlp/Mexa cuts none).
   out = {'pivot': pivot, 'n': n, 'chance': 1.0 / n, 'cut': {pivot: e_pivot['cut']}, 'targets': {}}
   for t in targets:
-    e_t, m = embed(t)
+    e_t = embed(t)
     out['cut'][t] = e_t['cut']
-    if m != n:
-      raise ValueError(f'mexa: {t} has {m} lines, the pivot {pivot} has {n}: files must be line-aligned')
     out['targets'][t] = mexa.mexa_by_layer(e_pivot, e_t)
   return out
 
@@ -385,6 +395,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        f'{args.model_dir} holds an encoder-decoder')
     model = build_model(cfg)
     vocab = run_dir.load_vocabulary(args.model_dir)
+    if 'mexa' in opts.metrics:  # (a text missing or misaligned: said before any checkpoint is read)
+      mexa_texts(opts, batches.num_languages(vocab))
     available = checkpoint_steps(args.model_dir)
     if not available:
       raise FileNotFoundError(f'no checkpoint in {args.model_dir}/checkpoints')

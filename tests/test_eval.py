@@ -8,11 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import REPO
 from t5x_like import eval as eval_lib
 from t5x_like.evaluation import results as results_lib
 from t5x_like.evaluation import batches, perplexity, token_efficiency as te, translation
 from t5x_like.models import Decoder, DecoderConfig
 from t5x_like.partitioning import unbox
+
+MULTI30K_VAL = str(REPO.parent / 'shared' / 'data' / 'parallel' / 'multi30k' / 'val.en')
 
 
 def test_stream_windows_match_concat_and_chunk():
@@ -194,3 +197,34 @@ def test_the_step_line_shows_bleu_and_chrf():
   line = eval_lib.summary_line({'translation': {'bleu': 12.345, 'chrf': 40.0, 'num_sentences': 3,
                                                 'beam_size': 2, 'examples': []}})
   assert line == 'bleu 12.35 chrF 40.00 (3 sentences, beam 2)'  # (it printed nothing for bleu)
+
+
+def test_mexa_texts_that_are_missing_or_misaligned_are_one_line_before_any_checkpoint_is_read(
+    tmp_path, capsys):
+  # Found after the checkpoint was read and the pivot embedded (minutes for a large model).
+  import sentencepiece as spm
+  from t5x_like import run_dir
+  from t5x_like import vocabulary as vocab_lib
+  lines = [l for l in open(MULTI30K_VAL).read().splitlines() if l][:300]
+  (tmp_path / 'text.txt').write_text('\n'.join(lines) + '\n')
+  spm.SentencePieceTrainer.train(input=str(tmp_path / 'text.txt'), model_prefix=str(tmp_path / 'sp'),
+                                 vocab_size=100, pad_id=0, eos_id=1, unk_id=2, bos_id=-1)
+  run = tmp_path / 'run'  # a model dir without a checkpoint: the errors must come first
+  run.mkdir()
+  run_dir.save_model_config(str(run), DecoderConfig(vocab_size=100, embed_dim=16, num_layers=1,
+                                                    num_heads=2, num_kv_heads=2, head_dim=8,
+                                                    mlp_dim=32))
+  vocab_lib.save_vocabulary(vocab_lib.SentencePieceVocabulary(str(tmp_path / 'sp.model')),
+                            str(run / 'vocabulary'))
+  pivot, target = tmp_path / 'en.txt', tmp_path / 'de.txt'
+  pivot.write_text('a dog\na cat\na house\n')
+  target.write_text('ein Hund\neine Katze\n')
+  for flags, want in (
+      (['--mexa_pivot', str(pivot), '--mexa_target', str(target)],
+       f'error: mexa: {target} has 2 lines, the pivot {pivot} has 3: files must be line-aligned'),
+      (['--mexa_pivot', str(pivot)],
+       'error: mexa: the model has one language; pass --mexa_target (e.g. flores:deu_Latn)'),
+      (['--mexa_pivot', str(pivot), '--mexa_target', str(tmp_path / 'no.txt')],
+       f'error: evaluation text {tmp_path / "no.txt"} not found')):
+    assert eval_lib.main(['--model_dir', str(run), '--metrics', 'mexa', *flags]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [want]

@@ -143,7 +143,7 @@ def run_row(run: dict) -> dict:
     if mi:
       row['mexa_init_max'] = mi['weighted']['max']
     row['mexa_evidence_layers'] = mexa_evidence_layers(r)
-    row['mexa_chance'] = 1.0 / r['mexa']['n']
+    row['mexa_chance'] = r['mexa']['chance']
   return row
 
 

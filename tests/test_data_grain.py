@@ -13,26 +13,14 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import EXPORT_BATCH, EXPORT_LENGTHS
 from t5x_like import checkpointing, data, data_grain, losses, optimizers, partitioning, trainer
 from t5x_like.models import DecoderConfig, EncDecConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL = DecoderConfig(vocab_size=500, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
                       head_dim=8, mlp_dim=64, dtype='float32')
-LENGTHS = {'targets': 32}
-BATCH = 8
-
-
-@pytest.fixture(scope='module')
-def export_dir(lm_task, tmp_path_factory):
-  from tasks import export
-  out = str(tmp_path_factory.mktemp('export') / 'lm')
-  train = data.DataConfig(lm_task, LENGTHS, batch_size=BATCH, seed=3)
-  valid = data.DataConfig(lm_task, LENGTHS, batch_size=BATCH, split='validation', shuffle=False,
-                          num_epochs=1)
-  export.export_split(train, 'decoder', out, num_examples=20 * BATCH, examples_per_shard=50)
-  export.export_split(valid, 'decoder', out)
-  return out
+LENGTHS, BATCH = EXPORT_LENGTHS, EXPORT_BATCH  # (the export's: conftest.py's export_dir)
 
 
 def _cfg(export_dir, **kw):

@@ -63,6 +63,8 @@ def test_gpu_suite_cpu_smoke_writes_every_record(tmp_path):
   # serves the runs after the first when they run one after another, as on the GPU).
   assert set(rec['train_step_compiles']) == set(runs)
   assert all(len(c) == 1 and c[0]['compile_s'] > 0 for c in rec['train_step_compiles'].values()), rec
+  cached = sorted(c[0]['from_cache'] for c in rec['train_step_compiles'].values())
+  assert cached == [False, True, True], rec  # (one after another: the first run compiles)
   line, = [l for l in (out / 'c_ablation.md').read_text().splitlines()
             if l.startswith('Train step compile per run: ')]
   assert all(f'{run} ' in line for run in runs), line

@@ -205,6 +205,18 @@ def test_a_config_that_does_not_parse_is_refused_before_anything_is_launched(bac
     assert '/on/the/cluster/only.gin' in out.getvalue()
 
 
+@pytest.mark.parametrize('backend', [['local'], ['slurm'],
+                                     ['gke', '--name', 'x', '--image', 'i', '--gpu', '2x8xh100']])
+def test_a_config_that_reads_an_export_passes_the_check(backend):
+  # (The check named a task in place of the data and DataConfig refused the export beside it:
+  # 'set exactly one of mixture_or_task ... and export_dir', for every config of the TF-free path.)
+  out = io.StringIO()
+  assert cli.main([*backend, '--dry_run', '--',
+                   '--gin_file=gin_configs/examples/tiny_decoder_from_export.gin',
+                   "--gin.EXPORT_DIR='/data/export'", "--gin.MODEL_DIR='/runs/x'"], out=out) == 0
+  assert 'tiny_decoder_from_export.gin' in out.getvalue() and '/data/export' in out.getvalue()
+
+
 def test_local_dry_run_uses_launch_local_for_several_processes():
   argv = shlex.split(_dry(['local', '--num_processes', '2', '--devices_per_process', '4']))
   assert argv[1:5] == ['-m', 'launch.local', '--num_processes=2', '--devices_per_process=4']

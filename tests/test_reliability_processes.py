@@ -81,21 +81,18 @@ def test_distributed_init_timeout_names_coordinator_and_process(tmp_path):
                          'within 3 s'), last
 
 
-def test_ctrl_c_finishes_the_save_in_flight_and_exits_130_without_a_traceback(small_text, tmp_path):
+def test_ctrl_c_finishes_the_save_in_flight_and_exits_130_without_a_traceback(long_export,
+                                                                              tmp_path):
   run = tmp_path / 'run'
-  argv = [sys.executable, '-m', 't5x_like.train', '--gin_file=gin_configs/examples/tiny_decoder_pretrain.gin',
-          f"--gin.MODEL_DIR='{run}'", '--gin.TRAIN_STEPS=2000',
-          f"--gin.TRAIN_FILES=['{small_text['train']}']",
-          f"--gin.VALIDATION_FILES=['{small_text['validation']}']",
-          '--gin.TrainerConfig.checkpoint_every=1', '--gin.TrainerConfig.log_every=1',
-          '--gin.TrainerConfig.eval_every=0']
+  argv = [sys.executable, '-m', 't5x_like.train',
+          *_export_args(run, 200, long_export, '--gin.TrainerConfig.checkpoint_every=1')]
   # (A save starts at every step, so Ctrl-C nearly always finds one being written.)
   with subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                         text=True) as proc:
     try:
       lines = []
       deadline = time.monotonic() + 300
-      while not any(l.startswith('step    5/2000') for l in lines[-1:]):
+      while not any(l.startswith('step   5/200') for l in lines[-1:]):
         assert time.monotonic() < deadline and proc.poll() is None, ''.join(lines[-30:])
         lines.append(proc.stdout.readline())
       proc.send_signal(signal.SIGINT)
@@ -124,6 +121,17 @@ def _train_args(model_dir, steps, text, *extra):
           f"--gin.TRAIN_FILES=['{text['train']}']", f"--gin.VALIDATION_FILES=['{text['validation']}']",
           '--gin.MeshConfig.data=2', '--gin.MeshConfig.fsdp=4', '--gin.TrainerConfig.log_every=1',
           '--gin.TrainerConfig.checkpoint_every=100', '--gin.TrainerConfig.eval_every=0', *extra]
+
+
+def _export_args(model_dir, steps, export, *extra):
+  """The same decoder (500 tokens, 32 long) on conftest.py's long_export, for the tests of stopping
+  and failing, where the input path does not matter: no TensorFlow to start in each process."""
+  return ['--gin_file=gin_configs/examples/tiny_decoder_from_export.gin',
+          f"--gin.EXPORT_DIR='{export}'", f"--gin.MODEL_DIR='{model_dir}'",
+          f'--gin.TRAIN_STEPS={steps}', '--gin.VOCAB_SIZE=500', '--gin.SEQUENCE_LENGTH=32',
+          '--gin.BATCH_SIZE=8', '--gin.MeshConfig.data=2', '--gin.MeshConfig.fsdp=4',
+          '--gin.TrainerConfig.log_every=1', '--gin.TrainerConfig.checkpoint_every=100',
+          '--gin.train.eval_data=None', *extra]
 
 
 @contextlib.contextmanager
@@ -206,10 +214,10 @@ def test_two_processes_sigterm_save_one_step_exit_75_and_resume_bit_exactly(smal
 
 
 @pytest.mark.parametrize('how', ['SIGKILL', 'SIGSTOP'])
-def test_a_dead_or_hung_peer_stops_the_job_with_a_clear_exit(how, small_text, tmp_path):
-  with _launcher(_train_args(tmp_path / 'run', 1000, small_text,
+def test_a_dead_or_hung_peer_stops_the_job_with_a_clear_exit(how, long_export, tmp_path):
+  with _launcher(_export_args(tmp_path / 'run', 200, long_export,
                              '--gin.TrainerConfig.step_timeout_secs=5')) as (launcher, logs):
-    _wait_for(logs / 'process_0.log', 'step    3/1000', launcher)
+    _wait_for(logs / 'process_0.log', 'step   3/200', launcher)
     victim = _worker_pid(launcher, 1)
     t0 = time.monotonic()
     os.kill(victim, getattr(signal, how))
@@ -227,10 +235,11 @@ def test_a_dead_or_hung_peer_stops_the_job_with_a_clear_exit(how, small_text, tm
   assert f'logs in {logs}' in err
 
 
-def test_ctrl_c_in_a_terminal_stops_the_launcher_and_both_processes_in_one_line(small_text, tmp_path):
-  with _launcher(_train_args(tmp_path / 'run', 1000, small_text),
+def test_ctrl_c_in_a_terminal_stops_the_launcher_and_both_processes_in_one_line(long_export,
+                                                                                tmp_path):
+  with _launcher(_export_args(tmp_path / 'run', 200, long_export),
                  own_process_group=True) as (launcher, logs):
-    _wait_for(logs / 'process_0.log', 'step    3/1000', launcher)
+    _wait_for(logs / 'process_0.log', 'step   3/200', launcher)
     workers = [_worker_pid(launcher, i) for i in (0, 1)]
     os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C: the launcher and both workers
     code = launcher.wait(timeout=120)
@@ -245,15 +254,15 @@ def test_ctrl_c_in_a_terminal_stops_the_launcher_and_both_processes_in_one_line(
       os.kill(pid, 0)
 
 
-def test_ctrl_c_to_one_of_two_processes_stops_both_at_the_same_log_step_with_its_save(small_text,
+def test_ctrl_c_to_one_of_two_processes_stops_both_at_the_same_log_step_with_its_save(long_export,
                                                                                       tmp_path):
   # Each process raised KeyboardInterrupt wherever it was: the one signalled left the job, its peer
   # waited in a collective, and the save in flight was never committed. Now the processes agree at a
   # log step (interrupts.py) and stop there together, finishing the save they were writing.
   run = tmp_path / 'run'
-  with _launcher(_train_args(run, 1000, small_text, '--gin.TrainerConfig.log_every=5',
+  with _launcher(_export_args(run, 200, long_export, '--gin.TrainerConfig.log_every=5',
                              '--gin.TrainerConfig.checkpoint_every=1')) as (launcher, logs):
-    _wait_for(logs / 'process_0.log', 'step    5/1000', launcher)
+    _wait_for(logs / 'process_0.log', 'step   5/200', launcher)
     os.kill(_worker_pid(launcher, 1), signal.SIGINT)  # (process 0 hears of it only from process 1)
     code = launcher.wait(timeout=120)
     err = launcher.stderr.read()
@@ -274,11 +283,11 @@ def test_ctrl_c_to_one_of_two_processes_stops_both_at_the_same_log_step_with_its
           'again to stop at once)') in (logs / 'process_1.log').read_text()
 
 
-def test_sigint_to_launch_local_alone_reaches_both_processes_at_once(small_text, tmp_path):
+def test_sigint_to_launch_local_alone_reaches_both_processes_at_once(long_export, tmp_path):
   # (kill -INT <launcher>, a supervisor: the workers run in sessions of their own and hear it from the
   # launcher. Before, it never reached them: the launcher waited a minute, then stopped them.)
-  with _launcher(_train_args(tmp_path / 'run', 1000, small_text)) as (launcher, logs):
-    _wait_for(logs / 'process_0.log', 'step    3/1000', launcher)
+  with _launcher(_export_args(tmp_path / 'run', 200, long_export)) as (launcher, logs):
+    _wait_for(logs / 'process_0.log', 'step   3/200', launcher)
     workers = [_worker_pid(launcher, i) for i in (0, 1)]
     assert {os.getsid(pid) for pid in workers} == set(workers)  # each leads its own session
     t0 = time.monotonic()
@@ -297,24 +306,25 @@ def test_sigint_to_launch_local_alone_reaches_both_processes_at_once(small_text,
 
 
 def test_a_second_trainer_on_a_live_run_is_refused_and_a_killed_launchers_workers_save_and_stop(
-    small_text, tmp_path):
+    long_export, tmp_path):
   # Two claims on one running job (its start-up is most of the cost): a second trainer on the same
   # MODEL_DIR stops in one line before touching it (before the writer lock, Orbax's start in the
   # second one removed the first one's save in flight), and SIGKILL to the launcher, which passes
   # nothing on, still stops both workers with a save (PR_SET_PDEATHSIG); their lock goes with them.
   from t5x_like import writer_lock
   run = tmp_path / 'run'
-  with _launcher(_train_args(run, 2000, small_text, '--gin.TrainerConfig.checkpoint_every=1')) as (
+  with _launcher(_export_args(run, 200, long_export, '--gin.TrainerConfig.checkpoint_every=1')) as (
       launcher, logs):
-    _wait_for(logs / 'process_0.log', 'step    3/2000', launcher)
+    _wait_for(logs / 'process_0.log', 'step   3/200', launcher)
     workers = [_worker_pid(launcher, i) for i in (0, 1)]
-    second = subprocess.run([sys.executable, '-m', 't5x_like.train', *_train_args(run, 2000, small_text)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    second = subprocess.run([sys.executable, '-m', 't5x_like.train',
+                             *_export_args(run, 200, long_export)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
     assert second.returncode == exit_codes.CONFIG_ERROR, second.stderr[-3000:]
     assert second.stderr.strip().splitlines()[-1].startswith(
         f"error: MODEL_DIR='{run}' is in use by another trainer (pid {workers[0]} on "), second.stderr
     assert launcher.poll() is None
-    _wait_for(logs / 'process_0.log', 'step   10/2000', launcher)  # ... and training, its saves whole
+    _wait_for(logs / 'process_0.log', 'step  10/200', launcher)  # ... and training, its saves whole
     launcher.kill()
     launcher.wait(timeout=60)
     deadline = time.monotonic() + 120
@@ -335,19 +345,19 @@ def test_a_second_trainer_on_a_live_run_is_refused_and_a_killed_launchers_worker
 
 @pytest.mark.parametrize('sig', ['SIGINT', 'SIGTERM'])
 def test_launch_local_passes_a_signal_on_to_its_train_command_and_does_not_restart_it(
-    sig, small_text, tmp_path):
+    sig, long_export, tmp_path):
   # `python -m launch local` (one process): the signal reaches the train command once, which finishes
   # the save in flight (a save at every step) and exits 130 or 75; 75 is restartable, but the
   # launcher itself was told to stop. Before, subprocess.run SIGKILLed the train command 0.25 s after
   # the launcher's Ctrl-C, and the launcher ended in a traceback.
   run = tmp_path / 'run'
   argv = [sys.executable, '-m', 'launch', 'local', '--max_restarts=2', '--',
-          *_train_args(run, 2000, small_text, '--gin.TrainerConfig.checkpoint_every=1')]
+          *_export_args(run, 200, long_export, '--gin.TrainerConfig.checkpoint_every=1')]
   log = tmp_path / 'out.log'
   with open(log, 'w') as out, subprocess.Popen(argv, cwd=REPO, stdout=out,
                                                stderr=subprocess.STDOUT) as proc:
     try:
-      _wait_for(log, 'step    5/2000', proc)
+      _wait_for(log, 'step   5/200', proc)
       proc.send_signal(getattr(signal, sig))
       code = proc.wait(timeout=120)
     finally:

@@ -100,9 +100,8 @@ def load_run(gin_files: Sequence[str], bindings: Sequence[str], search_paths=())
   except ValueError as e:
     raise Refusal('gin: train.train_data is not bound') from e
   scope = ref.scoped_selector.rpartition('/')[0]
-  # The data is never read: the task builder (or the export, which set as well as the name failed
-  # DataConfig's check: every config of the TF-free path was refused) is replaced by a name, so only
-  # shapes remain.
+  # The data is never read: a name stands in for the task builder, and an export is unset (DataConfig
+  # takes exactly one of them), so only shapes remain.
   for selector in {'DataConfig', ref.scoped_selector}:
     gin.bind_parameter(f'{selector}.mixture_or_task', 'preflight')
     gin.bind_parameter(f'{selector}.export_dir', None)

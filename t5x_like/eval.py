@@ -125,7 +125,11 @@ def _mexa_sets(opts: EvalOptions, num_langs: int) -> tuple[tuple, list]:
   return pivot, targets
 
 
-def mexa_texts(opts: EvalOptions, num_langs: int) -> tuple[str, list[str], dict[str, list[str]]]:
+# (pivot spec, target specs, {spec: lines}): the line-aligned texts of MEXA.
+MexaTexts = tuple[str, list[str], dict[str, list[str]]]
+
+
+def mexa_texts(opts: EvalOptions, num_langs: int) -> MexaTexts:
   """The MEXA pivot, its targets and {spec: lines} of each: line-aligned texts."""
   pivot, targets = _mexa_sets(opts, num_langs)
   texts = {spec: text_sources.read_lines(text_sources.parse_spec(spec)[0], opts.flores_tar,
@@ -138,13 +142,13 @@ def mexa_texts(opts: EvalOptions, num_langs: int) -> tuple[str, list[str], dict[
   return pivot, targets, texts
 
 
-def _mexa(model, params, vocab, opts: EvalOptions, num_langs: int) -> dict:
-  pivot, targets, texts = mexa_texts(opts, num_langs)
+def _mexa(model, params, vocab, opts: EvalOptions, texts: MexaTexts) -> dict:
+  pivot, targets, lines = texts
   def embed(spec):
-    return mexa.sentence_embeddings(model, params, vocab, texts[spec],
+    return mexa.sentence_embeddings(model, params, vocab, lines[spec],
                                     text_sources.parse_spec(spec)[1],
                                     batch_size=min(opts.batch_size * 2, 64))
-  e_pivot, n = embed(pivot), len(texts[pivot])
+  e_pivot, n = embed(pivot), len(lines[pivot])
   # 'cut': sentences longer than the model's own limit, per text (cisnlp/Mexa cuts none).
   out = {'pivot': pivot, 'n': n, 'chance': 1.0 / n, 'cut': {pivot: e_pivot['cut']}, 'targets': {}}
   for t in targets:
@@ -152,6 +156,24 @@ def _mexa(model, params, vocab, opts: EvalOptions, num_langs: int) -> dict:
     out['cut'][t] = e_t['cut']
     out['targets'][t] = mexa.mexa_by_layer(e_pivot, e_t)
   return out
+
+
+@dataclasses.dataclass
+class EvalInputs:
+  """The texts the asked-for metrics read besides the checkpoint. They do not depend on the step, so
+  `read_inputs` reads and checks them once, before any checkpoint is read; None: not asked for."""
+  windows: Optional[dict] = None                    # ppl, align, grad, teff
+  mexa: Optional[MexaTexts] = None                  # mexa
+  translation: Optional[tuple[list, list]] = None   # bleu: (sources, references)
+
+
+def read_inputs(opts: EvalOptions, vocab, run_info: dict) -> EvalInputs:
+  asked = set(opts.metrics)
+  return EvalInputs(
+      windows=(_windows(vocab, opts, _eval_length(opts, run_info))
+               if {'ppl', 'align', 'grad', 'teff'} & asked else None),
+      mexa=mexa_texts(opts, batches.num_languages(vocab)) if 'mexa' in asked else None,
+      translation=translation_pairs(opts) if 'bleu' in asked else None)
 
 
 def make_decoder(model, params, vocab, *, batch_size: int = 16, beam_size: int = 1,
@@ -190,9 +212,9 @@ def make_decoder(model, params, vocab, *, batch_size: int = 16, beam_size: int =
 
 
 def evaluate(model, params, vocab, step: int, opts: EvalOptions, run_info: dict,
-             windows: Optional[dict] = None) -> dict:
-  """All asked-for metrics of one checkpoint -> a results dict (see the module doc). `windows`: the
-  evaluation windows if already built (they do not depend on the checkpoint)."""
+             inputs: EvalInputs) -> dict:
+  """All asked-for metrics of one checkpoint -> a results dict (see the module doc), on the texts of
+  `read_inputs`."""
   num_langs = batches.num_languages(vocab)
   length = _eval_length(opts, run_info)
   res: dict = {'step': int(step), 'num_languages': num_langs,
@@ -202,9 +224,8 @@ def evaluate(model, params, vocab, step: int, opts: EvalOptions, run_info: dict,
   seen = tokens_seen(run_info, step, num_langs)
   if seen is not None:
     res['tokens_seen'] = {f'lang{k}': v for k, v in enumerate(seen)}
-  if {'ppl', 'align', 'grad', 'teff'} & set(opts.metrics):
-    if windows is None:
-      windows = _windows(vocab, opts, length)
+  windows = inputs.windows
+  if windows is not None:
     res['eval_data'] = {'files': list(opts.eval_files), 'sequence_length': length,
                         'window_mode': opts.window_mode,
                         'num_windows': int(windows['decoder_input_tokens'].shape[0])}
@@ -234,15 +255,15 @@ def evaluate(model, params, vocab, step: int, opts: EvalOptions, run_info: dict,
         model, params, vocab, windows, k, batch_size=opts.batch_size, num_batches=opts.grad_batches)
         for k in range(1, num_langs)}
   if 'mexa' in opts.metrics:
-    res['mexa'] = _mexa(model, params, vocab, opts, num_langs)
+    res['mexa'] = _mexa(model, params, vocab, opts, inputs.mexa)
     if init_params is not None:
-      controls['mexa'] = _mexa(model, init_params, vocab, opts, num_langs)
+      controls['mexa'] = _mexa(model, init_params, vocab, opts, inputs.mexa)
   if controls:
     res['init_control'] = controls
   if 'teff' in opts.metrics:
     res['token_efficiency'] = _teff(res, opts)
   if 'bleu' in opts.metrics:
-    src, ref = translation_pairs(opts)
+    src, ref = inputs.translation
     decode = make_decoder(model, params, vocab, batch_size=opts.batch_size,
                           beam_size=opts.beam_size, max_new_tokens=opts.max_decode_length)
     res['translation'] = translation.translate_and_score(decode, src, ref, prompt=opts.prompt)
@@ -387,16 +408,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     opts = options_from_args(args, run_info)
     if 'teff' in opts.metrics:
       teff_fit(opts.baseline_dirs)  # (baselines it cannot use: said before any checkpoint is read)
-    if 'bleu' in opts.metrics:
-      translation_pairs(opts)  # (files missing or unpaired: said before hours of decoding)
     cfg = run_dir.load_model_config(args.model_dir)
     if 'grad' in opts.metrics and cfg.family != 'decoder':
       raise ValueError(f'--metrics grad: gradient alignment is implemented for decoder-only models; '
                        f'{args.model_dir} holds an encoder-decoder')
     model = build_model(cfg)
     vocab = run_dir.load_vocabulary(args.model_dir)
-    if 'mexa' in opts.metrics:  # (a text missing or misaligned: said before any checkpoint is read)
-      mexa_texts(opts, batches.num_languages(vocab))
+    # (a text missing, unpaired or misaligned: said before any checkpoint is read, not after hours of
+    # decoding; and read once, not again at every step)
+    inputs = read_inputs(opts, vocab, run_info)
     available = checkpoint_steps(args.model_dir)
     if not available:
       raise FileNotFoundError(f'no checkpoint in {args.model_dir}/checkpoints')
@@ -412,7 +432,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   done = read_results(args.model_dir)
-  windows = None  # read and tokenized once, for every step
   unreadable = []  # --all_steps: damaged steps are named and passed over, the others evaluated
   for step in steps:
     if args.skip_done and step in done and all(_RESULT_KEY[m] in done[step] for m in opts.metrics):
@@ -441,10 +460,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              else ''), file=sys.stderr)
       return 2
     try:
-      if windows is None and {'ppl', 'align', 'grad', 'teff'} & set(opts.metrics):
-        windows = _windows(vocab, opts, _eval_length(opts, run_info))
       with compilation_cache.lookups() as cache:
-        res = evaluate(model, params, vocab, step, opts, run_info, windows)
+        res = evaluate(model, params, vocab, step, opts, run_info, inputs)
     except (ValueError, FileNotFoundError) as e:  # bad input (flags, files): one line, exit 2
       print(f'error: step {step}: {e}', file=sys.stderr)
       return 2

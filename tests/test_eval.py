@@ -176,21 +176,48 @@ def test_teff_with_a_baseline_of_too_few_steps_is_one_line_before_any_checkpoint
                            'evaluated step(s)'), err
 
 
+def _run_without_checkpoint(tmp_path):
+  """A model dir with its model config and vocabulary (100 pieces) but no checkpoint: errors about
+  the texts must come before any checkpoint is read."""
+  import sentencepiece as spm
+  from t5x_like import run_dir
+  from t5x_like import vocabulary as vocab_lib
+  lines = [l for l in open(MULTI30K_VAL).read().splitlines() if l][:300]
+  (tmp_path / 'text.txt').write_text('\n'.join(lines) + '\n')
+  spm.SentencePieceTrainer.train(input=str(tmp_path / 'text.txt'), model_prefix=str(tmp_path / 'sp'),
+                                 vocab_size=100, pad_id=0, eos_id=1, unk_id=2, bos_id=-1)
+  run = tmp_path / 'run'
+  run.mkdir()
+  run_dir.save_model_config(str(run), DecoderConfig(vocab_size=100, embed_dim=16, num_layers=1,
+                                                    num_heads=2, num_kv_heads=2, head_dim=8,
+                                                    mlp_dim=32))
+  vocab_lib.save_vocabulary(vocab_lib.SentencePieceVocabulary(str(tmp_path / 'sp.model')),
+                            str(run / 'vocabulary'))
+  return run
+
+
 def test_bleu_files_that_do_not_pair_up_are_one_line_before_any_checkpoint_is_read(tmp_path, capsys):
   # Found only after every source had been decoded ("50 hypotheses for 40 references"): minutes of
   # a large model's decoding, at every step of --all_steps.
   src, ref = tmp_path / 'src.en', tmp_path / 'ref.de'
   src.write_text('a dog\na cat\na house\n')
   ref.write_text('ein Hund\neine Katze\n')
-  empty = tmp_path / 'run'  # (no checkpoint, no model: the error comes first)
-  empty.mkdir()
+  run = _run_without_checkpoint(tmp_path)
   for files, want in (
       (['--src_file', str(src), '--ref_file', str(ref)],
        f'error: bleu needs one reference per source line: --src_file {src} has 3 lines, --ref_file '
        f'{ref} has 2'),
       (['--src_file', str(src)], 'error: bleu needs --src_file and --ref_file')):
-    assert eval_lib.main(['--model_dir', str(empty), '--metrics', 'bleu', *files]) == 2
+    assert eval_lib.main(['--model_dir', str(run), '--metrics', 'bleu', *files]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [want]
+
+
+def test_a_missing_evaluation_text_is_one_line_before_any_checkpoint_is_read(tmp_path, capsys):
+  # It was read, and found missing, after the first checkpoint had been read ("error: step 4: ...").
+  run = _run_without_checkpoint(tmp_path)
+  missing = tmp_path / 'no.txt'
+  assert eval_lib.main(['--model_dir', str(run), '--metrics', 'ppl', '--eval_files', str(missing)]) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [f'error: evaluation text {missing} not found']
 
 
 def test_the_step_line_shows_bleu_and_chrf():
@@ -202,20 +229,7 @@ def test_the_step_line_shows_bleu_and_chrf():
 def test_mexa_texts_that_are_missing_or_misaligned_are_one_line_before_any_checkpoint_is_read(
     tmp_path, capsys):
   # Found after the checkpoint was read and the pivot embedded (minutes for a large model).
-  import sentencepiece as spm
-  from t5x_like import run_dir
-  from t5x_like import vocabulary as vocab_lib
-  lines = [l for l in open(MULTI30K_VAL).read().splitlines() if l][:300]
-  (tmp_path / 'text.txt').write_text('\n'.join(lines) + '\n')
-  spm.SentencePieceTrainer.train(input=str(tmp_path / 'text.txt'), model_prefix=str(tmp_path / 'sp'),
-                                 vocab_size=100, pad_id=0, eos_id=1, unk_id=2, bos_id=-1)
-  run = tmp_path / 'run'  # a model dir without a checkpoint: the errors must come first
-  run.mkdir()
-  run_dir.save_model_config(str(run), DecoderConfig(vocab_size=100, embed_dim=16, num_layers=1,
-                                                    num_heads=2, num_kv_heads=2, head_dim=8,
-                                                    mlp_dim=32))
-  vocab_lib.save_vocabulary(vocab_lib.SentencePieceVocabulary(str(tmp_path / 'sp.model')),
-                            str(run / 'vocabulary'))
+  run = _run_without_checkpoint(tmp_path)
   pivot, target = tmp_path / 'en.txt', tmp_path / 'de.txt'
   pivot.write_text('a dog\na cat\na house\n')
   target.write_text('ein Hund\neine Katze\n')

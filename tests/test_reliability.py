@@ -706,6 +706,35 @@ def test_evaluating_a_run_whose_trainer_removes_the_step_being_read(four_steps, 
   assert err.startswith('step 4: not evaluated: checkpoint step 4 in '), err
 
 
+def test_evaluating_every_step_reads_each_text_once(four_steps, small_text, tmp_path, monkeypatch,
+                                                    capsys):
+  # The MEXA texts were read before the first checkpoint (to check them) and again for every step,
+  # twice with --init_control; the BLEU files likewise. Each is now read once, for every step.
+  from t5x_like import eval as eval_lib
+  from t5x_like.evaluation import text_sources
+  lines = open(small_text['validation']).read().splitlines()
+  texts = {}
+  for name, part in (('pivot', lines[:8]), ('target', lines[8:16]), ('src', lines[16:20]),
+                     ('ref', lines[20:24])):
+    texts[name] = tmp_path / f'{name}.txt'
+    texts[name].write_text('\n'.join(part) + '\n')
+  real_read_lines = text_sources.read_lines
+  reads = []
+  def read_lines(source, *a, **k):
+    reads.append(source)
+    return real_read_lines(source, *a, **k)
+  monkeypatch.setattr(text_sources, 'read_lines', read_lines)
+  argv = ['--model_dir', str(four_steps[0]), '--all_steps', '--metrics', 'ppl,mexa,bleu',
+          '--init_control', '--eval_files', small_text['validation'], '--window_mode', 'packed',
+          '--max_windows', '16', '--mexa_pivot', str(texts['pivot']), '--mexa_target',
+          str(texts['target']), '--src_file', str(texts['src']), '--ref_file', str(texts['ref']),
+          '--max_decode_length', '2', '--batch_size', '4']
+  assert eval_lib.main(argv) == 0
+  assert [l.split(':')[0] for l in capsys.readouterr().out.splitlines()] == ['step 1', 'step 2',
+                                                                            'step 4']
+  assert sorted(reads) == sorted([small_text['validation'], *map(str, texts.values())])
+
+
 def test_a_checkpoint_saved_without_checksums_still_resumes(four_steps, lm_task, tmp_path):
   src, hist = four_steps
   run = tmp_path / 'run'

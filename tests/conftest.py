@@ -76,10 +76,22 @@ def _suite_compilation_cache(tmp_path_factory):
   """One persistent compilation cache per test process (t5x_like/compilation_cache.py, as a sweep
   uses it): the tests compile the same tiny steps again and again (every fit jits anew), and load
   them from it instead (test_reliability.py alone: 130 s without, 85 s with). Every program is kept:
-  here a compile takes less than jax's 1 s default threshold. Test subprocesses do not inherit it."""
-  compilation_cache.use(str(tmp_path_factory.mktemp('jax_cache')))
+  here a compile takes less than jax's 1 s default threshold.
+
+  The entry points that tests start as subprocesses (`python -m t5x_like.train`, launch.local) use it
+  too, through jax's own environment variables, as a user's JAX_COMPILATION_CACHE_DIR would: each
+  run's first save compiled Orbax's ~70 slices of the replicated arrays anew (4-8 s of every run that
+  saves), and the same tiny configs' steps again in every test. (A test that passes
+  --compilation_cache_dir, or a sweep with its own, uses that one; process 1 of two never loads: on
+  CPU its cache key differs from process 0's.)"""
+  directory = str(tmp_path_factory.mktemp('jax_cache'))
+  compilation_cache.use(directory)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   _suite_cache.update({k: getattr(jax.config, k) for k in _CACHE_SETTINGS})
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = directory
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  # (A bound turns on jax's file lock: the two processes of a launch.local job share it.)
+  os.environ['JAX_COMPILATION_CACHE_MAX_SIZE'] = str(jax.config.jax_compilation_cache_max_size)
   yield
 
 

@@ -13,7 +13,8 @@ DEC = dict(vocab_size=97, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=
 
 
 def _init(cfg, batch):
-  return nn.unbox(build_model(cfg).init(jax.random.key(1), batch))['params']
+  # Compiled whole (op by op, a tiny model's init takes seconds on the CPU), as the trainer does.
+  return nn.unbox(jax.jit(build_model(cfg).init)(jax.random.key(1), batch))['params']
 
 
 def _unstack(params):
@@ -140,21 +141,22 @@ def test_decoder_cached_steps_equal_full_forward(kw):
   model = build_model(cfg)
   tokens = jax.random.randint(jax.random.key(0), (3, 10), 2, 97)
   params = _init(cfg, {'decoder_input_tokens': tokens})
-  full = model.apply({'params': params}, {'decoder_input_tokens': tokens})
+  full = jax.jit(model.apply)({'params': params}, {'decoder_input_tokens': tokens})
   starts = np.array([3, 5, 4])  # each row's prompt length
   buffer = jnp.where(jnp.arange(10)[None] < starts[:, None], tokens, 0)
-  logits, v = model.apply({'params': params}, {'decoder_input_tokens': buffer}, decode='prefill',
-                          mutable=['cache'])
+  logits, v = jax.jit(lambda b: model.apply({'params': params}, b, decode='prefill',
+                                            mutable=['cache']))({'decoder_input_tokens': buffer})
   for r, s in enumerate(starts):
     np.testing.assert_allclose(logits[r, :s], full[r, :s], atol=1e-5)
   cache = v['cache']
   assert all(leaf.shape[0] == 3 for leaf in jax.tree.leaves(cache))  # rows first, scanned or not
+  # One compiled step, as decoding.py runs it (op by op, each step took seconds).
+  step = jax.jit(lambda cache, batch: model.apply({'params': params, 'cache': cache}, batch,
+                                                  decode='step', mutable=['cache']))
   for t in range(5):
     pos = jnp.asarray(starts + t)
     step_tokens = jnp.take_along_axis(tokens, pos[:, None], axis=1)
-    out, v = model.apply({'params': params, 'cache': cache},
-                         {'decoder_input_tokens': step_tokens, 'decoder_positions': pos[:, None]},
-                         decode='step', mutable=['cache'])
+    out, v = step(cache, {'decoder_input_tokens': step_tokens, 'decoder_positions': pos[:, None]})
     cache = v['cache']
     np.testing.assert_allclose(out[:, 0], full[jnp.arange(3), pos], atol=1e-5)
 
@@ -168,16 +170,19 @@ def test_encdec_cached_steps_equal_full_forward(scan):
   dec = jax.random.randint(jax.random.key(2), (2, 9), 2, 97)
   batch = {'encoder_input_tokens': enc, 'decoder_input_tokens': dec}
   params = _init(cfg, batch)
-  full = model.apply({'params': params}, batch)
-  encoded = model.apply({'params': params}, batch, method=model.encode)
-  logits, v = model.apply({'params': params}, {**batch, 'decoder_input_tokens': dec.at[:, 1:].set(0)},
-                          encoded, decode='prefill', mutable=['cache'], method=model.decode)
+  full = jax.jit(model.apply)({'params': params}, batch)
+  encoded = jax.jit(lambda b: model.apply({'params': params}, b, method=model.encode))(batch)
+  logits, v = jax.jit(lambda b, e: model.apply({'params': params}, b, e, decode='prefill',
+                                               mutable=['cache'], method=model.decode))(
+      {**batch, 'decoder_input_tokens': dec.at[:, 1:].set(0)}, encoded)
   np.testing.assert_allclose(logits[:, 0], full[:, 0], atol=1e-5)
   cache = v['cache']
+  step = jax.jit(lambda cache, batch: model.apply({'params': params, 'cache': cache}, batch, None,
+                                                  decode='step', decode_length=9, mutable=['cache'],
+                                                  method=model.decode))
   for p in range(1, 9):
-    step = {**batch, 'decoder_input_tokens': dec[:, p:p + 1], 'decoder_positions': jnp.full((2, 1), p)}
-    out, v = model.apply({'params': params, 'cache': cache}, step, None, decode='step',
-                         decode_length=9, mutable=['cache'], method=model.decode)
+    out, v = step(cache, {**batch, 'decoder_input_tokens': dec[:, p:p + 1],
+                          'decoder_positions': jnp.full((2, 1), p)})
     cache = v['cache']
     np.testing.assert_allclose(out[:, 0], full[:, p], atol=1e-5)
 

@@ -724,7 +724,9 @@ def test_evaluating_every_step_reads_each_text_once(four_steps, small_text, tmp_
     reads.append(source)
     return real_read_lines(source, *a, **k)
   monkeypatch.setattr(text_sources, 'read_lines', read_lines)
-  argv = ['--model_dir', str(four_steps[0]), '--all_steps', '--metrics', 'ppl,mexa,bleu',
+  run = tmp_path / 'run'
+  shutil.copytree(four_steps[0], run)  # (the eval's results must not reach the other tests' copies)
+  argv = ['--model_dir', str(run), '--all_steps', '--metrics', 'ppl,mexa,bleu',
           '--init_control', '--eval_files', small_text['validation'], '--window_mode', 'packed',
           '--max_windows', '16', '--mexa_pivot', str(texts['pivot']), '--mexa_target',
           str(texts['target']), '--src_file', str(texts['src']), '--ref_file', str(texts['ref']),

@@ -503,7 +503,9 @@ def test_export_and_eval_of_a_damaged_step_name_it_in_one_line_and_leave_the_out
   capsys.readouterr()
   seen = _record_what_a_failed_restore_leaves(monkeypatch, tmp_path)
   assert convert_main(['to-hf', '--model_dir', str(run), '--out', str(out)]) == 2
-  assert eval_cli.main(['--model_dir', str(run), '--metrics', 'ppl']) == 2
+  # (With its text: eval reads and checks the text before any checkpoint.)
+  assert eval_cli.main(['--model_dir', str(run), '--metrics', 'ppl', '--eval_files',
+                        small_text['validation'], '--max_windows', '8']) == 2
   _let_failed_reads_finish()
   assert not seen, seen
   export_err, eval_err = capsys.readouterr().err.strip().splitlines()
